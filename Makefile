@@ -1,0 +1,38 @@
+# FlexCal: every target builds/refreshes its own environment in .venv (nothing by hand).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.flexcal-installed
+JS_DIR  := $(VENV)/share/flexcal/3dmol
+JS      := $(JS_DIR)/package/build/3Dmol-min.js
+PORT    ?= 8501
+PYTEST_ARGS ?=
+
+.PHONY: app test venv js clean benchmarks
+
+venv: $(STAMP) $(JS)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch==2.13.0 (CPU) is pinned in pyproject and comes from the local wheel cache
+	$(BIN)/python -m pip install -q -e '.[reference,test]'
+	touch $(STAMP)
+
+# 3Dmol.js for the offline 3D viewer, from the npm registry at set-up time (never from a CDN at run time)
+$(JS):
+	mkdir -p $(JS_DIR)
+	cd $(JS_DIR) && npm pack --silent 3dmol@2.5.5 >/dev/null && tar xzf 3dmol-2.5.5.tgz package/build/3Dmol-min.js && rm -f 3dmol-2.5.5.tgz
+	test -s $(JS)
+
+app: venv
+	$(BIN)/streamlit run app/main.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+benchmarks: venv
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .flexcal_cache

@@ -1,0 +1,1 @@
+"""FlexCal: flexible uncertainty calibration for MLIPs."""
