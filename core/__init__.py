@@ -1,1 +1,54 @@
-"""FlexCal: flexible uncertainty calibration for MLIPs."""
+"""FlexCal: flexible uncertainty calibration for machine-learned interatomic potentials.
+
+The stable public API. Names are resolved lazily on first access, so
+``import core`` stays light: it never imports torch, mace or plotly; those load
+only when the function or class that needs them is first used.
+
+Examples
+--------
+>>> import core
+>>> sites = core.SiteTable.load("sites.npz")                    # doctest: +SKIP
+>>> cal = core.make_calibrator("flexible", confidence=0.9)      # doctest: +SKIP
+>>> cal.fit(sites)                                              # doctest: +SKIP
+>>> core.calibration_report(sites.errors, cal.predict(sites))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("flexcal")
+except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+# public name -> (module, attribute); the module is imported on first access only
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "SiteTable": ("core.sites", "SiteTable"),
+    "SplitConformal": ("core.calibration.conformal", "SplitConformal"),
+    "FlexibleQuantile": ("core.calibration.flexible", "FlexibleQuantile"),
+    "make_calibrator": ("core.calibration", "make_calibrator"),
+    "load_calibrator": ("core.calibration", "load_calibrator"),
+    "calibration_report": ("core.metrics", "calibration_report"),
+    "read_dataset": ("core.data", "read_dataset"),
+    "DatasetError": ("core.data", "DatasetError"),
+    "featurize": ("core.featurize", "featurize"),
+    "load_potential": ("core.potentials", "load_potential"),
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    try:
+        module_name, attr = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'core' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

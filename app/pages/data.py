@@ -1,0 +1,114 @@
+"""Data page: pick a demo or upload a dataset, see its summary, choose the split."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app import services, state
+from app.pages_index import page
+
+st.title("📂 Data")
+st.caption("Structures with reference forces (and usually energies). Extended XYZ or any format ASE reads.")
+
+
+def _apply_demo(label: str) -> None:
+    kind, name = services.demo_choices()[label]
+    try:
+        with st.spinner(f"Reading {label} ..."):
+            dataset, key = services.load_demo(kind, name)
+    except Exception as exc:  # previous dataset kept
+        state.put(state.DATA_ERROR, f"Could not read the demo dataset {label}: {services.describe_error(exc)}")
+        return
+    if state.get(state.DATASET_KEY) != key:
+        state.set_dataset(dataset, key, label)
+
+
+def handle_upload(name: str, data: bytes) -> bool:
+    """Read an upload into the session; on error keep the previous dataset and record why."""
+    key = "upload:" + services.digest(data)
+    if state.get(state.DATASET_KEY) == key:
+        return True
+    if state.get(state.UPLOAD_DIGEST) == key and state.get(state.DATA_ERROR):
+        return False  # this exact file already failed; its error is on screen
+    state.put(state.UPLOAD_DIGEST, key)
+    try:
+        dataset = services.read_upload(data, name)
+    except Exception as exc:
+        state.put(state.DATA_ERROR, f"Could not use {name}: {services.describe_error(exc)}")
+        return False
+    state.set_dataset(dataset, key, name)
+    return True
+
+
+choices = services.demo_choices()
+if state.get(state.W_DEMO_NAME) not in choices:
+    state.put(state.W_DEMO_NAME, next(iter(choices)))
+
+source = st.radio("Source", ["Demo dataset", "Upload a file"], key=state.W_DATA_SOURCE, horizontal=True)
+if source == "Demo dataset":
+    label = st.selectbox("Demo dataset", list(choices), key=state.W_DEMO_NAME)
+    if services.SYNTHETIC_LABEL == label:
+        st.info(
+            "This is a **synthetic demo** generated on the fly: Cu–Au crystals labelled with ASE's EMT and a "
+            "*mock* potential whose errors grow with local distortion. It needs no model file. "
+            "The embedded MACE demo appears here when it is installed."
+        )
+    if state.get(state.DATASET_LABEL) != label:
+        state.put(state.DATA_ERROR, None)
+        _apply_demo(label)
+else:
+    up = st.file_uploader(
+        f"Upload a dataset (limit {services.max_upload_mb():.0f} MB)",
+        type=services.DATA_TYPES, key=state.W_DATA_UPLOAD,
+        help="Reference labels under REF_energy/REF_forces, energy/forces, or DFT_energy/DFT_forces.",
+    )
+    if up is not None:
+        handle_upload(up.name, up.getvalue())
+
+err = state.get(state.DATA_ERROR)
+if err:
+    st.error(err, icon="🚫")
+    if state.get(state.DATASET) is not None:
+        st.caption(f"Still using the previous dataset: **{state.get(state.DATASET_LABEL)}**.")
+
+dataset = state.get(state.DATASET)
+if dataset is None:
+    st.warning("No dataset yet: pick a demo or upload a file.")
+    st.stop()
+
+st.subheader(f"Summary — {state.get(state.DATASET_LABEL)}")
+rows = services.dataset_summary_rows(dataset)
+st.dataframe(pd.DataFrame(rows, columns=["field", "value"]).set_index("field"), width="stretch")
+for msg in dataset.messages:
+    st.caption(f"ℹ️ {msg}")
+
+st.subheader("Calibration / test split (always by structure)")
+mode = st.radio("Split", [state.SPLIT_RANDOM, state.SPLIT_CONFIG], key=state.W_SPLIT_MODE, horizontal=True,
+                help="Atoms of one structure are correlated, so a structure is never split between the parts.")
+types = sorted(set(dataset.config_types))
+if mode == state.SPLIT_RANDOM:
+    c1, c2 = st.columns(2)
+    c1.slider("Test fraction (of structures)", 0.1, 0.9, step=0.05, key=state.W_TEST_FRACTION)
+    c2.number_input("Seed", min_value=0, max_value=10_000, step=1, key=state.W_SPLIT_SEED)
+else:
+    if len(types) < 2:
+        st.error(f"Splitting by config_type needs at least two config types; this dataset has {types}.")
+    else:
+        if not [t for t in state.get(state.W_CAL_TYPES) or [] if t in types]:
+            state.put(state.W_CAL_TYPES, types[:1])
+            state.put(state.W_TEST_TYPES, types[1:])
+        c1, c2 = st.columns(2)
+        c1.multiselect("Calibrate on", types, key=state.W_CAL_TYPES)
+        c2.multiselect("Test on", types, key=state.W_TEST_TYPES)
+        overlap = set(state.get(state.W_CAL_TYPES)) & set(state.get(state.W_TEST_TYPES))
+        if overlap:
+            st.error(f"A config type cannot be in both parts: {sorted(overlap)}.")
+
+st.divider()
+c1, c2 = st.columns([1, 2])
+if c1.button("Next: choose a model →", key="btn_to_model"):
+    st.switch_page(page("model"))
+if c2.button("▶ Run the whole demo (featurize, calibrate, diagnose)", key="btn_quickstart", type="primary"):
+    state.put(state.QUICKSTART, True)
+    st.switch_page(page("model"))

@@ -1,0 +1,92 @@
+"""Diagnose page: every calibration plot, and the teaching view (one confidence slider)."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from app import services, state
+from app.pages_index import page
+
+st.title("📈 Diagnose")
+run = state.get(state.RESULTS)
+if run is None:
+    st.warning("Calibrate first (Calibrate page).")
+    if st.button("← Calibrate"):
+        st.switch_page(page("calibrate"))
+    st.stop()
+
+if state.get(state.OPEN_STRUCTURE):
+    state.put(state.OPEN_STRUCTURE, False)
+    st.switch_page(page("structures"))
+
+
+def _on_select(chart_key: str) -> None:
+    """A point was clicked or boxed: remember the site and open it on the Structures page."""
+    picked = services.selected_site(st.session_state.get(chart_key))
+    if picked is not None:
+        state.select_site(*picked)
+        state.put(state.OPEN_STRUCTURE, True)
+
+
+if state.get(state.W_DIAG_METHOD) not in run.labels:
+    state.put(state.W_DIAG_METHOD, run.flexible_label() or run.labels[0])
+label = st.selectbox("Method shown in the per-method plots", run.labels, key=state.W_DIAG_METHOD)
+rep = run.reports.get(label, {})
+
+
+def _fmt(x, digits=3):
+    return "—" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
+
+
+c = st.columns(5)
+c[0].metric("coverage", _fmt(rep.get("coverage")), delta=_fmt(rep.get("coverage_gap")), delta_color="off",
+            help=f"nominal {run.confidence:.0%}")
+c[1].metric("mean width (eV/Å)", _fmt(rep.get("mean_width"), 4))
+c[2].metric("width ratio vs split CP", _fmt(rep.get("width_ratio")))
+c[3].metric("Spearman ρ (width, error)", _fmt(rep.get("spearman")), help=rep.get("spearman_note") or None)
+c[4].metric("miscalibration area", _fmt(rep.get("miscalibration_area")))
+st.caption("Click or box-select points in the parity, scatter or structure plots to open that structure "
+           "with the atom highlighted.")
+
+figs = services.method_figures(run, label)
+SELECTABLE = {"force_parity", "energy_parity", "uncertainty_error", "structure_uncertainty"}
+titles = services.figure_titles()
+order = ["force_parity", "energy_parity", "coverage_curve", "calibration_curve", "uncertainty_error",
+         "species_coverage", "width_histogram", "structure_uncertainty"]
+present = [k for k in order if k in figs]
+for i in range(0, len(present), 2):
+    cols = st.columns(2)
+    for col, name in zip(cols, present[i:i + 2]):
+        with col:
+            key = f"fig_{name}"
+            if name in SELECTABLE:
+                st.plotly_chart(figs[name], key=key, on_select=lambda k=key: _on_select(k),
+                                selection_mode=("points", "box", "lasso"))
+            else:
+                st.plotly_chart(figs[name], key=key)
+
+st.divider()
+
+
+@st.fragment
+def teaching_view() -> None:
+    st.subheader("Teaching view: one confidence, two kinds of band")
+    st.caption("The slider moves the global split-CP cutoff (one width for every site) and the learned q_θ band "
+               "together, from the stored predictions at each level — nothing is refitted.")
+    if run.flexible_label() is None:
+        st.info("Include the **flexible** method on the Calibrate page to compare its band with global CP.")
+        return
+    levels = [float(x) for x in np.round(run.levels, 2)]
+    if state.get(state.W_TEACH_LEVEL) not in levels:
+        state.put(state.W_TEACH_LEVEL, min(levels, key=lambda x: abs(x - run.confidence)))
+    level = st.select_slider("Confidence", options=levels, key=state.W_TEACH_LEVEL,
+                             format_func=lambda x: f"{x:.0%}")
+    fig = services.teaching_figure(run, level)
+    if fig is None:
+        st.info("The flexible method gives no widths at other levels here.")
+        return
+    st.plotly_chart(fig, key="fig_teaching")
+
+
+teaching_view()

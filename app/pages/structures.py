@@ -1,0 +1,154 @@
+"""Structures page: 3D view coloured by width or error, picked from plots or the worst-structures table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app import services, state
+
+st.title("🔬 Structures")
+sites = state.get(state.SITES)
+dataset = state.get(state.DATASET)
+if sites is None or dataset is None:
+    st.warning("Featurize a dataset on the Model page first.")
+    st.stop()
+state.put(state.OPEN_STRUCTURE, False)
+run = state.get(state.RESULTS)
+
+# ---------------------------------------------------------------- per-structure overview
+sids = sites.unique_structures
+info = sites.structure_info
+test_ids = set(run.test.unique_structures.tolist()) if run is not None else set()
+cal_ids = set(run.cal.unique_structures.tolist()) if run is not None else set()
+sorted_by_id = np.all(np.diff(sites.structure_ids) >= 0)
+order = np.argsort(sites.structure_ids, kind="stable") if not sorted_by_id else None
+err_sorted = sites.errors if order is None else sites.errors[order]
+ids_sorted = sites.structure_ids if order is None else sites.structure_ids[order]
+starts = np.r_[0, np.flatnonzero(np.diff(ids_sorted)) + 1]
+max_err = np.maximum.reduceat(err_sorted, starts)
+ctype = info["config_type"].astype(str) if "config_type" in info else np.full(len(sids), "default")
+
+
+def _part(sid: int) -> str:
+    return "test" if sid in test_ids else ("calibration" if sid in cal_ids else "—")
+
+
+labels = run.labels if run is not None else []
+if labels and state.get(state.W_VIEW_METHOD) not in labels:
+    state.put(state.W_VIEW_METHOD, run.flexible_label() or labels[0])
+if state.get(state.W_STRUCTURE) not in set(sids.tolist()):
+    sel = state.get(state.SELECTED)
+    if sel is not None:
+        state.put(state.W_STRUCTURE, sel["structure_id"])
+    else:
+        pool = [i for i, s in enumerate(sids) if s in test_ids] or list(range(len(sids)))
+        state.put(state.W_STRUCTURE, int(sids[max(pool, key=lambda i: max_err[i])]))
+
+pos_of = {int(s): i for i, s in enumerate(sids)}
+
+
+def _describe(sid: int) -> str:
+    i = pos_of[int(sid)]
+    return f"#{sid} — {ctype[i]}, {int(info['n_atoms'][i])} atoms, {_part(int(sid))}, max error {max_err[i]:.3f} eV/Å"
+
+
+# ---------------------------------------------------------------------------- controls
+c1, c2, c3, c4 = st.columns([3, 2, 1.3, 1])
+sid = c1.selectbox("Structure", [int(s) for s in sids], key=state.W_STRUCTURE, format_func=_describe)
+if labels:
+    label = c2.selectbox("Method", labels, key=state.W_VIEW_METHOD)
+else:
+    label = None
+    c2.info("Calibrate to colour by width.")
+color_by = c3.radio("Colour by", ["width", "error"] if labels else ["error"], key=state.W_COLOR_BY)
+arrows_on = c4.checkbox("Force-error arrows", key=state.W_ARROWS)
+
+sub = sites.select_structures([sid])
+atoms = dataset.structures[sid]
+n_atoms = len(atoms)
+errors = np.zeros(n_atoms)
+errors[sub.atom_index] = sub.errors
+widths = None
+if label is not None:
+    widths = np.zeros(n_atoms)
+    widths[sub.atom_index] = services.structure_widths(run, sub, label)
+arrows = None
+if arrows_on and sub.forces_pred is not None and sub.forces_ref is not None:
+    arrows = np.zeros((n_atoms, 3))
+    arrows[sub.atom_index] = sub.forces_pred - sub.forces_ref
+selected = state.get(state.SELECTED)
+highlight = selected["atom_index"] if selected and selected["structure_id"] == sid else None
+if highlight is not None and not 0 <= highlight < n_atoms:
+    highlight = None
+
+use_width = color_by == "width" and widths is not None
+values = widths if use_width else errors
+vlabel = f"{label} width at {run.confidence:.0%} (eV/Å)" if use_width else "force error ‖ΔF‖ (eV/Å)"
+
+left, right = st.columns([3, 2])
+with left:
+    from core.viewer import structure_view_html
+
+    try:
+        html = structure_view_html(atoms, values=values, label=vlabel, highlight=highlight, arrows=arrows,
+                                   width=620, height=430)
+        st.iframe(html, height=540)
+    except FileNotFoundError as exc:
+        st.error(f"The 3D viewer needs 3Dmol.js installed locally: {exc}")
+with right:
+    table = pd.DataFrame({"atom": np.arange(n_atoms), "element": atoms.get_chemical_symbols(),
+                          "error (eV/Å)": errors})
+    if widths is not None:
+        table["width (eV/Å)"] = widths
+        table["covered"] = errors <= widths
+    st.caption(f"Atoms of structure #{sid} ({_part(sid)} part). Select a row to highlight the atom.")
+
+    def _pick_atom() -> None:
+        rows = st.session_state["atom_table"].selection.rows
+        if rows:
+            state.select_site(sid, int(table.iloc[rows[0]]["atom"]))
+
+    st.dataframe(table, height=470, hide_index=True, key="atom_table", on_select=_pick_atom,
+                 selection_mode="single-row",
+                 column_config={c: st.column_config.NumberColumn(format="%.4f") for c in table.columns
+                                if "eV/Å" in c})
+
+# -------------------------------------------------------------- pick from a plot / table
+st.divider()
+if run is not None:
+    from core.figures import plot_uncertainty_error
+
+    def _pick_point() -> None:
+        picked = services.selected_site(st.session_state.get("pick_scatter"))
+        if picked is not None:
+            state.select_site(*picked)
+
+    left, right = st.columns(2)
+    with left:
+        st.caption("Test sites: click or box-select a point to open its structure.")
+        st.plotly_chart(plot_uncertainty_error(run.test.errors, run.widths[label], label=label,
+                                               ids=services.site_ids(run.test)),
+                        key="pick_scatter", on_select=_pick_point, selection_mode=("points", "box", "lasso"))
+    from core.metrics import structure_maxima
+
+    me, mw = structure_maxima(run.test.errors, run.widths[label], run.test.structure_ids)
+    tids = np.unique(run.test.structure_ids)
+    worst = pd.DataFrame({"structure": tids, "config_type": [ctype[pos_of[int(s)]] for s in tids],
+                          "max error (eV/Å)": me, "max width (eV/Å)": mw, "max error / max width": me / mw})
+    worst = worst.sort_values("max error (eV/Å)", ascending=False).head(20).reset_index(drop=True)
+    with right:
+        st.caption(f"Worst test structures by max force error ({label} widths). Select a row to view it.")
+
+        def _pick_structure() -> None:
+            rows = st.session_state["worst_table"].selection.rows
+            if rows:
+                state.select_site(int(worst.iloc[rows[0]]["structure"]), None)
+
+        st.dataframe(worst, hide_index=True, key="worst_table", on_select=_pick_structure,
+                     selection_mode="single-row",
+                     column_config={c: st.column_config.NumberColumn(format="%.4f") for c in worst.columns
+                                    if c not in ("structure", "config_type")})
+else:
+    st.info("Calibrate to see widths, the selectable scatter and the worst-structures table.")

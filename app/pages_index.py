@@ -1,0 +1,45 @@
+"""The app's pages, in navigation order (used by ``main.py`` and ``st.switch_page``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+_DIR = Path(__file__).resolve().parent / "pages"
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    name: str
+    title: str
+    icon: str
+    default: bool = False
+
+    @property
+    def path(self) -> Path:
+        return _DIR / f"{self.name}.py"
+
+    @property
+    def relpath(self) -> str:
+        """Path relative to ``app/main.py`` (what ``st.switch_page`` and AppTest take)."""
+        return f"pages/{self.name}.py"
+
+    @property
+    def url(self) -> str:
+        return self.name
+
+
+PAGES = (
+    PageInfo("data", "Data", "📂", default=True),
+    PageInfo("model", "Model", "🧠"),
+    PageInfo("calibrate", "Calibrate", "🎯"),
+    PageInfo("diagnose", "Diagnose", "📈"),
+    PageInfo("structures", "Structures", "🔬"),
+    PageInfo("export", "Export", "💾"),
+)
+BY_NAME = {p.name: p for p in PAGES}
+
+
+def page(name: str) -> str:
+    """The ``st.switch_page`` target of a page by name."""
+    return BY_NAME[name].relpath

@@ -1,0 +1,202 @@
+"""Every ``st.session_state`` key of the app, in one place.
+
+Two kinds of keys:
+
+- widget keys (``W_*``): the value of a widget, kept across page switches. Streamlit
+  drops the state of widgets that a run does not draw, so :func:`init` re-commits
+  them on every run (the documented way to keep widget values between pages);
+- data keys: objects the pages hand to each other (dataset, features, results).
+  Changing an upstream object clears what was derived from it
+  (:func:`set_dataset`, :func:`set_sites`).
+
+Nothing here is module-level mutable state: every value lives in the session.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+# ------------------------------------------------------------------ widget keys
+W_DATA_SOURCE = "w_data_source"          # "Demo dataset" | "Upload a file"
+W_DEMO_NAME = "w_demo_name"              # label of the chosen demo dataset
+W_SPLIT_MODE = "w_split_mode"            # SPLIT_RANDOM | SPLIT_CONFIG
+W_TEST_FRACTION = "w_test_fraction"      # fraction of structures in the test part
+W_SPLIT_SEED = "w_split_seed"
+W_CAL_TYPES = "w_cal_types"              # config_types used for calibration
+W_TEST_TYPES = "w_test_types"            # config_types used for testing
+W_MODEL_KIND = "w_model_kind"            # one of MODEL_KINDS
+W_FOUNDATION = "w_foundation_name"
+W_MODEL_PATH = "w_model_path"
+W_METHODS = "w_methods"
+W_CONFIDENCE = "w_confidence"
+W_LEVELS = "w_levels"
+W_HIDDEN = "w_hidden"                    # "64, 64"
+W_WEIGHTS = "w_weights"
+W_CONFORMAL = "w_conformal"
+W_MAX_EPOCHS = "w_max_epochs"
+W_BOOTSTRAP = "w_bootstrap"
+W_DIAG_METHOD = "w_diag_method"
+W_TEACH_LEVEL = "w_teach_level"
+W_VIEW_METHOD = "w_view_method"
+W_COLOR_BY = "w_color_by"                # "width" | "error"
+W_ARROWS = "w_arrows"
+W_STRUCTURE = "w_structure"
+W_EXPORT_METHOD = "w_export_method"
+# not persisted on purpose: re-confirm trust whenever the page is drawn again
+W_TRUST = "w_trust_model_file"
+W_DATA_UPLOAD = "w_data_upload"
+W_MODEL_UPLOAD = "w_model_upload"
+
+SPLIT_RANDOM = "Random by structure"
+SPLIT_CONFIG = "By config_type"
+MODEL_KINDS = ("Demo model", "Foundation model by name", "Local model file", "Upload a model file")
+DEFAULT_METHODS = ["flexible", "split", "knn"]
+DEFAULT_LEVELS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
+
+WIDGET_DEFAULTS: dict[str, Any] = {
+    W_DATA_SOURCE: "Demo dataset",
+    W_DEMO_NAME: None,
+    W_SPLIT_MODE: SPLIT_RANDOM,
+    W_TEST_FRACTION: 0.5,
+    W_SPLIT_SEED: 0,
+    W_CAL_TYPES: [],
+    W_TEST_TYPES: [],
+    W_MODEL_KIND: MODEL_KINDS[0],
+    W_FOUNDATION: "mace-mp-0b3-medium",
+    W_MODEL_PATH: "",
+    W_METHODS: DEFAULT_METHODS,
+    W_CONFIDENCE: 0.9,
+    W_LEVELS: DEFAULT_LEVELS,
+    W_HIDDEN: "64, 64",
+    W_WEIGHTS: "uniform",
+    W_CONFORMAL: True,
+    W_MAX_EPOCHS: 200,
+    W_BOOTSTRAP: 200,
+    W_DIAG_METHOD: None,
+    W_TEACH_LEVEL: 0.9,
+    W_VIEW_METHOD: None,
+    W_COLOR_BY: "width",
+    W_ARROWS: False,
+    W_STRUCTURE: None,
+    W_EXPORT_METHOD: None,
+}
+
+# -------------------------------------------------------------------- data keys
+DATASET = "dataset"                # core.data.Dataset (or None)
+DATASET_KEY = "dataset_key"        # content hash of the source bytes / demo name
+DATASET_LABEL = "dataset_label"    # what the user picked, in words
+DATA_ERROR = "data_error"          # last data error in plain words (previous dataset kept)
+UPLOAD_DIGEST = "upload_digest"    # hash of the last upload handled (so reruns don't re-read it)
+POTENTIAL_LABEL = "potential_label"
+MODEL_ERROR = "model_error"
+SITES = "sites"                    # core.sites.SiteTable of the whole dataset
+SITES_KEY = "sites_key"            # (dataset_key, potential identity)
+JOB = "training_job"               # app.services.TrainingJob while/after training
+RESULTS = "results"                # app.services.CalibrationRun
+TRAIN_ERROR = "train_error"        # why the last training failed, in plain words
+SELECTED = "selected_site"         # {"structure_id": int, "atom_index": int | None}
+OPEN_STRUCTURE = "open_structure"  # a plot point was picked: switch to the Structures page
+QUICKSTART = "quickstart"          # True while the one-click demo walks the pages
+
+DATA_DEFAULTS: dict[str, Any] = {
+    DATASET: None,
+    DATASET_KEY: None,
+    DATASET_LABEL: None,
+    DATA_ERROR: None,
+    UPLOAD_DIGEST: None,
+    POTENTIAL_LABEL: None,
+    MODEL_ERROR: None,
+    SITES: None,
+    SITES_KEY: None,
+    JOB: None,
+    RESULTS: None,
+    TRAIN_ERROR: None,
+    SELECTED: None,
+    OPEN_STRUCTURE: False,
+    QUICKSTART: False,
+}
+
+
+def init() -> None:
+    """Create every key with its default (``setdefault``) and keep widget values alive."""
+    ss = st.session_state
+    for key, value in DATA_DEFAULTS.items():
+        ss.setdefault(key, value)
+    for key, value in WIDGET_DEFAULTS.items():
+        if key in ss:
+            ss[key] = ss[key]  # re-commit: survives pages that don't draw this widget
+        elif value is not None:
+            ss[key] = list(value) if isinstance(value, list) else value
+
+
+def get(key: str) -> Any:
+    return st.session_state.get(key, DATA_DEFAULTS.get(key, WIDGET_DEFAULTS.get(key)))
+
+
+def put(key: str, value: Any) -> None:
+    st.session_state[key] = value
+
+
+def set_dataset(dataset, key: str, label: str) -> None:
+    """A new dataset: drop features, results and selection derived from the old one."""
+    ss = st.session_state
+    ss[DATASET] = dataset
+    ss[DATASET_KEY] = key
+    ss[DATASET_LABEL] = label
+    ss[DATA_ERROR] = None
+    ss[W_CAL_TYPES] = []
+    ss[W_TEST_TYPES] = []
+    clear_sites()
+
+
+def clear_sites() -> None:
+    ss = st.session_state
+    ss[SITES] = None
+    ss[SITES_KEY] = None
+    clear_results()
+
+
+def set_sites(sites, key, potential_label: str) -> None:
+    ss = st.session_state
+    if ss.get(SITES_KEY) != key:
+        clear_results()
+    ss[SITES] = sites
+    ss[SITES_KEY] = key
+    ss[POTENTIAL_LABEL] = potential_label
+    ss[MODEL_ERROR] = None
+
+
+def clear_results() -> None:
+    ss = st.session_state
+    job = ss.get(JOB)
+    if job is not None:
+        job.stop()
+    ss[JOB] = None
+    ss[RESULTS] = None
+    ss[SELECTED] = None
+
+
+def collect_finished_job() -> bool:
+    """Move a finished training job's results into the session; True when it did."""
+    ss = st.session_state
+    job = ss.get(JOB)
+    import sys; print("COLLECT", job, job and job.done, file=sys.stderr)
+    if job is None or not job.done:
+        return False
+    ss[JOB] = None
+    if job.status == "done":
+        ss[RESULTS] = job.run
+        ss[TRAIN_ERROR] = None
+        ss[SELECTED] = None
+    else:
+        ss[TRAIN_ERROR] = job.error
+        ss[QUICKSTART] = False
+    return True
+
+
+def select_site(structure_id: int, atom_index: int | None) -> None:
+    st.session_state[SELECTED] = {"structure_id": int(structure_id),
+                                  "atom_index": None if atom_index is None else int(atom_index)}
+    st.session_state[W_STRUCTURE] = int(structure_id)

@@ -1,0 +1,172 @@
+"""Exports of calibrated results: per-site tables, annotated extxyz, calibrator, HTML report.
+
+Pure functions returning bytes/str so that the app (download buttons), notebooks
+and the CLI can all write them. Units: errors and widths in eV/Å, energies in eV.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+WIDTH_ARRAY = "flexcal_width"
+ERROR_ARRAY = "flexcal_error"
+
+
+def _check_per_site(name: str, values, n: int) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape != (n,):
+        raise ValueError(f"{name}: expected shape ({n},) (one value per site), got {arr.shape}")
+    return arr
+
+
+def site_frame(sites, widths: Mapping[str, np.ndarray] | None = None, *, confidence: float | None = None,
+               split: np.ndarray | None = None, include_descriptors: bool = False):
+    """One row per site: ids, species, error, forces, config type and per-method widths.
+
+    Parameters
+    ----------
+    sites : core.sites.SiteTable
+        n sites.
+    widths : dict of str -> ndarray of shape (n,), optional
+        Half-widths (eV/Å) per method; adds columns ``width_<method>`` and
+        ``covered_<method>`` (error <= width).
+    confidence : float, optional
+        Stored in a ``confidence`` column when given.
+    split : ndarray of str, shape (n,), optional
+        E.g. "calibration"/"test" per site.
+    include_descriptors : bool
+        Append descriptor columns ``d_0 .. d_{d-1}``.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    import pandas as pd
+    from ase.data import chemical_symbols
+
+    n = len(sites)
+    cols: dict[str, object] = {
+        "structure_id": sites.structure_ids,
+        "atom_index": sites.atom_index,
+        "species": sites.species,
+        "symbol": np.array([chemical_symbols[z] for z in sites.species]),
+    }
+    if "config_type" in sites.structure_info:
+        cols["config_type"] = sites.structure_column("config_type").astype(str)
+    if split is not None:
+        split = np.asarray(split)
+        if split.shape != (n,):
+            raise ValueError(f"split: expected shape ({n},), got {split.shape}")
+        cols["split"] = split
+    cols["error"] = sites.errors
+    for name, arr in (("force_pred", sites.forces_pred), ("force_ref", sites.forces_ref)):
+        if arr is not None:
+            for k, ax in enumerate("xyz"):
+                cols[f"{name}_{ax}"] = arr[:, k]
+    if confidence is not None:
+        cols["confidence"] = np.full(n, float(confidence))
+    for method, w in (widths or {}).items():
+        w = _check_per_site(f"widths[{method!r}]", w, n)
+        cols[f"width_{method}"] = w
+        cols[f"covered_{method}"] = sites.errors <= w
+    if include_descriptors:
+        for j in range(sites.n_descriptors):
+            cols[f"d_{j}"] = sites.descriptors[:, j]
+    return pd.DataFrame(cols)
+
+
+def csv_bytes(frame) -> bytes:
+    """A DataFrame as UTF-8 CSV bytes (no index)."""
+    return frame.to_csv(index=False).encode()
+
+
+def parquet_bytes(frame) -> bytes:
+    """A DataFrame as Parquet bytes (pyarrow)."""
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def annotated_extxyz(structures: Sequence, sites, widths, *, errors=None, structure_ids=None,
+                     method: str | None = None, confidence: float | None = None) -> bytes:
+    """Extended XYZ of the structures with per-atom ``flexcal_width`` / ``flexcal_error``.
+
+    Parameters
+    ----------
+    structures : list of ase.Atoms
+        The structures that were featurized: ``sites.structure_ids`` are positions
+        in this list (as ``core.featurize`` numbers them).
+    sites : core.sites.SiteTable
+        n sites of (some of) those structures.
+    widths : ndarray of shape (n,)
+        Calibrated half-widths, eV/Å.
+    errors : ndarray of shape (n,), optional
+        Defaults to ``sites.errors`` (eV/Å).
+    structure_ids : iterable of int, optional
+        Which structures to write (default: every structure in ``sites``).
+    method, confidence : optional
+        Recorded in each frame's ``info`` as ``flexcal_method`` / ``flexcal_confidence``.
+
+    Returns
+    -------
+    bytes
+        Atoms without a site row get NaN. Each frame also carries
+        ``info["flexcal_max_width"]`` and ``info["flexcal_max_error"]``.
+    """
+    from ase.io import write
+
+    n = len(sites)
+    widths = _check_per_site("widths", widths, n)
+    errors = sites.errors if errors is None else _check_per_site("errors", errors, n)
+    present = set(sites.unique_structures.tolist())
+    wanted = sites.unique_structures if structure_ids is None else np.unique(np.asarray(structure_ids, dtype=np.int64))
+    frames = []
+    for sid in wanted:
+        sid = int(sid)
+        if sid not in present:
+            raise ValueError(f"structure_ids: structure {sid} has no sites in this table")
+        if not 0 <= sid < len(structures):
+            raise ValueError(f"structure {sid}: outside the {len(structures)} structures given")
+        atoms = structures[sid].copy()
+        atoms.calc = None
+        w = np.full(len(atoms), np.nan)
+        e = np.full(len(atoms), np.nan)
+        m = sites.structure_ids == sid
+        idx = sites.atom_index[m]
+        if idx.size and idx.max() >= len(atoms):
+            raise ValueError(f"structure {sid}: atom index {int(idx.max())} but the structure has {len(atoms)} atoms")
+        w[idx] = widths[m]
+        e[idx] = errors[m]
+        atoms.arrays[WIDTH_ARRAY] = w
+        atoms.arrays[ERROR_ARRAY] = e
+        atoms.info["flexcal_structure_id"] = sid
+        atoms.info["flexcal_max_width"] = float(np.nanmax(w)) if np.isfinite(w).any() else float("nan")
+        atoms.info["flexcal_max_error"] = float(np.nanmax(e)) if np.isfinite(e).any() else float("nan")
+        if method is not None:
+            atoms.info["flexcal_method"] = str(method)
+        if confidence is not None:
+            atoms.info["flexcal_confidence"] = float(confidence)
+        frames.append(atoms)
+    buf = io.StringIO()
+    write(buf, frames, format="extxyz")
+    return buf.getvalue().encode()
+
+
+def calibrator_bytes(calibrator) -> bytes:
+    """The fitted calibrator's ``save()`` file (one pickle-free ``.npz``) as bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = calibrator.save(Path(tmp) / "calibrator.npz")
+        return Path(path).read_bytes()
+
+
+def html_report(figures: Sequence[tuple[str, object]], tables: Sequence[tuple[str, object]],
+                title: str = "FlexCal calibration report") -> str:
+    """A self-contained HTML page of the figures and tables (plotly.js inlined, no CDN)."""
+    from core.figures import figures_to_html
+
+    return figures_to_html(list(figures), list(tables), title)

@@ -1,0 +1,460 @@
+"""MACE as a FlexCal potential: one forward pass -> energies, forces, descriptors.
+
+``load_potential`` accepts
+
+* a foundation-model name (``FOUNDATION_MODELS``; default ``"mace-mp-0b3-medium"``),
+  resolved with mace-torch's own functions (``mace_mp`` / ``mace_off`` download
+  logic and cache directory, ``~/.cache/mace`` or ``$XDG_CACHE_HOME/mace``).
+  Without network access a model that is not cached raises
+  :class:`FoundationModelUnavailable` naming the URL to download and the exact
+  cache path to save it to (or: pass the file's path instead of the name);
+* a local ``.model`` file written by ``mace_run_train`` / ``torch.save``;
+* a committee: extra model files (or names) in ``committee=``.
+
+Trust: ``.model`` files are Python pickles and ``torch.load`` executes code from
+them. Paths the user chooses on their own machine are trusted here; deciding
+whether an *uploaded* file may be loaded is the app's job (its trust gate), not
+this module's.
+
+Descriptors are exactly what ``MACECalculator.get_descriptors(invariants_only=True)``
+returns: the scalar (L=0) channels of the node features of every interaction
+layer, concatenated (layer 1 first; the last layer carries scalars only). They
+come out of the same forward pass as energies and forces (``out["node_feats"]``),
+instead of the second pass ``get_descriptors`` makes.
+
+Committee: energies, forces and descriptors are those of the *primary* model
+(the first one), so errors do not change when a committee is added; the
+committee only supplies ``committee_std``, the per-atom spread of predicted
+forces over all M models (primary included)::
+
+    committee_std_i = sqrt( sum_{k in x,y,z} Var_m[ F_{m,i,k} ] )   (population variance, ddof=0)
+
+i.e. the Euclidean norm of the per-component standard deviations, in eV/Å
+(the square root of the trace of the force covariance; the same variance
+``MACECalculator`` reports as ``forces_var``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from core.potentials.base import PotentialOutput, check_elements
+
+DEFAULT_MODEL = "mace-mp-0b3-medium"
+
+#: FlexCal name -> (mace-torch family, the ``model=`` key of ``mace_mp`` / ``mace_off``)
+FOUNDATION_MODELS: dict[str, tuple[str, str]] = {
+    "mace-mp-0b3-medium": ("mp", "medium-0b3"),
+    "mace-mp-0-small": ("mp", "small"),
+    "mace-mp-0-medium": ("mp", "medium"),
+    "mace-mp-0-large": ("mp", "large"),
+    "mace-mpa-0-medium": ("mp", "medium-mpa-0"),
+    "mace-omat-0-small": ("mp", "small-omat-0"),
+    "mace-omat-0-medium": ("mp", "medium-omat-0"),
+    "mace-off23-small": ("off", "small"),
+    "mace-off23-medium": ("off", "medium"),
+    "mace-off23-large": ("off", "large"),
+}
+DTYPES = ("float64", "float32")
+_HASH_VERSION = "flexcal-mace-v1"
+
+
+class FoundationModelUnavailable(RuntimeError):
+    """A foundation model is not cached and could not be downloaded."""
+
+
+# ------------------------------------------------------------------ imports
+def _mace():
+    """Import mace before e3nn: mace sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, which
+    e3nn's pickled constants need under torch >= 2.6."""
+    import mace.calculators  # noqa: F401  (sets the environment variable)
+    import mace.calculators.foundations_models as foundations_models
+
+    return foundations_models
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: str):
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if dtype == "float64" else torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+# -------------------------------------------------------- foundation models
+def foundation_model_source(name: str) -> tuple[str, Path]:
+    """(download URL, cache path) mace-torch uses for a foundation model.
+
+    The cache path follows mace-torch exactly (``mace.tools.utils.get_cache_dir()``,
+    ``$XDG_CACHE_HOME/mace`` or ``~/.cache/mace``): for ``mace_mp`` models the
+    URL's file name with everything but letters, digits and ``_`` removed; for
+    ``mace_off`` models the URL's file name as is.
+    """
+    if name not in FOUNDATION_MODELS:
+        raise ValueError(f"unknown foundation model {name!r}; known: {', '.join(FOUNDATION_MODELS)}")
+    fm = _mace()
+    family, key = FOUNDATION_MODELS[name]
+    cache_dir = Path(fm.get_cache_dir())
+    if family == "mp":
+        url = fm.mace_mp_urls[key]
+        fname = "".join(c for c in os.path.basename(url) if c.isalnum() or c in "_")
+    else:
+        url = fm.mace_off_urls[key]
+        fname = os.path.basename(url).split("?")[0]
+    return url, cache_dir / fname
+
+
+def foundation_model_path(name: str) -> Path:
+    """Local path of a foundation model, downloading it with mace-torch if needed.
+
+    Raises
+    ------
+    FoundationModelUnavailable
+        Not cached and the download failed (e.g. offline). The message names
+        the URL and the cache path to put the file at.
+    """
+    url, cache_path = foundation_model_source(name)
+    fm = _mace()
+    family, key = FOUNDATION_MODELS[name]
+    if family == "mp" and key == "medium-mpa-0" and os.path.isfile(fm.local_model_path):
+        return Path(fm.local_model_path)
+    if cache_path.is_file():
+        return cache_path
+    try:
+        if family == "mp":
+            path = Path(fm.download_mace_mp_checkpoint(key))
+        else:
+            fm.mace_off(model=key, device="cpu", return_raw_model=True)
+            path = cache_path
+    except Exception as exc:  # URLError, OSError, RuntimeError from mace's wrappers, ...
+        cause = exc.__cause__ or exc
+        raise FoundationModelUnavailable(
+            f"foundation model {name!r} is not cached and could not be downloaded "
+            f"({type(cause).__name__}: {cause}). Download {url} and save it as {cache_path} "
+            f"(mace-torch's cache; set XDG_CACHE_HOME to move it), or pass the path of a "
+            f"local .model file instead of the name."
+        ) from exc
+    if not path.is_file():
+        raise FoundationModelUnavailable(
+            f"foundation model {name!r}: mace-torch reported no file at {path}. "
+            f"Download {url} and save it as {cache_path}, or pass a local .model path."
+        )
+    return path
+
+
+# -------------------------------------------------------------- model files
+def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_model_file(path: Path, device: str):
+    """torch.load a pickled MACE model (trusted local file) onto ``device``."""
+    _mace()
+    import torch
+
+    try:
+        model = torch.load(str(path), map_location=device, weights_only=False)
+    except Exception as exc:
+        raise ValueError(
+            f"{path}: not a loadable MACE .model file ({type(exc).__name__}: {exc}). "
+            "A truncated download or a TorchScript '*_compiled.model' gives this; "
+            "use the plain .model file mace_run_train writes."
+        ) from None
+    if isinstance(model, dict):
+        raise ValueError(
+            f"{path}: contains a dict (a training checkpoint or state dict), not a model; "
+            "use the .model file mace_run_train writes"
+        )
+    needed = ("atomic_numbers", "r_max", "num_interactions", "products")
+    missing = [a for a in needed if not hasattr(model, a)]
+    if not isinstance(model, torch.nn.Module) or missing:
+        raise ValueError(
+            f"{path}: not a MACE model (got {type(model).__name__}, lacking {missing or 'nothing'})"
+        )
+    return model
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device: 'mps' requested but the MPS backend is not available; use 'cpu' or 'auto'")
+    return device
+
+
+def _resolve_model(spec) -> tuple[str, Path]:
+    """(display name, local file) for a foundation name or a path."""
+    if isinstance(spec, str) and spec in FOUNDATION_MODELS:
+        return spec, foundation_model_path(spec)
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"model: expected a foundation-model name or a path, got {type(spec).__name__}")
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path.stem, path
+    if isinstance(spec, str) and os.sep not in spec and not spec.endswith(".model"):
+        raise ValueError(
+            f"model: {spec!r} is neither a known foundation model nor an existing file; "
+            f"known names: {', '.join(FOUNDATION_MODELS)}"
+        )
+    raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+
+
+# ------------------------------------------------------------- the potential
+class MACEPotential:
+    """A MACE model (optionally with a committee) behind the Potential protocol.
+
+    Parameters
+    ----------
+    model : str or path
+        Foundation-model name (see ``FOUNDATION_MODELS``) or a ``.model`` file.
+    committee : iterable of str or path, optional
+        Further models; with them ``compute`` also returns ``committee_std``.
+    device : {"auto", "cpu", "cuda", "cuda:N", "mps"}
+        ``"auto"``: CUDA when available, else CPU.
+    dtype : {"float64", "float32"}
+        The models are cast to it (float64 reproduces MACECalculator exactly).
+    head : str, optional
+        Head of a multi-head model; default: the only head, else the one named
+        "default" (as MACECalculator chooses).
+    name : str, optional
+        Display name; default the foundation name or the file stem.
+
+    Attributes
+    ----------
+    name, identity, atomic_numbers : see ``Potential``
+    model_paths : list of Path
+    r_max : float, cutoff in Å
+    heads : list of str; head : str
+    n_descriptors : int, descriptor width d
+    """
+
+    def __init__(self, model, committee: Iterable = (), *, device: str = "auto", dtype: str = "float64",
+                 head: str | None = None, name: str | None = None):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
+        if isinstance(committee, (str, os.PathLike)):
+            committee = [committee]
+        specs = [model, *list(committee)]
+        self.device = _resolve_device(device)
+        self.dtype = dtype
+        resolved = [_resolve_model(s) for s in specs]
+        self.model_paths = [p for _, p in resolved]
+        n_extra = len(resolved) - 1
+        self.name = name or (resolved[0][0] + (f" (+{n_extra} committee)" if n_extra else ""))
+
+        import torch
+
+        tdtype = torch.float64 if dtype == "float64" else torch.float32
+        self.models = []
+        for path in self.model_paths:
+            m = _load_model_file(path, self.device).to(device=self.device, dtype=tdtype)
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+            self.models.append(m)
+
+        first = self.models[0]
+        self.atomic_numbers = tuple(int(z) for z in first.atomic_numbers)
+        self.r_max = float(first.r_max)
+        for path, m in zip(self.model_paths[1:], self.models[1:]):
+            if tuple(int(z) for z in m.atomic_numbers) != self.atomic_numbers:
+                raise ValueError(
+                    f"committee: {path} knows elements {[int(z) for z in m.atomic_numbers]}, "
+                    f"the primary model {list(self.atomic_numbers)}; all members must match"
+                )
+            if float(m.r_max) != self.r_max:
+                raise ValueError(f"committee: {path} has r_max {float(m.r_max)}, the primary model {self.r_max}")
+        self.heads = list(getattr(first, "heads", None) or ["Default"])
+        self.head = self._choose_head(head)
+
+        from mace.modules.utils import extract_invariant  # after _mace(): e3nn needs mace first
+        from e3nn import o3
+
+        self._extract_invariant = extract_invariant
+        irreps_out = o3.Irreps(str(first.products[0].linear.irreps_out))
+        self._l_max = int(irreps_out.lmax)
+        self._num_features = irreps_out.dim // (self._l_max + 1) ** 2
+        self._num_interactions = int(first.num_interactions)
+        self.n_descriptors = self._num_features * self._num_interactions
+
+        self._file_hashes = [_sha256_file(p) for p in self.model_paths]
+        h = hashlib.sha256()
+        h.update(_HASH_VERSION.encode())
+        for fh in self._file_hashes:
+            h.update(fh.encode())
+        h.update(f"|dtype={dtype}|head={self.head}".encode())
+        self.identity = h.hexdigest()
+
+    def __repr__(self) -> str:
+        return (f"MACEPotential(name={self.name!r}, n_models={len(self.models)}, dtype={self.dtype!r}, "
+                f"device={self.device!r}, n_descriptors={self.n_descriptors})")
+
+    def _choose_head(self, head: str | None) -> str:
+        if head is not None:
+            if head not in self.heads:
+                raise ValueError(f"head: {head!r} is not a head of this model; heads: {self.heads}")
+            return head
+        if len(self.heads) == 1:
+            return self.heads[0]
+        default = [h for h in self.heads if h.lower() == "default"]
+        if not default:
+            raise ValueError(f"head: this model has several heads and none is 'default'; choose one of {self.heads}")
+        return default[0]
+
+    # ----------------------------------------------------------- compute
+    def _batch(self, structures):
+        from mace import data as mace_data
+        from mace.tools import torch_geometric, utils
+
+        # the key specification MACECalculator uses, so the graphs are identical
+        keyspec = mace_data.KeySpecification(
+            info_keys={"total_spin": "spin", "total_charge": "charge", "external_field": "external_field"},
+            arrays_keys={"Qs": "charges"},
+        )
+        z_table = utils.AtomicNumberTable(list(self.atomic_numbers))
+        with _default_dtype(self.dtype):
+            graphs = [
+                mace_data.AtomicData.from_config(
+                    mace_data.config_from_atoms(atoms, key_specification=keyspec, head_name=self.head),
+                    z_table=z_table,
+                    cutoff=self.r_max,
+                    heads=self.heads,
+                )
+                for atoms in structures
+            ]
+        return torch_geometric.Batch.from_data_list(graphs).to(self.device)
+
+    def compute(self, structures: Sequence) -> PotentialOutput:
+        """Energies, forces and descriptors of a batch of structures in one forward pass.
+
+        Parameters
+        ----------
+        structures : sequence of ase.Atoms (m structures, N atoms in all)
+
+        Returns
+        -------
+        PotentialOutput
+            energies (m,) eV, forces (N, 3) eV/Å, descriptors (N, d) in the
+            model dtype, committee_std (N,) eV/Å or None. Atoms in input order.
+        """
+        from ase import Atoms
+
+        structures = list(structures)
+        if not structures:
+            raise ValueError("structures: empty batch")
+        for i, a in enumerate(structures):
+            if not isinstance(a, Atoms):
+                raise TypeError(f"structures[{i}]: expected ase.Atoms, got {type(a).__name__}")
+            if len(a) == 0:
+                raise ValueError(f"structures[{i}]: has zero atoms")
+        check_elements(structures, self.atomic_numbers, f"model {self.name!r}")
+
+        batch = self._batch(structures)
+        n_models = len(self.models)
+        forces_all = []
+        energies = descriptors = None
+        for k, model in enumerate(self.models):
+            # the model sets requires_grad on positions in place; give every member its own copy
+            b = batch.clone() if k < n_models - 1 else batch
+            out = model(b.to_dict(), training=False, compute_force=True)
+            forces_all.append(out["forces"].detach())
+            if k == 0:
+                energies = out["energy"].detach()
+                feats = out.get("node_feats")
+                if feats is None:
+                    raise ValueError(f"model {self.name!r} returns no node_feats; descriptors need a MACE model")
+                descriptors = self._extract_invariant(
+                    feats.detach(),
+                    num_layers=self._num_interactions,
+                    num_features=self._num_features,
+                    l_max=self._l_max,
+                )
+        forces = forces_all[0]
+        committee_std = None
+        if n_models > 1:
+            import torch
+
+            stack = torch.stack(forces_all)  # (M, N, 3)
+            committee_std = torch.sqrt(torch.var(stack, dim=0, unbiased=False).sum(dim=1))
+            committee_std = committee_std.cpu().numpy().astype(np.float64)
+        return PotentialOutput(
+            energies=energies.cpu().numpy().astype(np.float64).reshape(-1),
+            forces=forces.cpu().numpy().astype(np.float64),
+            descriptors=descriptors.cpu().numpy(),
+            committee_std=committee_std,
+        )
+
+    def ase_calculator(self, committee: bool = False):
+        """mace-torch's ``MACECalculator`` sharing this potential's model(s).
+
+        Parameters
+        ----------
+        committee : bool, default False
+            False: the primary model only (what FlexCal calibrates). True: all
+            models (MACECalculator then averages them and reports variances).
+        """
+        _mace()
+        from mace.calculators import MACECalculator
+
+        models = self.models if committee else self.models[:1]
+        kwargs = {"head": self.head} if len(self.heads) > 1 else {}
+        return MACECalculator(models=list(models), device=self.device, default_dtype=self.dtype, **kwargs)
+
+
+def load_potential(name_or_path=DEFAULT_MODEL, committee: Iterable = (), device: str = "auto",
+                   dtype: str = "float64", head: str | None = None) -> MACEPotential:
+    """Load a MACE potential by foundation-model name, file path, or list of files.
+
+    Parameters
+    ----------
+    name_or_path : str, path, list of those, or MACEPotential
+        A name from ``FOUNDATION_MODELS`` (default ``"mace-mp-0b3-medium"``), a
+        ``.model`` file, or a list whose first entry is the primary model and the
+        rest a committee. A MACEPotential is returned unchanged.
+    committee : iterable of str or path
+        Further committee members.
+    device, dtype, head
+        See :class:`MACEPotential`.
+
+    Raises
+    ------
+    FoundationModelUnavailable
+        A named model is not cached and cannot be downloaded.
+    ValueError
+        Unknown name, unloadable file, mismatched committee, bad dtype/device/head.
+    FileNotFoundError
+        A path that does not exist.
+    """
+    if isinstance(name_or_path, MACEPotential):
+        return name_or_path
+    if isinstance(name_or_path, (list, tuple)):
+        if not name_or_path:
+            raise ValueError("name_or_path: empty list of models")
+        primary, extra = name_or_path[0], list(name_or_path[1:])
+    else:
+        primary, extra = name_or_path, []
+    if isinstance(committee, (str, os.PathLike)):
+        committee = [committee]
+    return MACEPotential(primary, [*extra, *list(committee)], device=device, dtype=dtype, head=head)

@@ -1,0 +1,318 @@
+"""Offline 3D view of one structure coloured by a per-site value (py3Dmol / 3Dmol.js).
+
+:func:`structure_view_html` returns a self-contained HTML fragment: the
+3Dmol.js library is read from a local file and inlined, so the view works
+without network (py3Dmol itself would load it from a CDN). The file is
+looked up by :func:`find_3dmol_js`: ``$FLEXCAL_3DMOL_JS`` if set, else
+``<sys.prefix>/share/flexcal/3dmol/package/build/3Dmol-min.js``, which
+``make venv`` installs from the npm package ``3dmol@2.5.5``.
+
+The viewer script is built with ``py3Dmol.view`` (same commands as in a
+notebook); only its loader is replaced by the inlined library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html as _html
+import itertools
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["JS_ENV_VAR", "CDN_URL", "default_3dmol_js_path", "find_3dmol_js", "structure_view_html", "value_colors"]
+
+JS_ENV_VAR = "FLEXCAL_3DMOL_JS"
+CDN_URL = "https://cdn.jsdelivr.net/npm/3dmol@2.5.5/build/3Dmol-min.js"
+_PLACEHOLDER = "__FLEXCAL_3DMOL_JS__"
+_counter = itertools.count()
+
+# Viridis (perceptually uniform, colour-blind safe), 9 stops from 0 to 1.
+_VIRIDIS = [
+    (0.000, (68, 1, 84)),
+    (0.125, (71, 44, 122)),
+    (0.250, (59, 81, 139)),
+    (0.375, (44, 113, 142)),
+    (0.500, (33, 144, 141)),
+    (0.625, (39, 173, 129)),
+    (0.750, (92, 200, 99)),
+    (0.875, (170, 220, 50)),
+    (1.000, (253, 231, 37)),
+]
+_HIGHLIGHT = "#FF00FF"
+_ARROW = "#D55E00"
+
+
+def default_3dmol_js_path() -> Path:
+    """``<sys.prefix>/share/flexcal/3dmol/package/build/3Dmol-min.js``."""
+    return Path(sys.prefix) / "share" / "flexcal" / "3dmol" / "package" / "build" / "3Dmol-min.js"
+
+
+def find_3dmol_js() -> Path:
+    """Path of the local 3Dmol.js file.
+
+    Raises
+    ------
+    FileNotFoundError
+        When neither ``$FLEXCAL_3DMOL_JS`` nor the default path holds a file;
+        the message says how to install it.
+    """
+    env = os.environ.get(JS_ENV_VAR)
+    path = Path(env) if env else default_3dmol_js_path()
+    if not path.is_file() or path.stat().st_size == 0:
+        where = f"${JS_ENV_VAR}={env}" if env else str(path)
+        raise FileNotFoundError(
+            f"3Dmol.js not found at {where}. The offline 3D viewer inlines this file; install it with "
+            f"`make venv` (it fetches the npm package 3dmol@2.5.5 into .venv/share/flexcal/3dmol), "
+            f"or point ${JS_ENV_VAR} at a 3Dmol-min.js, or pass allow_cdn=True to load it from {CDN_URL}."
+        )
+    return path
+
+
+def value_colors(values, vmin: float, vmax: float) -> list[str]:
+    """Hex colours (Viridis) of ``values`` mapped linearly from [vmin, vmax] to [0, 1], clipped."""
+    v = np.asarray(values, dtype=float)
+    span = vmax - vmin
+    t = np.zeros_like(v) if span <= 0 else np.clip((v - vmin) / span, 0.0, 1.0)
+    stops = np.array([s for s, _ in _VIRIDIS])
+    rgb = np.array([c for _, c in _VIRIDIS], dtype=float)
+    chans = [np.interp(t, stops, rgb[:, k]) for k in range(3)]
+    return ["#%02x%02x%02x" % tuple(int(round(c[i])) for c in chans) for i in range(v.shape[0])]
+
+
+def _gradient_css() -> str:
+    return ", ".join(f"rgb{c} {100 * s:.1f}%" for s, c in _VIRIDIS)
+
+
+def _xyz(atoms) -> str:
+    """Extended-XYZ text with only symbols and positions (+ Lattice for periodic cells).
+
+    3Dmol's xyz parser reads ``Lattice="..."`` and then ``addUnitCell`` can draw it.
+    """
+    pos = atoms.get_positions()
+    syms = atoms.get_chemical_symbols()
+    header = 'Properties=species:S:1:pos:R:3'
+    if atoms.cell.rank == 3 and any(atoms.pbc):
+        lat = " ".join(f"{x:.8f}" for x in np.asarray(atoms.cell).ravel())
+        pbc = " ".join("T" if p else "F" for p in atoms.pbc)
+        header = f'Lattice="{lat}" {header} pbc="{pbc}"'
+    lines = [str(len(atoms)), header]
+    lines += [f"{s} {p[0]:.8f} {p[1]:.8f} {p[2]:.8f}" for s, p in zip(syms, pos)]
+    return "\n".join(lines) + "\n"
+
+
+def _atom_style(style: str, color: str | None) -> dict:
+    c = {"color": color} if color else {"colorscheme": "Jmol"}
+    if style == "sphere":
+        return {"sphere": {"scale": 0.35, **c}}
+    return {"stick": {"radius": 0.15, **c}, "sphere": {"scale": 0.25, **c}}
+
+
+def structure_view_html(
+    atoms,
+    values=None,
+    label: str = "width (eV/Å)",
+    highlight: int | None = None,
+    arrows=None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    width: int = 480,
+    height: int = 400,
+    style: str = "sphere",
+    arrow_length: float = 1.5,
+    allow_cdn: bool = False,
+) -> str:
+    """HTML of an interactive 3D view of ``atoms`` coloured by a per-site value.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        Molecule or periodic structure (periodic cells are drawn).
+    values : array-like of shape (n_atoms,), optional
+        Per-atom value (e.g. width or error, eV/Å) mapped to Viridis between
+        ``vmin`` and ``vmax`` (default: its min and max). None colours by element.
+    label : str
+        Name and units of ``values`` for the colour bar.
+    highlight : int, optional
+        Index of an atom to mark (a translucent magenta halo and a label).
+    arrows : array-like of shape (n_atoms, 3), optional
+        Per-atom vectors (e.g. force errors, eV/Å) drawn from each atom; scaled
+        so the longest is ``arrow_length`` Å (the legend states the scale).
+    width, height : int
+        Viewer size in pixels.
+    style : {"sphere", "stick"}
+        Spheres, or ball-and-stick.
+    allow_cdn : bool
+        If the local 3Dmol.js is missing, load it from the CDN instead of raising.
+
+    Returns
+    -------
+    str
+        An HTML fragment (div + inline scripts + colour bar and legend), usable
+        in ``streamlit.components.v1.html`` or a standalone page.
+
+    Raises
+    ------
+    FileNotFoundError
+        3Dmol.js is not installed locally and ``allow_cdn`` is False.
+    ValueError
+        Bad ``values``, ``highlight``, ``arrows``, ``style`` or limits.
+    """
+    import py3Dmol
+
+    if not hasattr(atoms, "get_positions") or not hasattr(atoms, "get_chemical_symbols"):
+        raise ValueError(f"atoms: expected an ase.Atoms, got {type(atoms).__name__}")
+    n = len(atoms)
+    if n == 0:
+        raise ValueError("atoms: the structure has no atoms")
+    if style not in ("sphere", "stick"):
+        raise ValueError(f"style: expected 'sphere' or 'stick', got {style!r}")
+    for name, v in (("width", width), ("height", height)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+            raise ValueError(f"{name}: expected a positive number of pixels, got {v!r}")
+
+    vals = None
+    if values is not None:
+        vals = np.asarray(values, dtype=float)
+        if vals.shape != (n,):
+            raise ValueError(f"values: expected shape ({n},) (one per atom), got {vals.shape}")
+        if not np.all(np.isfinite(vals)):
+            raise ValueError(f"values: must be finite, got {vals[~np.isfinite(vals)][0]!r}")
+        lo = float(vals.min()) if vmin is None else float(vmin)
+        hi = float(vals.max()) if vmax is None else float(vmax)
+        if hi < lo:
+            raise ValueError(f"vmax: must be >= vmin ({lo!r}), got {hi!r}")
+    if highlight is not None:
+        if isinstance(highlight, bool) or not isinstance(highlight, (int, np.integer)) or not -n <= highlight < n:
+            raise ValueError(f"highlight: expected an atom index in [0, {n}), got {highlight!r}")
+        highlight = int(highlight) % n
+    vec = None
+    if arrows is not None:
+        vec = np.asarray(arrows, dtype=float)
+        if vec.shape != (n, 3):
+            raise ValueError(f"arrows: expected shape ({n}, 3), got {vec.shape}")
+        if not np.all(np.isfinite(vec)):
+            raise ValueError("arrows: must be finite")
+
+    if allow_cdn:
+        try:
+            js_code: str | None = find_3dmol_js().read_text(encoding="utf-8")
+        except FileNotFoundError:
+            js_code = None
+    else:
+        js_code = find_3dmol_js().read_text(encoding="utf-8")
+
+    periodic = atoms.cell.rank == 3 and any(atoms.pbc)
+    view = py3Dmol.view(width=int(width), height=int(height), js=_PLACEHOLDER if js_code is not None else CDN_URL)
+    view.addModel(_xyz(atoms), "xyz")
+    colors = value_colors(vals, lo, hi) if vals is not None else [None] * n
+    if vals is None:
+        view.setStyle({}, _atom_style(style, None))
+    for i, c in enumerate(colors):
+        if c is not None:
+            view.setStyle({"index": i}, _atom_style(style, c))
+    pos = atoms.get_positions()
+    if periodic:
+        view.addUnitCell()
+    scale = None
+    if vec is not None:
+        norms = np.linalg.norm(vec, axis=1)
+        big = float(norms.max())
+        scale = arrow_length / big if big > 0 else 0.0
+        for i in np.flatnonzero(norms > 0):
+            start, end = pos[i], pos[i] + scale * vec[i]
+            view.addArrow(
+                {
+                    "start": dict(zip("xyz", map(float, start))),
+                    "end": dict(zip("xyz", map(float, end))),
+                    "radius": 0.06,
+                    "color": _ARROW,
+                }
+            )
+    if highlight is not None:
+        p = pos[highlight]
+        center = dict(zip("xyz", map(float, p)))
+        view.addSphere({"center": center, "radius": 0.9, "color": _HIGHLIGHT, "opacity": 0.45})
+        text = f"{atoms.get_chemical_symbols()[highlight]}{highlight}"
+        if vals is not None:
+            text += f": {vals[highlight]:.3g}"
+        view.addLabel(text, {"position": center, "backgroundColor": "black", "fontColor": "white", "fontSize": 12})
+    if periodic:
+        # a slight tilt so the cell does not look like a flat square along c
+        view.rotate(-20, "x")
+        view.rotate(25, "y")
+    view.zoomTo()
+
+    uid = hashlib.sha1(f"{next(_counter)}|{_xyz(atoms)}|{os.getpid()}".encode()).hexdigest()[:12]
+    script = (view.startjs + view.endjs).replace("UNIQUEID", uid)
+    if js_code is not None:
+        # the inline library below defines window.$3Dmol synchronously; no loader needed
+        script = script.replace(f"loadScriptAsync('{_PLACEHOLDER}')", "Promise.resolve()")
+        inline = js_code.replace("</script", "<\\/script")
+        # hide exports/module/define so the UMD wrapper sets window.$3Dmol (as py3Dmol's loader does)
+        lib = (
+            "<script>(function(){var exports=undefined, module=undefined, define=undefined;\n"
+            + inline
+            + "\n}).call(window);</script>\n"
+        )
+    else:
+        lib = ""
+
+    legend = _legend_html(
+        label=label,
+        lo=lo if vals is not None else None,
+        hi=hi if vals is not None else None,
+        highlight=highlight,
+        highlight_text=None if highlight is None else _highlight_text(atoms, highlight, vals, label),
+        arrow_scale=scale,
+        periodic=periodic,
+        width=int(width),
+    )
+    return f'<div class="flexcal-structure-view" data-n-atoms="{n}">\n{lib}{script}\n{legend}</div>\n'
+
+
+def _highlight_text(atoms, i: int, vals, label: str) -> str:
+    sym = atoms.get_chemical_symbols()[i]
+    s = f"atom {i} ({sym})"
+    if vals is not None:
+        s += f", {_html.escape(label)} = {vals[i]:.4g}"
+    return s
+
+
+def _legend_html(*, label, lo, hi, highlight, highlight_text, arrow_scale, periodic, width) -> str:
+    rows = []
+    if lo is not None:
+        rows.append(
+            '<div class="flexcal-colorbar" style="margin:4px 0;">'
+            f'<div style="font-weight:600;">{_html.escape(str(label))}</div>'
+            '<div style="height:12px;width:100%;border:1px solid #999;'
+            f'background:linear-gradient(to right, {_gradient_css()});"></div>'
+            '<div style="display:flex;justify-content:space-between;">'
+            f'<span class="flexcal-vmin">{lo:.4g}</span><span class="flexcal-vmax">{hi:.4g}</span></div>'
+            "</div>"
+        )
+    else:
+        rows.append("<div>atoms coloured by element (Jmol colours)</div>")
+    if highlight is not None:
+        rows.append(
+            f'<div><span style="color:{_HIGHLIGHT};font-size:1.2em;">&#9679;</span> highlighted: {highlight_text}</div>'
+        )
+    if arrow_scale is not None:
+        per_a = (1.0 / arrow_scale) if arrow_scale else 0.0
+        rows.append(
+            f'<div><span style="color:{_ARROW};">&#10230;</span> per-atom vectors, '
+            f"1 Å of arrow = {per_a:.3g} eV/Å</div>"
+        )
+    if periodic:
+        rows.append('<div>unit cell: <span style="color:red;">a</span> <span style="color:green;">b</span> '
+                    '<span style="color:blue;">c</span></div>')
+    out = (
+        f'<div class="flexcal-legend" style="width:{width}px;font:12px sans-serif;color:#222;">'
+        + "".join(rows)
+        + "</div>\n"
+    )
+    # character references keep "Å" intact in pages served without a charset
+    return out.encode("ascii", "xmlcharrefreplace").decode("ascii")
+

@@ -1,0 +1,242 @@
+"""CalibratedCalculator: exact energies/forces, per-atom widths, thresholds, MD."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mace")
+
+from ase import Atoms, units  # noqa: E402
+from ase.build import bulk, molecule  # noqa: E402
+
+from core.calculator import CalibratedCalculator, UncertaintyThresholdExceeded  # noqa: E402
+from core.sites import SiteTable  # noqa: E402
+
+
+def _sites(potential, structures):
+    out = potential.compute(structures)
+    sid = np.repeat(np.arange(len(structures)), [len(a) for a in structures])
+    return SiteTable.from_arrays(
+        descriptors=out.descriptors,
+        errors=None,
+        species=np.concatenate([a.numbers for a in structures]),
+        structure_ids=sid,
+        forces_pred=out.forces,
+        forces_ref=np.concatenate([a.arrays["REF_forces"] for a in structures]),
+    )
+
+
+@pytest.fixture(scope="module")
+def potential(tiny_mace_model):
+    from core.potentials import load_potential
+
+    return load_potential(tiny_mace_model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def calibrator(potential):
+    """A knn-normalised split-CP calibrator fitted on the tiny model's descriptors."""
+    from tests.conftest import make_tiny_structures
+    from core.calibration.conformal import SplitConformal
+
+    structures = make_tiny_structures(1) + make_tiny_structures(2)
+    return SplitConformal(confidence=0.9, heuristic="knn").fit(_sites(potential, structures))
+
+
+@pytest.fixture
+def ethanol():
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=3)
+    return atoms
+
+
+def test_energy_forces_identical_and_widths_equal_calibrator(potential, calibrator, ethanol):
+    bare = potential.compute([ethanol])
+    atoms = ethanol.copy()
+    calc = CalibratedCalculator(potential, calibrator)
+    atoms.calc = calc
+    assert calc.mode == "potential"
+    assert atoms.get_potential_energy() == pytest.approx(float(bare.energies[0]), abs=0.0)
+    np.testing.assert_array_equal(atoms.get_forces(), bare.forces)
+    widths = calc.get_force_uncertainty(atoms)
+    assert widths.shape == (len(ethanol),)
+    expected = calibrator.predict(
+        SiteTable.from_arrays(
+            descriptors=bare.descriptors,
+            errors=np.zeros(len(ethanol)),
+            species=ethanol.numbers,
+            structure_ids=np.zeros(len(ethanol), dtype=int),
+            forces_pred=bare.forces,
+        )
+    )
+    np.testing.assert_allclose(widths, expected, rtol=1e-12)
+    assert np.all(widths > 0)
+    assert calc.results["max_force_uncertainty"] == pytest.approx(widths.max())
+    assert calc.results["free_energy"] == calc.results["energy"]
+    # one forward pass per structure: asking again for other properties does not recompute
+    atoms.get_potential_energy()
+    atoms.calc.get_property("max_force_uncertainty", atoms)
+    assert calc.n_calls == 1
+
+
+def test_mace_calculator_one_pass_matches_bare_calculator(potential, calibrator, ethanol):
+    mace_calc = potential.ase_calculator()
+    ref = ethanol.copy()
+    ref.calc = mace_calc
+    e_ref, f_ref = ref.get_potential_energy(), ref.get_forces()
+    desc_ref = mace_calc.get_descriptors(ref)
+
+    calc = CalibratedCalculator(mace_calc, calibrator)
+    assert calc.mode == "mace-one-pass"
+    atoms = ethanol.copy()
+    atoms.calc = calc
+    assert atoms.get_potential_energy() == pytest.approx(e_ref, rel=1e-12)
+    np.testing.assert_allclose(atoms.get_forces(), f_ref, rtol=1e-10, atol=1e-12)
+    expected = calibrator.predict(
+        SiteTable.from_arrays(
+            descriptors=desc_ref,
+            errors=np.zeros(len(ethanol)),
+            species=ethanol.numbers,
+            structure_ids=np.zeros(len(ethanol), dtype=int),
+        )
+    )
+    np.testing.assert_allclose(calc.results["force_uncertainty"], expected, rtol=1e-10)
+
+
+def test_periodic_structure(potential, calibrator):
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
+    atoms.rattle(0.05, seed=0)
+    bare = potential.compute([atoms])
+    atoms.calc = CalibratedCalculator(potential, calibrator)
+    np.testing.assert_array_equal(atoms.get_forces(), bare.forces)
+    assert atoms.calc.results["force_uncertainty"].shape == (8,)
+
+
+def test_threshold_raises_with_value_and_threshold(potential, calibrator, ethanol):
+    probe = CalibratedCalculator(potential, calibrator)
+    ethanol.calc = probe
+    top = probe.get_max_force_uncertainty(ethanol)
+    threshold = 0.5 * top
+    atoms = ethanol.copy()
+    atoms.calc = CalibratedCalculator(potential, calibrator, threshold=threshold, on_threshold="raise")
+    with pytest.raises(UncertaintyThresholdExceeded) as info:
+        atoms.get_forces()
+    exc = info.value
+    assert exc.value == pytest.approx(top)
+    assert exc.threshold == threshold
+    assert f"{top:.4g}" in str(exc) and f"{threshold:.4g}" in str(exc)
+    assert exc.atom_index == int(np.argmax(probe.results["force_uncertainty"]))
+    assert "eV/Å" in str(exc)
+    np.testing.assert_array_equal(exc.atoms.positions, ethanol.positions)
+    # a raise leaves no results that could be mistaken for valid ones
+    assert atoms.calc.results == {}
+    # None means raise too; a threshold above the maximum never triggers
+    atoms.calc = CalibratedCalculator(potential, calibrator, threshold=threshold)
+    with pytest.raises(UncertaintyThresholdExceeded):
+        atoms.get_forces()
+    atoms.calc = CalibratedCalculator(potential, calibrator, threshold=2.0 * top)
+    atoms.get_forces()
+    assert atoms.calc.threshold_events == []
+
+
+def test_threshold_callback_fires_and_may_replace_forces(potential, calibrator, ethanol):
+    calls = []
+
+    def on_threshold(atoms, results):
+        calls.append((atoms.get_positions().copy(), results["max_force_uncertainty"]))
+        results["forces"] = np.zeros((len(atoms), 3))  # e.g. substitute reference forces
+
+    calc = CalibratedCalculator(potential, calibrator, threshold=1e-6, on_threshold=on_threshold)
+    ethanol.calc = calc
+    forces = ethanol.get_forces()
+    assert len(calls) == 1 and calls[0][1] > 1e-6
+    np.testing.assert_array_equal(forces, 0.0)
+    assert calc.threshold_events == [{"call": 1, "value": calls[0][1], "atom_index": calc.threshold_events[0]["atom_index"]}]
+
+
+def test_langevin_md_with_trigger(potential, calibrator):
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import thermalize_momenta
+
+    atoms = molecule("H2O")
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    widths_seen = []
+
+    def record(a, results):
+        widths_seen.append(results["max_force_uncertainty"])
+
+    calc = CalibratedCalculator(potential, calibrator, threshold=1e-9, on_threshold=record)
+    atoms.calc = calc
+    dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.02 / units.fs, fixcm=False, rng=np.random.default_rng(0))
+    dyn.run(5)
+    assert calc.n_calls == 6  # the initial force call + one per step
+    assert len(widths_seen) == 6 and len(calc.threshold_events) == 6
+    assert calc.results["force_uncertainty"].shape == (3,)
+
+    # raising stops the dynamics at the first step above the threshold
+    atoms2 = molecule("H2O")
+    atoms2.calc = CalibratedCalculator(potential, calibrator, threshold=1e-9)
+    dyn2 = Langevin(atoms2, 0.5 * units.fs, temperature_K=300, friction=0.02 / units.fs, fixcm=False, rng=np.random.default_rng(0))
+    with pytest.raises(UncertaintyThresholdExceeded):
+        dyn2.run(5)
+    assert dyn2.nsteps == 0
+
+
+def test_bad_arguments(potential, calibrator):
+    with pytest.raises(TypeError, match="calibrator: expected a fitted FlexCal Calibrator"):
+        CalibratedCalculator(potential, object())
+    with pytest.raises(TypeError, match="potential_or_calc: expected a FlexCal Potential"):
+        CalibratedCalculator(42, calibrator)
+    with pytest.raises(ValueError, match=r"threshold: expected a positive finite number in eV/Å, got -1\.0"):
+        CalibratedCalculator(potential, calibrator, threshold=-1.0)
+    with pytest.raises(TypeError, match="threshold: expected a positive number in eV/Å or None, got 'big'"):
+        CalibratedCalculator(potential, calibrator, threshold="big")
+    with pytest.raises(ValueError, match="on_threshold: expected None, 'raise' or a callable.*got 'stop'"):
+        CalibratedCalculator(potential, calibrator, threshold=1.0, on_threshold="stop")
+    from ase.calculators.emt import EMT
+
+    with pytest.raises(TypeError, match="EMT has no get_descriptors"):
+        CalibratedCalculator(EMT(), calibrator)
+
+
+def test_two_pass_fallback_for_calculators_with_get_descriptors(potential, calibrator, ethanol):
+    """Any ASE calculator with get_descriptors works (two passes); numbers match the one-pass route."""
+    from ase.calculators.calculator import Calculator, all_changes
+
+    class Wrapped(Calculator):
+        implemented_properties = ["energy", "forces"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            out = potential.compute([self.atoms])
+            self.results = {"energy": float(out.energies[0]), "forces": out.forces}
+
+        def get_descriptors(self, atoms):
+            return potential.compute([atoms]).descriptors
+
+    calc = CalibratedCalculator(Wrapped(), calibrator)
+    assert calc.mode == "two-pass"
+    atoms = ethanol.copy()
+    atoms.calc = calc
+    one = CalibratedCalculator(potential, calibrator)
+    ref = ethanol.copy()
+    ref.calc = one
+    np.testing.assert_array_equal(atoms.get_forces(), ref.get_forces())
+    np.testing.assert_allclose(calc.get_force_uncertainty(atoms), one.get_force_uncertainty(ref), rtol=1e-12)
+
+
+def test_save_load_calibrator_path(potential, calibrator, ethanol, tmp_path):
+    path = calibrator.save(tmp_path / "cal.npz")
+    calc = CalibratedCalculator(potential, path)
+    ethanol.calc = calc
+    direct = CalibratedCalculator(potential, calibrator)
+    ref = ethanol.copy()
+    ref.calc = direct
+    np.testing.assert_allclose(calc.get_force_uncertainty(ethanol), direct.get_force_uncertainty(ref), rtol=1e-12)
+
+
+def test_isolated_atom_has_uncertainty(potential, calibrator):
+    atoms = Atoms("Cu", positions=[[0, 0, 0]])
+    atoms.calc = CalibratedCalculator(potential, calibrator)
+    assert atoms.calc.get_force_uncertainty(atoms).shape == (1,)

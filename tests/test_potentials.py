@@ -1,0 +1,214 @@
+"""core.potentials: one-pass MACE outputs vs MACECalculator, invariance, loading."""
+
+from __future__ import annotations
+
+import shutil
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from ase import Atoms
+from scipy.spatial.transform import Rotation
+
+from core.potentials import Potential, PotentialOutput, load_potential
+from core.potentials.mace import (
+    DEFAULT_MODEL,
+    FOUNDATION_MODELS,
+    FoundationModelUnavailable,
+    MACEPotential,
+    foundation_model_source,
+)
+
+
+@pytest.fixture(scope="module")
+def pot(tiny_mace_model):
+    return load_potential(tiny_mace_model, device="cpu")
+
+
+def _reference(model_path, structures):
+    """Energies, forces and descriptors from mace's own ASE calculator (two passes)."""
+    from mace.calculators import MACECalculator
+
+    calc = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
+    e, f, d = [], [], []
+    for atoms in structures:
+        atoms = atoms.copy()
+        atoms.calc = calc
+        e.append(atoms.get_potential_energy())
+        f.append(atoms.get_forces())
+        d.append(calc.get_descriptors(atoms, invariants_only=True))
+    return np.array(e), np.concatenate(f), np.concatenate(d)
+
+
+def test_protocol_and_attributes(pot):
+    assert isinstance(pot, Potential)
+    assert pot.atomic_numbers == (1, 3, 6, 7, 8, 17, 29)
+    assert pot.n_descriptors == 16 and pot.r_max == 4.0
+    assert pot.name == "tiny_0_seed0" and len(pot.identity) == 64
+    assert pot.head == "Default"
+
+
+def test_one_pass_equals_mace_calculator(pot, tiny_mace_model, tiny_structures):
+    out = pot.compute(tiny_structures)
+    n = sum(len(a) for a in tiny_structures)
+    assert isinstance(out, PotentialOutput)
+    assert out.energies.shape == (12,) and out.forces.shape == (n, 3) and out.descriptors.shape == (n, 16)
+    assert out.descriptors.dtype == np.float64 and out.committee_std is None
+    e, f, d = _reference(tiny_mace_model, tiny_structures)
+    np.testing.assert_allclose(out.energies, e, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(out.forces, f, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(out.descriptors, d, rtol=0, atol=1e-10)
+    assert np.abs(out.forces).max() > 1e-3  # not trivially zero
+
+
+def test_rotation_invariance(pot, tiny_structures):
+    rot = Rotation.from_euler("zyx", [33.0, -71.0, 12.0], degrees=True)
+    R = rot.as_matrix()
+    rotated = []
+    for a in tiny_structures:
+        b = a.copy()
+        b.positions = a.positions @ R.T
+        if a.pbc.any():
+            b.set_cell(np.asarray(a.cell) @ R.T, scale_atoms=False)
+        rotated.append(b)
+    o1, o2 = pot.compute(tiny_structures), pot.compute(rotated)
+    np.testing.assert_allclose(o2.energies, o1.energies, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(o2.descriptors, o1.descriptors, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(o2.forces, o1.forces @ R.T, rtol=0, atol=1e-9)
+
+
+def test_unknown_element_lists_it(pot):
+    atoms = [Atoms("CH4", positions=np.eye(5, 3) * 1.1), Atoms("XeH", positions=[[0, 0, 0], [0, 0, 1.7]])]
+    with pytest.raises(ValueError, match=r"elements model 'tiny_0_seed0' does not know: Xe \(Z=54, in structures 1\)\. "
+                                         r"model 'tiny_0_seed0' knows: H, Li, C, N, O, Cl, Cu"):
+        pot.compute(atoms)
+
+
+def test_float32(tiny_mace_model, pot, tiny_structures):
+    p32 = load_potential(tiny_mace_model, device="cpu", dtype="float32")
+    assert p32.identity != pot.identity
+    o32, o64 = p32.compute(tiny_structures), pot.compute(tiny_structures)
+    assert o32.descriptors.dtype == np.float32
+    np.testing.assert_allclose(o32.forces, o64.forces, atol=1e-4)
+    np.testing.assert_allclose(o32.descriptors, o64.descriptors, atol=1e-4)
+
+
+def test_identity_is_content_hash(tiny_mace_model, pot, tmp_path, make_tiny_mace_model):
+    copy = tmp_path / "renamed.model"
+    shutil.copy(tiny_mace_model, copy)
+    assert load_potential(copy, device="cpu").identity == pot.identity
+    other = load_potential(make_tiny_mace_model(seed=1), device="cpu")
+    assert other.identity != pot.identity
+
+
+def test_committee_std(tiny_mace_committee, tiny_structures):
+    com = load_potential(tiny_mace_committee[0], committee=tiny_mace_committee[1:], device="cpu")
+    assert com.name == "tiny_0_seed0 (+2 committee)"
+    out = com.compute(tiny_structures)
+    members = [load_potential(p, device="cpu").compute(tiny_structures) for p in tiny_mace_committee]
+    # predictions are the primary model's
+    np.testing.assert_allclose(out.forces, members[0].forces, atol=1e-12)
+    np.testing.assert_allclose(out.energies, members[0].energies, atol=1e-12)
+    np.testing.assert_allclose(out.descriptors, members[0].descriptors, atol=1e-12)
+    # committee_std = norm over xyz of the per-component population std across the 3 models
+    F = np.stack([m.forces for m in members])
+    expected = np.sqrt((F.std(axis=0, ddof=0) ** 2).sum(axis=1))
+    np.testing.assert_allclose(out.committee_std, expected, rtol=1e-10, atol=1e-14)
+    assert out.committee_std.shape == (len(out.forces),) and np.all(out.committee_std > 0)
+    # same via a list of paths
+    assert load_potential(list(tiny_mace_committee), device="cpu").identity == com.identity
+
+
+def test_committee_must_share_elements(tiny_mace_model, make_tiny_mace_model):
+    other = make_tiny_mace_model(seed=3, elements=("H", "C"))
+    with pytest.raises(ValueError, match=r"committee: .* knows elements \[1, 6\], the primary model \[1, 3, 6, 7, 8, 17, 29\]"):
+        load_potential(tiny_mace_model, committee=[other], device="cpu")
+
+
+def test_ase_calculator_matches_compute(pot, tiny_structures):
+    from mace.calculators import MACECalculator
+
+    calc = pot.ase_calculator()
+    assert isinstance(calc, MACECalculator)
+    atoms = tiny_structures[6].copy()
+    atoms.calc = calc
+    out = pot.compute([tiny_structures[6]])
+    np.testing.assert_allclose(atoms.get_potential_energy(), out.energies[0], atol=1e-10)
+    np.testing.assert_allclose(atoms.get_forces(), out.forces, atol=1e-10)
+
+
+# ----------------------------------------------------------------- loading
+def test_bad_arguments(tiny_mace_model, tmp_path):
+    with pytest.raises(ValueError, match=r"dtype: expected one of \('float64', 'float32'\), got 'float16'"):
+        load_potential(tiny_mace_model, dtype="float16")
+    with pytest.raises(ValueError, match=r"'not-a-model' is neither a known foundation model nor an existing file; known names: mace-mp-0b3-medium"):
+        load_potential("not-a-model")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_potential(tmp_path / "missing.model")
+    junk = tmp_path / "junk.model"
+    junk.write_bytes(b"this is not a pickle")
+    with pytest.raises(ValueError, match=r"junk.model: not a loadable MACE .model file"):
+        load_potential(junk)
+    import torch
+
+    sd = tmp_path / "state.model"
+    torch.save({"model": {}}, sd)
+    with pytest.raises(ValueError, match=r"state.model: contains a dict \(a training checkpoint or state dict\)"):
+        load_potential(sd)
+    with pytest.raises(ValueError, match=r"head: 'nope' is not a head of this model; heads: \['Default'\]"):
+        load_potential(tiny_mace_model, head="nope")
+
+
+def test_foundation_names_map_to_mace_urls_and_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert DEFAULT_MODEL == "mace-mp-0b3-medium"
+    url, path = foundation_model_source("mace-mp-0b3-medium")
+    assert url == "https://github.com/ACEsuit/mace-mp/releases/download/mace_mp_0b3/mace-mp-0b3-medium.model"
+    assert path == tmp_path / "mace" / "macemp0b3mediummodel"  # mace_mp strips non-alphanumerics
+    url, path = foundation_model_source("mace-off23-small")
+    assert url.endswith("mace_off23/MACE-OFF23_small.model")
+    assert path == tmp_path / "mace" / "MACE-OFF23_small.model"
+    for name in FOUNDATION_MODELS:
+        foundation_model_source(name)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network: every download path of mace-torch raises at once (cannot hang)."""
+    import mace.calculators.foundations_models as fm
+
+    calls = []
+
+    def refuse(url, *args, **kwargs):
+        calls.append(url)
+        raise urllib.error.URLError("network is unreachable (test)")
+
+    monkeypatch.setattr(fm, "_urlretrieve_with_timeout", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(urllib.request, "urlretrieve", refuse)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    return calls
+
+
+@pytest.mark.parametrize("name", ["mace-mp-0b3-medium", "mace-off23-small"])
+def test_foundation_model_offline_gives_download_hint(offline, tmp_path, name):
+    url, cache = foundation_model_source(name)
+    with pytest.raises(FoundationModelUnavailable) as info:
+        load_potential(name)
+    msg = str(info.value)
+    assert f"Download {url} and save it as {cache}" in msg
+    assert "pass the path of a local .model file" in msg
+    assert "URLError" in msg
+    assert offline == [url]  # exactly one attempt, through mace-torch's own downloader
+    assert not cache.exists()  # no half-written file left behind
+
+
+def test_foundation_model_from_cache_needs_no_network(offline, tiny_mace_model, tiny_structures):
+    _, cache = foundation_model_source("mace-mp-0-small")
+    cache.parent.mkdir(parents=True)
+    shutil.copy(tiny_mace_model, cache)
+    p = load_potential("mace-mp-0-small", device="cpu")
+    assert isinstance(p, MACEPotential) and p.name == "mace-mp-0-small"
+    assert p.model_paths == [cache] and offline == []
+    assert p.compute(tiny_structures[:2]).forces.shape == (13, 3)

@@ -1,0 +1,219 @@
+"""Studies (METHOD §5) on small synthetic SiteTables with known structure.
+
+The synthetic sites have heteroscedastic errors: e_i = σ(X_i) · ‖z_i‖ with z_i ~ N(0, I₃)
+and σ growing with the first descriptor, so a learned quantile can beat one global width.
+Every random thing is seeded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import studies
+from core.metrics import REPORT_COLUMNS
+from core.sites import SiteTable
+
+FAST = {"flexible": {"max_epochs": 40, "patience": 10}}
+# Stated tolerance for conformalised methods in-domain: |coverage - 0.9| <= 0.06 with ~500 test
+# sites (binomial sd ~ 0.013, plus the calibration-set randomness of the same size).
+COVERAGE_TOL = 0.06
+
+
+def make_sites(n_structures=100, atoms=10, seed=0, scale=1.0, d=4) -> SiteTable:
+    rng = np.random.default_rng(seed)
+    n = n_structures * atoms
+    X = rng.normal(size=(n, d))
+    species = rng.choice([1, 8], size=n)
+    sigma = 0.05 * np.exp(0.8 * X[:, 0]) * np.where(species == 8, 1.5, 1.0)
+    f_ref = rng.normal(size=(n, 3))
+    f_pred = f_ref + scale * sigma[:, None] * rng.normal(size=(n, 3))
+    ids = np.repeat(np.arange(n_structures), atoms)
+    info = {"structure_id": np.arange(n_structures),
+            "config_type": np.where(np.arange(n_structures) < n_structures // 2, "cold", "hot")}
+    return SiteTable.from_arrays(descriptors=X, errors=None, species=species, structure_ids=ids,
+                                 forces_pred=f_pred, forces_ref=f_ref, structure_info=info)
+
+
+@pytest.fixture(scope="module")
+def sites():
+    return make_sites()
+
+
+@pytest.fixture(scope="module")
+def in_domain(sites):
+    return studies.run_in_domain(sites, ["split", "mondrian", "knn", "force", "flexible"], confidence=0.9,
+                                 test_fraction=0.5, seed=0, dataset="synthetic", method_options=FAST)
+
+
+def test_in_domain_columns_and_rows(in_domain):
+    expected = studies.ID_COLUMNS + list(REPORT_COLUMNS) + ["note"]
+    assert list(in_domain.columns) == expected
+    assert in_domain["method"].tolist() == ["split", "mondrian", "knn", "force", "flexible"]
+    assert set(in_domain["study"]) == {"in-domain"}
+    assert set(in_domain["split"]) == {"test"}
+    assert set(in_domain["dataset"]) == {"synthetic"}
+    assert (in_domain["n_cal_structures"] == 50).all() and (in_domain["n_structures"] == 50).all()
+    assert (in_domain["n_cal_sites"] + in_domain["n_sites"] == 1000).all()
+    assert (in_domain["note"] == "").all()
+
+
+def test_in_domain_conformal_coverage(in_domain):
+    for _, row in in_domain.iterrows():
+        assert abs(row["coverage"] - 0.9) <= COVERAGE_TOL, (row["method"], row["coverage"])
+        assert row["confidence"] == 0.9
+        assert math.isclose(row["coverage_gap"], row["coverage"] - 0.9, abs_tol=1e-12)
+
+
+def test_in_domain_width_ratio_and_correlation(in_domain):
+    by = in_domain.set_index("method")
+    assert by.loc["split", "width_ratio"] == pytest.approx(1.0)
+    assert math.isnan(by.loc["split", "spearman"])  # constant width: undefined, not 0
+    # the learned quantile sees sigma(X): its widths track the errors
+    assert by.loc["flexible", "spearman"] > 0.3
+    assert by.loc["flexible", "width_ratio"] < 1.0
+    for m in ("split", "flexible", "knn"):
+        assert 0.0 <= by.loc[m, "miscalibration_area"] < 0.1
+
+
+def test_in_domain_is_deterministic(sites, in_domain):
+    again = studies.run_in_domain(sites, ["split", "mondrian", "knn", "force", "flexible"], confidence=0.9,
+                                  test_fraction=0.5, seed=0, dataset="synthetic", method_options=FAST)
+    cols = [c for c in in_domain.columns if c != "fit_seconds"]
+    pd.testing.assert_frame_equal(in_domain[cols], again[cols])
+
+
+def test_split_cp_coverage_over_seeds_respects_finite_sample_bound():
+    # mean test coverage of split CP over random splits is >= 0.9 (up to Monte-Carlo noise)
+    sites = make_sites(n_structures=40, atoms=5, seed=3)
+    covs = [studies.run_in_domain(sites, ["split"], seed=s)["coverage"].item() for s in range(20)]
+    assert np.mean(covs) >= 0.9 - 0.02
+
+
+def test_unseen_splits_and_in_domain_holdout(sites):
+    cold = studies.select_by_column(sites, "config_type", ["cold"])
+    hot = studies.select_by_column(sites, "config_type", ["hot"])
+    table = studies.run_unseen(cold, {"hot": hot}, ["split", "force"], in_domain_fraction=0.3, dataset="syn")
+    assert table["split"].tolist() == ["in-domain", "hot", "in-domain", "hot"]
+    assert set(table["study"]) == {"unseen"}
+    hot_rows = table[table["split"] == "hot"]
+    assert (hot_rows["n_structures"] == 50).all() and (hot_rows["n_cal_structures"] == 35).all()
+
+
+def test_select_by_column_errors(sites):
+    with pytest.raises(ValueError, match=r"no structures with value\(s\) \['warm'\]; present: \['cold', 'hot'\]"):
+        studies.select_by_column(sites, "config_type", ["warm"])
+    with pytest.raises(ValueError, match="no per-structure column 'temperature'"):
+        studies.select_by_column(sites, "temperature", ["x"])
+
+
+@pytest.fixture(scope="module")
+def transfer(sites):
+    # level B: the same structures, errors 1.6x larger -> calibrating against A undercovers B
+    b = studies.relabel(sites, sites.forces_pred - 1.6 * (sites.forces_pred - sites.forces_ref))
+    return studies.run_transfer(sites, b, ["split", "flexible"], confidence=0.9, test_fraction=0.5, seed=0,
+                                budgets=(0.1,), method_options=FAST, dataset="syn")
+
+
+def test_transfer_variants(transfer):
+    assert transfer["label"].tolist() == [
+        "split, A", "flexible, A", "flexible (shift), A",
+        "split, B 10%", "flexible, B 10%",
+        "split, A + B 10% rescale", "flexible, A + B 10% rescale",
+        "split, B 100%", "flexible, B 100%",
+    ]
+    assert set(transfer["split"]) == {"B"} and set(transfer["study"]) == {"transfer"}
+    assert transfer.attrs["paired"] is True
+
+
+def test_transfer_shows_the_shift_and_rescaling_fixes_it(transfer):
+    by = transfer.set_index("label")
+    assert by.loc["split, A", "coverage"] < 0.75  # B errors are 1.6x the A errors
+    for label in ("split, A + B 10% rescale", "flexible, A + B 10% rescale", "split, B 100%", "flexible, B 100%"):
+        assert abs(by.loc[label, "coverage"] - 0.9) <= 0.08, label
+    # rescaling keeps the learned shape: correlation is the A-fitted one
+    assert by.loc["flexible, A + B 10% rescale", "spearman"] == pytest.approx(by.loc["flexible, A", "spearman"])
+
+
+def test_budget_rescaled_factor_is_the_conformal_quantile(sites):
+    from core.calibration import make_calibrator
+    from core.calibration.conformal import conformal_quantile
+
+    cal, budget = sites.split(0.2, seed=1)
+    base = make_calibrator("force", confidence=0.9).fit(cal)
+    wrapped = studies.BudgetRescaled(base, budget, 0.9)
+    ratios = budget.errors / base.predict(budget)
+    assert wrapped.factor_ == conformal_quantile(ratios, 0.9)
+    np.testing.assert_allclose(wrapped.predict(cal), wrapped.factor_ * base.predict(cal))
+    lv = wrapped.predict_levels(cal, [0.5, 0.9])
+    np.testing.assert_allclose(lv[:, 1], wrapped.predict(cal))
+    assert np.all(lv[:, 0] <= lv[:, 1])
+
+
+def test_write_study_round_trip(in_domain, tmp_path):
+    paths = studies.write_study(in_domain, tmp_path / "out", "in-domain")
+    back = pd.read_csv(paths["csv"], keep_default_na=False, na_values=[""])
+    assert back["method"].tolist() == in_domain["method"].tolist()
+    np.testing.assert_allclose(back["coverage"], in_domain["coverage"])
+    obj = json.loads(paths["json"].read_text())
+    assert obj["study"] == "in-domain" and obj["meta"]["confidence"] == 0.9
+    assert len(obj["rows"]) == len(in_domain)
+    assert obj["rows"][0]["spearman"] is None  # NaN -> null
+    with pytest.raises(ValueError, match="plain file stem"):
+        studies.write_study(in_domain, tmp_path, "a/b")
+
+
+def test_relabel_recomputes_errors(sites):
+    new_ref = sites.forces_ref + np.array([0.3, 0.0, 0.4])
+    b = studies.relabel(sites, new_ref, label="REF2")
+    np.testing.assert_allclose(b.errors, np.linalg.norm(sites.forces_pred - new_ref, axis=1))
+    assert b.meta["level"] == "REF2"
+    np.testing.assert_array_equal(b.descriptors, sites.descriptors)
+    with pytest.raises(ValueError, match=r"forces_ref: expected shape \(1000, 3\), got \(3,\)"):
+        studies.relabel(sites, np.zeros(3))
+
+
+def test_forces_from_file_maps_frames_and_atoms(tmp_path):
+    from ase import Atoms
+    from ase.io import write
+
+    frames = []
+    for k in range(3):
+        a = Atoms("H2O", positions=[[0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])
+        a.arrays["REF2_forces"] = np.arange(9, dtype=float).reshape(3, 3) + 10 * k
+        frames.append(a)
+    path = tmp_path / "t.xyz"
+    write(path, frames, format="extxyz")
+    sites = SiteTable.from_arrays(
+        descriptors=np.zeros((4, 2)), errors=np.ones(4), species=[1, 8, 1, 1],
+        structure_ids=[0, 0, 2, 2], atom_index=[1, 2, 0, 1],
+        structure_info={"structure_id": [0, 2], "dataset_index": [0, 2]},
+    )
+    f = studies.forces_from_file(sites, path, "REF2_forces")
+    np.testing.assert_array_equal(f, [[3, 4, 5], [6, 7, 8], [20, 21, 22], [23, 24, 25]])
+    with pytest.raises(ValueError, match="has no per-atom array 'REF3_forces'"):
+        studies.forces_from_file(sites, path, "REF3_forces")
+
+
+def test_bad_inputs_name_the_problem(sites):
+    with pytest.raises(ValueError, match="unknown method 'bogus'; valid methods are flexible, split"):
+        studies.run_in_domain(sites, ["split", "bogus"])
+    with pytest.raises(ValueError, match="'committee' needs a committee force spread"):
+        studies.run_in_domain(sites, ["committee"])
+    with pytest.raises(ValueError, match=r"confidence: expected a number in \(0, 1\), e.g. 0.9, got 1.5"):
+        studies.run_in_domain(sites, ["split"], confidence=1.5)
+    with pytest.raises(ValueError, match="test_sets: expected at least one"):
+        studies.run_unseen(sites, {}, ["split"])
+    with pytest.raises(ValueError, match=r"budgets: expected fractions in \(0, 1\)"):
+        studies.run_transfer(sites, sites, ["split"], budgets=(5,))
+
+
+def test_default_methods_skip_committee_without_spread(sites):
+    from core.calibration import METHODS
+
+    assert "committee" not in studies.default_methods(sites)
+    assert set(studies.default_methods(sites)) == set(METHODS) - {"committee"}
