@@ -1,11 +1,18 @@
-"""The app's pages, in navigation order (used by ``main.py`` and ``st.switch_page``)."""
+"""The app's pages, in navigation order (used by ``main.py`` and ``st.switch_page``).
+
+The page files live in ``app/views/``, not ``app/pages/``: Streamlit treats a
+``pages/`` folder next to the main script as the old (v1) multipage layout and
+then runs page files without the entry point, which breaks ``st.navigation``
+apps under ``AppTest`` (the entry point's state set-up would not run).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
-_DIR = Path(__file__).resolve().parent / "pages"
+_DIR = Path(__file__).resolve().parent / "views"
 
 
 @dataclass(frozen=True)
@@ -22,7 +29,7 @@ class PageInfo:
     @property
     def relpath(self) -> str:
         """Path relative to ``app/main.py`` (what ``st.switch_page`` and AppTest take)."""
-        return f"pages/{self.name}.py"
+        return f"views/{self.name}.py"
 
     @property
     def url(self) -> str:
@@ -37,7 +44,7 @@ PAGES = (
     PageInfo("structures", "Structures", "🔬"),
     PageInfo("export", "Export", "💾"),
 )
-BY_NAME = {p.name: p for p in PAGES}
+BY_NAME = MappingProxyType({p.name: p for p in PAGES})
 
 
 def page(name: str) -> str:

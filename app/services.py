@@ -43,8 +43,8 @@ FOUNDATION_MODELS = (
     "mace-off23-medium",
     "mace-off23-large",
 )
-DATA_TYPES = ["extxyz", "xyz", "traj", "db", "json", "cif", "vasp", "xml", "out", "pdb", "gz"]
-MODEL_TYPES = ["model", "pt", "pth"]
+DATA_TYPES = ("extxyz", "xyz", "traj", "db", "json", "cif", "vasp", "xml", "out", "pdb", "gz")
+MODEL_TYPES = ("model", "pt", "pth")
 TRUST_REASON = (
     "A MACE .model file is a Python pickle: loading it runs whatever code the file contains, "
     "with your permissions. Only load model files that you made yourself or got from a source "
@@ -120,17 +120,21 @@ def describe_error(exc: BaseException) -> str:
 def demo_choices() -> dict[str, tuple[str, str]]:
     """Label -> (kind, name) of the demo datasets offered on the Data page.
 
-    The embedded demos of ``core.demo`` when installed, then the generated
-    synthetic demo (always available, needs no model file).
+    The embedded demo families of ``core.demo`` whose files are present (default
+    family first), then the generated synthetic demo (always available, needs
+    no model file).
     """
     out: dict[str, tuple[str, str]] = {}
     try:
-        from core.demo import demo_datasets
+        from core.demo import DEFAULT_FAMILY, FAMILIES, demo_dataset_path
 
-        for name, path in demo_datasets().items():
-            if Path(path).exists():
-                out[f"{name} (embedded demo)"] = (DEMO, name)
-    except Exception:  # demo not installed yet: only the synthetic one
+        for name in sorted(FAMILIES, key=lambda f: f != DEFAULT_FAMILY):
+            try:
+                demo_dataset_path(name)
+            except FileNotFoundError:
+                continue
+            out[f"{name} (embedded demo)"] = (DEMO, name)
+    except ImportError:  # demo module not installed: only the synthetic one
         pass
     out[SYNTHETIC_LABEL] = (SYNTHETIC, "")
     return out
@@ -146,10 +150,21 @@ def load_demo(kind: str, name: str):
 
         data = synthetic_extxyz_bytes()
         return read_dataset(data, name=SYNTHETIC_FILE), f"synthetic:{digest(data)}"
-    from core.demo import demo_datasets
+    from core.demo import demo_dataset_path
 
-    path = Path(demo_datasets()[name])
+    path = Path(demo_dataset_path(name))
     return read_dataset(path, name=path.name), f"demo:{name}:{digest(path.read_bytes())}"
+
+
+def demo_description(name: str) -> str:
+    """One line on an embedded demo family ("" when unknown)."""
+    try:
+        from core.demo import FAMILIES
+
+        fam = FAMILIES[name]
+    except (ImportError, KeyError):
+        return ""
+    return f"{fam.get('description', '')} — reference: {fam.get('reference', '?')}"
 
 
 def dataset_summary_rows(dataset) -> list[tuple[str, str]]:
@@ -182,7 +197,7 @@ def load_model(kind: str, value: str):
     if kind == DEMO:
         from core.demo import demo_model_path
 
-        return load_potential(str(demo_model_path()))
+        return load_potential(str(demo_model_path(value or None)))
     if kind in ("foundation", "path"):
         if kind == "path":
             p = Path(value).expanduser()
@@ -212,12 +227,13 @@ def load_uploaded_model(data: bytes, filename: str, trusted: bool):
     return load_model("path", str(path))
 
 
-def demo_model_available() -> bool:
+def demo_model_available(family: str | None = None) -> bool:
+    """Whether the demo MACE model of ``family`` (default family when None) is installed."""
     try:
         from core.demo import demo_model_path
 
-        return Path(demo_model_path()).is_file()
-    except Exception:
+        return Path(demo_model_path(family or None)).is_file()
+    except (ImportError, FileNotFoundError, ValueError):
         return False
 
 
@@ -289,30 +305,59 @@ def featurize_dataset(dataset, dataset_key: str, potential, progress: Callable[[
 
 
 # ================================================================== split
+FILE_SPLIT_KEY = "split"                # atoms.info key of the demo files' own split
+TRAINING_PARTS = ("train", "valid")     # frames the potential was trained on: never calibrate on them
+
+
+def file_split_labels(dataset) -> np.ndarray:
+    """``atoms.info["split"]`` per structure ("" where absent)."""
+    return np.array([str(a.info.get(FILE_SPLIT_KEY, "")) for a in dataset.structures])
+
+
+def has_file_split(dataset) -> bool:
+    """True when the file marks calibration and test frames itself (the embedded demos do)."""
+    labels = set(file_split_labels(dataset).tolist())
+    return {"calibration", "test"} <= labels
+
+
 def split_sites(sites, dataset, mode: str, test_fraction: float = 0.5, seed: int = 0,
                 cal_types=None, test_types=None):
-    """(calibration, test) SiteTables, always by structure.
+    """(calibration, test, reference) SiteTables, always by structure.
 
-    ``mode`` is ``"random"`` (seeded, ``test_fraction`` of the structures in the
-    test part) or ``"config_type"`` (``cal_types`` vs ``test_types``, default
-    every other type). Raises ValueError in plain words when a side is empty.
+    ``mode``: ``"file"`` (the file's own ``split`` = calibration / test),
+    ``"random"`` (seeded, ``test_fraction`` of the structures in the test part) or
+    ``"config_type"`` (``cal_types`` vs ``test_types``, default every other type).
+    Frames marked ``split`` = train/valid (the potential's own training data)
+    never enter calibration or test; their sites are returned as ``reference``
+    (for the knn/gmm heuristics), else ``reference`` is None. Structure ids are
+    positions in ``dataset.structures`` (as ``core.featurize`` numbers them).
+    Raises ValueError in plain words when a side is empty.
     """
     from core.data import split_by_config_type, split_structures
 
-    if mode == "random":
-        cal_pos, test_pos = split_structures(len(dataset), test_fraction, seed)
+    labels = file_split_labels(dataset)
+    training = np.isin(labels, TRAINING_PARTS)
+    usable = np.flatnonzero(~training)
+    if mode == "file":
+        cal_pos, test_pos = np.flatnonzero(labels == "calibration"), np.flatnonzero(labels == "test")
+    elif mode == "random":
+        a, b = split_structures(len(usable), test_fraction, seed)
+        cal_pos, test_pos = usable[a], usable[b]
     elif mode == "config_type":
         if not cal_types:
             raise ValueError("choose at least one config_type for calibration")
-        cal_pos, test_pos = split_by_config_type(dataset, list(cal_types), list(test_types) if test_types else None)
+        a, b = split_by_config_type(dataset.subset(usable), list(cal_types), list(test_types) if test_types else None)
+        cal_pos, test_pos = usable[a], usable[b]
     else:
-        raise ValueError(f"split mode: expected 'random' or 'config_type', got {mode!r}")
-    present = set(sites.unique_structures.tolist())  # structure ids are positions in dataset.structures
+        raise ValueError(f"split mode: expected 'file', 'random' or 'config_type', got {mode!r}")
+    present = set(sites.unique_structures.tolist())
     cal_ids = [int(p) for p in cal_pos if int(p) in present]
     test_ids = [int(p) for p in test_pos if int(p) in present]
     if not cal_ids or not test_ids:
         raise ValueError("the split leaves the calibration or the test part without structures")
-    return sites.select_structures(cal_ids), sites.select_structures(test_ids)
+    ref_ids = [int(p) for p in np.flatnonzero(labels == "train") if int(p) in present]
+    reference = sites.select_structures(ref_ids) if ref_ids else None
+    return sites.select_structures(cal_ids), sites.select_structures(test_ids), reference
 
 
 # =========================================================== calibration
@@ -389,8 +434,8 @@ class TrainingJob:
     """
 
     def __init__(self, cal, test, methods, confidence: float, flexible_options: dict,
-                 bootstrap: int = 200, seed: int = 0, settings: dict | None = None):
-        self.cal, self.test = cal, test
+                 bootstrap: int = 200, seed: int = 0, settings: dict | None = None, reference=None):
+        self.cal, self.test, self.reference = cal, test, reference
         self.methods = list(methods)
         self.confidence = float(confidence)
         self.flexible_options = dict(flexible_options)
@@ -444,7 +489,7 @@ class TrainingJob:
             self.run = fit_and_evaluate(
                 self.cal, self.test, self.methods, self.confidence, self.flexible_options,
                 bootstrap=self.bootstrap, seed=self.seed, epoch_callback=self._callback,
-                progress=self.messages.append,
+                progress=self.messages.append, reference=self.reference,
             )
             self.run.history = list(self.history)
             self.run.stopped_early = self._stop.is_set()
@@ -460,8 +505,11 @@ class TrainingJob:
 
 
 def fit_and_evaluate(cal, test, methods, confidence: float, flexible_options: dict, *, bootstrap: int = 200,
-                     seed: int = 0, epoch_callback=None, progress=None) -> CalibrationRun:
-    """Fit ``methods`` on ``cal``, report them on ``test`` and keep their predictions."""
+                     seed: int = 0, epoch_callback=None, progress=None, reference=None) -> CalibrationRun:
+    """Fit ``methods`` on ``cal``, report them on ``test`` and keep their predictions.
+
+    ``reference``: the potential's training sites (knn/gmm heuristics), or None.
+    """
     from core.calibration import make_calibrator
     from core.studies import evaluate_methods
 
@@ -470,7 +518,7 @@ def fit_and_evaluate(cal, test, methods, confidence: float, flexible_options: di
     calibrators: dict[str, Any] = {}
     reports: dict[tuple, dict] = {}
     table = evaluate_methods(
-        cal, {"test": test}, methods, confidence, seed, target=target, method_options=options,
+        cal, {"test": test}, methods, confidence, seed, reference=reference, target=target, method_options=options,
         bootstrap=bootstrap, progress=progress, epoch_callback=epoch_callback,
         keep_calibrators=calibrators, keep_reports=reports,
     )

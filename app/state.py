@@ -14,6 +14,7 @@ Nothing here is module-level mutable state: every value lives in the session.
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import streamlit as st
@@ -49,20 +50,23 @@ W_TRUST = "w_trust_model_file"
 W_DATA_UPLOAD = "w_data_upload"
 W_MODEL_UPLOAD = "w_model_upload"
 
+SPLIT_FILE = "As marked in the file (split = calibration / test)"
 SPLIT_RANDOM = "Random by structure"
 SPLIT_CONFIG = "By config_type"
+SPLIT_MODES = MappingProxyType({SPLIT_FILE: "file", SPLIT_RANDOM: "random", SPLIT_CONFIG: "config_type"})
 MODEL_KINDS = ("Demo model", "Foundation model by name", "Local model file", "Upload a model file")
-DEFAULT_METHODS = ["flexible", "split", "knn"]
-DEFAULT_LEVELS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
+DEFAULT_METHODS = ("flexible", "split", "knn")
+DEFAULT_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
-WIDGET_DEFAULTS: dict[str, Any] = {
+# read-only views: the defaults are shared by every session and must never change
+WIDGET_DEFAULTS = MappingProxyType({
     W_DATA_SOURCE: "Demo dataset",
     W_DEMO_NAME: None,
     W_SPLIT_MODE: SPLIT_RANDOM,
     W_TEST_FRACTION: 0.5,
     W_SPLIT_SEED: 0,
-    W_CAL_TYPES: [],
-    W_TEST_TYPES: [],
+    W_CAL_TYPES: (),
+    W_TEST_TYPES: (),
     W_MODEL_KIND: MODEL_KINDS[0],
     W_FOUNDATION: "mace-mp-0b3-medium",
     W_MODEL_PATH: "",
@@ -81,12 +85,13 @@ WIDGET_DEFAULTS: dict[str, Any] = {
     W_ARROWS: False,
     W_STRUCTURE: None,
     W_EXPORT_METHOD: None,
-}
+})
 
 # -------------------------------------------------------------------- data keys
 DATASET = "dataset"                # core.data.Dataset (or None)
 DATASET_KEY = "dataset_key"        # content hash of the source bytes / demo name
 DATASET_LABEL = "dataset_label"    # what the user picked, in words
+DATASET_ORIGIN = "dataset_origin"  # ("demo", family) | ("synthetic", "") | ("upload", file name)
 DATA_ERROR = "data_error"          # last data error in plain words (previous dataset kept)
 UPLOAD_DIGEST = "upload_digest"    # hash of the last upload handled (so reruns don't re-read it)
 POTENTIAL_LABEL = "potential_label"
@@ -100,10 +105,11 @@ SELECTED = "selected_site"         # {"structure_id": int, "atom_index": int | N
 OPEN_STRUCTURE = "open_structure"  # a plot point was picked: switch to the Structures page
 QUICKSTART = "quickstart"          # True while the one-click demo walks the pages
 
-DATA_DEFAULTS: dict[str, Any] = {
+DATA_DEFAULTS = MappingProxyType({
     DATASET: None,
     DATASET_KEY: None,
     DATASET_LABEL: None,
+    DATASET_ORIGIN: None,
     DATA_ERROR: None,
     UPLOAD_DIGEST: None,
     POTENTIAL_LABEL: None,
@@ -116,7 +122,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     SELECTED: None,
     OPEN_STRUCTURE: False,
     QUICKSTART: False,
-}
+})
 
 
 def init() -> None:
@@ -128,7 +134,7 @@ def init() -> None:
         if key in ss:
             ss[key] = ss[key]  # re-commit: survives pages that don't draw this widget
         elif value is not None:
-            ss[key] = list(value) if isinstance(value, list) else value
+            ss[key] = list(value) if isinstance(value, tuple) else value
 
 
 def get(key: str) -> Any:
@@ -139,15 +145,21 @@ def put(key: str, value: Any) -> None:
     st.session_state[key] = value
 
 
-def set_dataset(dataset, key: str, label: str) -> None:
-    """A new dataset: drop features, results and selection derived from the old one."""
+def set_dataset(dataset, key: str, label: str, origin: tuple[str, str], file_split: bool = False) -> None:
+    """A new dataset: drop features, results and selection derived from the old one.
+
+    Call before the Data page draws its split widgets (it resets their values).
+    ``file_split``: the file marks its own calibration/test frames (then the default split).
+    """
     ss = st.session_state
     ss[DATASET] = dataset
     ss[DATASET_KEY] = key
     ss[DATASET_LABEL] = label
+    ss[DATASET_ORIGIN] = tuple(origin)
     ss[DATA_ERROR] = None
     ss[W_CAL_TYPES] = []
     ss[W_TEST_TYPES] = []
+    ss[W_SPLIT_MODE] = SPLIT_FILE if file_split else SPLIT_RANDOM
     clear_sites()
 
 
@@ -182,7 +194,6 @@ def collect_finished_job() -> bool:
     """Move a finished training job's results into the session; True when it did."""
     ss = st.session_state
     job = ss.get(JOB)
-    import sys; print("COLLECT", job, job and job.done, file=sys.stderr)
     if job is None or not job.done:
         return False
     ss[JOB] = None

@@ -169,32 +169,43 @@ def _existing_file(path: str, what: str) -> Path:
     return p
 
 
-def _demo_datasets() -> dict[str, Path]:
+def _demo_module():
     try:
-        from core.demo import demo_datasets
-    except ImportError:  # demo data not installed with this copy
+        from core import demo
+    except ImportError:  # demo data not shipped with this copy
+        return None
+    return demo
+
+
+def _demo_datasets() -> dict[str, Path]:
+    """Demo family -> extxyz path, for the families whose file is present."""
+    demo = _demo_module()
+    if demo is None:
         return {}
-    return {str(k): Path(v) for k, v in demo_datasets().items()}
+    out = {}
+    for family in demo.FAMILIES:
+        try:
+            out[family] = Path(demo.demo_dataset_path(family))
+        except FileNotFoundError:
+            pass
+    return out
 
 
 def _resolve_data(data: str) -> tuple[Path, str | None]:
-    """DATA as given -> (path, demo name or None). A demo name or a demo file path is a demo."""
-    demos = _demo_datasets()
+    """DATA as given -> (path, demo family or None). A demo name or a demo file path is a demo."""
+    demo = _demo_module()
     p = Path(data)
     if p.exists():
         if p.is_dir():
             raise UserError(f"DATA: expected an extxyz file or a demo dataset name, got a directory: {data}")
-        for name, path in demos.items():
-            try:
-                if p.resolve() == Path(path).resolve():
-                    return p, name
-            except OSError:
-                pass
+        for name, path in _demo_datasets().items():
+            if p.resolve() == path.resolve():
+                return p, name
         return p, None
-    if data in demos:
-        return demos[data], data
-    hint = f" (nor a demo dataset: {', '.join(sorted(demos))})" if demos else ""
-    raise FileNotFoundError(f"DATA: no such file: {data}{hint}")
+    if demo is not None and data in demo.FAMILIES:
+        return Path(demo.demo_dataset_path(data)), data  # FileNotFoundError says how to regenerate
+    names = f" (nor a demo dataset: {', '.join(demo.FAMILIES)})" if demo is not None else ""
+    raise FileNotFoundError(f"DATA: no such file: {data}{names}")
 
 
 def _demo_model(demo: str | None, model: str | None) -> str:
@@ -205,38 +216,23 @@ def _demo_model(demo: str | None, model: str | None) -> str:
                         "(give a .model file or a foundation-model name such as mace-mp-0b3-medium)")
     from core.demo import demo_model_path
 
-    return str(demo_model_path(demo) if _takes_argument(demo_model_path) else demo_model_path())
+    return str(demo_model_path(demo))
 
 
-def _takes_argument(func) -> bool:
-    import inspect
+def _demo_split_ids(sites) -> tuple[Any, Any]:
+    """(training ids, excluded ids) of a demo dataset, from its per-frame ``split`` column.
 
-    try:
-        return bool(inspect.signature(func).parameters)
-    except (TypeError, ValueError):
-        return False
-
-
-def _demo_training_ids(demo: str, sites) -> Any:
-    """Structure ids of the demo model's training frames inside this demo dataset (may be empty)."""
+    The demo model was fitted on split "train" (its knn/gmm reference) with early stopping
+    on "valid"; neither may be calibrated on.
+    """
     import numpy as np
 
-    from core import demo as demo_mod
-
-    for fn_name in ("demo_training_indices", "training_indices"):
-        fn = getattr(demo_mod, fn_name, None)
-        if fn is not None:
-            idx = np.asarray(fn(demo), dtype=np.int64)
-            frames = (
-                sites.structure_info["dataset_index"].astype(np.int64)
-                if "dataset_index" in sites.structure_info
-                else sites.structure_info["structure_id"]
-            )
-            return sites.structure_info["structure_id"][np.isin(frames, idx)]
-    if "config_type" in sites.structure_info:
-        ct = sites.structure_info["config_type"].astype(str)
-        return sites.structure_info["structure_id"][np.char.startswith(ct, "train")]
-    return np.array([], dtype=np.int64)
+    if "split" not in sites.structure_info:
+        empty = np.array([], dtype=np.int64)
+        return empty, empty
+    split = sites.structure_info["split"].astype(str)
+    ids = sites.structure_info["structure_id"]
+    return ids[split == "train"], ids[np.isin(split, ["train", "valid"])]
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -412,7 +408,9 @@ def _cmd_evaluate(args, ui: _UI) -> int:
 
 
 def _featurize_for(args, ui: _UI, data: str):
-    """Featurize DATA for run/study -> (sites, reference or None, dataset label, notes)."""
+    """Featurize DATA for run/study -> (all sites, calibratable pool, reference or None, label)."""
+    import numpy as np
+
     from core.studies import featurize_file
 
     path, demo = _resolve_data(data)
@@ -427,17 +425,16 @@ def _featurize_for(args, ui: _UI, data: str):
     reference = None
     pool = sites
     if use_demo_model:
-        import numpy as np
-
-        train_ids = _demo_training_ids(demo, sites)
-        if len(train_ids):
-            keep = np.setdiff1d(sites.unique_structures, train_ids)
+        train_ids, excluded = _demo_split_ids(sites)
+        if len(excluded):
+            keep = np.setdiff1d(sites.unique_structures, excluded)
             if keep.size < 2:
                 raise UserError(f"{demo}: fewer than 2 structures remain once the demo model's training frames are excluded")
-            reference = sites.select_structures(train_ids)
             pool = sites.select_structures(keep)
-            ui.info(f"excluded {len(train_ids)} training frames of the demo model from calibration; "
-                    f"they are the knn/gmm reference")
+            if len(train_ids):
+                reference = sites.select_structures(train_ids)
+            ui.info(f"excluded the demo model's {len(excluded)} training/validation frames from calibration; "
+                    f"its {len(train_ids)} training frames are the knn/gmm reference")
     return sites, pool, reference, (demo or path.stem)
 
 
@@ -522,6 +519,7 @@ def _cmd_run(args, ui: _UI) -> int:
 
 def _cmd_study(args, ui: _UI) -> int:
     from core import studies
+    from core.studies import select_by_column
 
     name = args.name
     if name == "active-learning":
@@ -535,6 +533,10 @@ def _cmd_study(args, ui: _UI) -> int:
     )
     if name == "in-domain":
         _, pool, reference, label = _featurize_for(args, ui, args.dataset)
+        train_types = _demo_train_types(_resolve_data(args.dataset)[1]) if not args.model else None
+        if train_types:  # one distribution: the demo model's own config types, unseen ones left out
+            pool = select_by_column(pool, "config_type", train_types)
+            ui.info(f"in-domain: config types {', '.join(train_types)} ({pool.n_structures} structures)")
         table = studies.run_in_domain(pool, args.methods, test_fraction=args.test_fraction, reference=reference,
                                       split_seed=args.split_seed, dataset=label, **common)
     elif name == "unseen":
@@ -564,20 +566,28 @@ def _cmd_study(args, ui: _UI) -> int:
 
 
 def _default_study_dataset(name: str) -> str:
-    demos = _demo_datasets()
-    if not demos:
+    """The demo family a study uses when no --dataset is given."""
+    demo = _demo_module()
+    present = _demo_datasets()
+    if demo is None or not present:
         raise UserError(f"study {name}: give --dataset (no embedded demo datasets are installed)")
-    try:
-        from core.demo import default_study_dataset
+    if name == "transfer":
+        two_levels = [f for f, info in demo.FAMILIES.items() if len(info.get("label_keys", ())) > 1]
+        candidates = two_levels
+    else:
+        candidates = [demo.DEFAULT_FAMILY, *demo.FAMILIES]
+    for family in candidates:
+        if family in present:
+            return family
+    raise UserError(f"study {name}: give --dataset (the demo datasets it needs are not installed)")
 
-        return str(default_study_dataset(name))
-    except (ImportError, AttributeError):
-        pass
-    preferred = {"transfer": ["molecule_transfer", "molecule"], "unseen": ["molecule", "licl"]}.get(name, ["molecule", "licl"])
-    for cand in preferred:
-        if cand in demos:
-            return cand
-    return sorted(demos)[0]
+
+def _demo_train_types(demo_name: str | None) -> list[str] | None:
+    if demo_name is None:
+        return None
+    from core.demo import demo_info
+
+    return list(demo_info(demo_name)["train_config_types"])
 
 
 def _unseen_splits(args, ui: _UI, pool):
@@ -617,50 +627,47 @@ def _unseen_splits(args, ui: _UI, pool):
 
 
 def _default_unseen_types(dataset: str, pool, key: str) -> tuple[list[str], list[str]]:
-    try:
-        from core.demo import unseen_split
-
-        cal, test = unseen_split(_resolve_data(dataset)[1])
-        return list(cal), list(test)
-    except (ImportError, AttributeError, TypeError, KeyError):
-        pass
+    """Demo family: calibrate on the demo model's training config types, test on each other type."""
+    train_types = _demo_train_types(_resolve_data(dataset)[1]) if key == "config_type" else None
+    if train_types:
+        present = sorted(set(pool.structure_info[key].astype(str).tolist()))
+        return [t for t in train_types if t in present], [t for t in present if t not in train_types]
     if key not in pool.structure_info:
-        raise UserError("unseen: give --calibration-types and --test-types (the dataset has no config_type)")
+        raise UserError(f"unseen: give --calibration-types and --test-types (the dataset has no {key})")
     present = sorted(set(pool.structure_info[key].astype(str).tolist()))
     raise UserError(f"unseen: give --calibration-types (and optionally --test-types) from the {key} values {present}")
 
 
 def _study_active_learning(args, ui: _UI) -> int:
-    try:
-        from core.active import run_active_learning
-    except ImportError:
-        raise UserError("active-learning: core.active is not available in this installation") from None
-    import inspect
+    from core.studies import run_active_learning_study, study_to_json, write_study
 
-    params = inspect.signature(run_active_learning).parameters
-    kwargs: dict[str, Any] = {}
-    wanted = {
-        "dataset": args.dataset, "seed": args.seed, "confidence": args.confidence, "outdir": args.output,
-        "progress": ui.info, "model": args.model, "cache_dir": args.cache_dir,
-    }
-    for k, v in wanted.items():
-        if k in params and v is not None:
-            kwargs[k] = v
-    result = run_active_learning(**kwargs)
+    if args.methods is not None and args.methods != ["flexible"]:
+        ui.info("active-learning: the calibrated strategy uses --al-calibrator; --methods is ignored")
+
+    def progress(done: int, total: int, message: str) -> None:
+        ui.info(f"active learning [{done}/{total}] {message}")
+
+    workdir = Path(args.output) / "active-learning" if args.output else None
+    cal_options = {"max_epochs": args.max_epochs} if args.max_epochs and args.al_calibrator == "flexible" else {}
+    table, result = run_active_learning_study(
+        args.dataset, reference=args.reference_calc, n_initial=args.al_initial, n_rounds=args.al_rounds,
+        picks_per_round=args.al_picks, md_steps=args.al_md_steps, test_size=args.al_test_size,
+        strategies=args.al_strategies, confidence=args.confidence, seed=args.seed, workdir=workdir,
+        train_epochs=args.al_train_epochs, calibrator=args.al_calibrator, calibrator_options=cal_options,
+        progress=progress,
+    )
     ui.close()
-    table = getattr(result, "table", result)
     if args.output:
-        from core.studies import write_study
-
-        if hasattr(table, "to_csv"):
-            paths = write_study(table, args.output, "active-learning")
-            ui.info(f"wrote {paths['csv']} and {paths['json']}")
+        paths = write_study(table, args.output, "active-learning")
+        ui.info(f"wrote {paths['csv']} and {paths['json']} (models and picked frames in {workdir})")
     if args.json:
-        from core.studies import study_to_json
-
-        _print_json(study_to_json(table, "active-learning") if hasattr(table, "to_dict") else result)
+        _print_json(study_to_json(table, "active-learning"))
     else:
-        print(table.to_string(index=False) if hasattr(table, "to_string") else result)
+        cols = [c for c in ("strategy", "round", "n_labels", "force_mae", "coverage", "mean_width", "spearman",
+                            "structure_spearman", "pick_force_mae") if c in table.columns]
+        heads = {"force_mae": "force MAE eV/Å", "mean_width": "width eV/Å", "pick_force_mae": "pick MAE eV/Å"}
+        print(f"study active-learning on {table.attrs.get('dataset')}: confidence {args.confidence:g}")
+        print(format_table(table, [(c, heads.get(c, c)) for c in cols]))
     return EXIT_OK
 
 
@@ -899,8 +906,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unseen: also hold out this fraction of calibration structures as an in-domain test split")
     g.add_argument("--b-forces-key", metavar="KEY", default="REF2_forces",
                    help="transfer: per-atom forces of level B (eV/Å) in atoms.arrays")
-    g.add_argument("--budgets", type=lambda s: [_fraction(x) for x in _csv_list(s)], default=[0.05, 0.10],
+    g.add_argument("--budgets", type=lambda s: [_fraction(x) for x in _csv_list(s)], default="0.05,0.1",
                    metavar="F1,F2", help="transfer: fractions of calibration structures given B labels")
+    g = p.add_argument_group("active learning")
+    g.add_argument("--reference-calc", choices=("gfn2-xtb", "gfn1-xtb", "emt"), default=None,
+                   help="labeller of picked frames (default: the demo family's reference; required for a file)")
+    g.add_argument("--al-initial", type=_positive_int, default=20, help="initial labelled training frames")
+    g.add_argument("--al-rounds", type=_positive_int, default=3, help="rounds of MD -> pick -> label -> refit")
+    g.add_argument("--al-picks", type=_positive_int, default=5, help="frames picked and labelled per round")
+    g.add_argument("--al-md-steps", type=_positive_int, default=200, help="MD steps per round (Langevin, 0.5 fs)")
+    g.add_argument("--al-test-size", type=_positive_int, default=20, help="labelled test frames for the curves")
+    g.add_argument("--al-train-epochs", type=_positive_int, default=30, help="epochs of every MACE refit")
+    g.add_argument("--al-strategies", type=_csv_list, default="calibrated,heuristic,random",
+                   metavar="S1,S2", help="frame-selection strategies to compare")
+    g.add_argument("--al-calibrator", default="flexible", metavar="METHOD",
+                   help="calibrator whose structure uncertainty (max site width, eV/Å) drives 'calibrated'")
     _add_common(p)
     p.set_defaults(func=_cmd_study, weights=None)
     return parser

@@ -53,6 +53,7 @@ __all__ = [
     "run_in_domain",
     "run_unseen",
     "run_transfer",
+    "run_active_learning_study",
     "write_study",
     "study_to_json",
     "select_by_column",
@@ -520,6 +521,103 @@ def run_transfer(
     return _concat(tables, dict(confidence=confidence, seed=seed, study="transfer", dataset=dataset,
                                 test_fraction=float(test_fraction), budgets=[float(k) for k in budgets],
                                 paired=_paired(sites_A, sites_B)))
+
+
+def run_active_learning_study(
+    dataset=None,
+    *,
+    reference=None,
+    n_initial: int = 20,
+    n_rounds: int = 3,
+    picks_per_round: int = 5,
+    md_steps: int = 200,
+    test_size: int = 20,
+    strategies: Sequence[str] = ("calibrated", "heuristic", "random"),
+    confidence: float = 0.9,
+    seed: int = 0,
+    workdir=None,
+    train_epochs: int = 30,
+    calibrator_options: Mapping[str, Any] | None = None,
+    progress=None,
+    **options,
+):
+    """Study 4: active learning in MD on a demo family or a labelled file.
+
+    Prepares the inputs of :func:`core.active.run_active_learning` and runs it:
+
+    * ``dataset``: a demo family (``core.demo.FAMILIES``; default
+      ``core.demo.DEFAULT_FAMILY``) or an extxyz path. For a family, the
+      initial training set is drawn from its ``split == "train"`` frames, the
+      test set from its ``"test"`` frames of the training config types, and the
+      labeller is the family's reference method. For a file, ``reference`` is
+      required and ``test_size`` random frames are held out as the test set.
+    * ``n_initial`` frames (seeded) start the training set; the first of them
+      starts the exploration MD.
+    * ``train_epochs`` caps every MACE refit (``max_num_epochs``).
+    * Other keyword arguments go to ``run_active_learning`` unchanged.
+
+    Returns
+    -------
+    (pandas.DataFrame, ActiveLearningResult)
+        The learning curves with ``study`` and ``dataset`` columns in front
+        (one row per strategy and round: force MAE in eV/Å, coverage, mean
+        width, spearman, ...), and the full result.
+    """
+    from core.active import run_active_learning
+
+    rng = np.random.default_rng(seed)
+    label, frames, test_set, ref = _al_inputs(dataset, reference, test_size, rng)
+    if len(frames) < max(3, n_initial):
+        raise ValueError(f"dataset: {len(frames)} training-pool frames, need at least {max(3, n_initial)} (n_initial)")
+    pick = np.sort(rng.choice(len(frames), size=n_initial, replace=False))
+    initial = [frames[i] for i in pick]
+    if workdir is None:
+        import tempfile
+
+        workdir = Path(tempfile.mkdtemp(prefix="flexcal-al-"))
+    result = run_active_learning(
+        initial, initial[0], ref, strategies=tuple(strategies), n_rounds=n_rounds,
+        picks_per_round=picks_per_round, md_steps=md_steps, seed=seed, workdir=workdir,
+        test_set=test_set, test_size=test_size, confidence=confidence,
+        calibrator_options=dict(calibrator_options or {}),
+        train_kwargs={"max_num_epochs": int(train_epochs), **options.pop("train_kwargs", {})},
+        progress=progress, **options,
+    )
+    table = result.curves.copy()
+    table.insert(0, "dataset", label)
+    table.insert(0, "study", "active-learning")
+    table.attrs.update(study="active-learning", dataset=label, confidence=float(confidence), seed=seed,
+                       settings=_jsonable(result.settings))
+    return table, result
+
+
+def _al_inputs(dataset, reference, test_size: int, rng):
+    """(label, training-pool frames, test frames or None, reference) for the active-learning study."""
+    from core import demo
+
+    if dataset is None:
+        dataset = demo.DEFAULT_FAMILY
+    if isinstance(dataset, str) and dataset in demo.FAMILIES:
+        info = demo.demo_info(dataset)
+        frames = demo.demo_frames(dataset)
+        train_types = set(info["train_config_types"])
+        pool = [a for a in frames if a.info.get("split") == "train"]
+        tests = [a for a in frames if a.info.get("split") == "test" and a.info.get("config_type") in train_types]
+        if len(tests) > test_size:
+            tests = [tests[i] for i in np.sort(rng.choice(len(tests), size=test_size, replace=False))]
+        return dataset, pool, tests or None, reference or info["reference"]
+    from core.data import read_dataset
+
+    if reference is None:
+        raise ValueError("reference: the active-learning study on a file needs a reference calculator "
+                         "(gfn2-xtb, gfn1-xtb or emt) to label the frames it picks")
+    structures = list(read_dataset(dataset).structures)
+    if len(structures) <= test_size:
+        raise ValueError(f"dataset: {len(structures)} frames, need more than test_size={test_size}")
+    order = rng.permutation(len(structures))
+    tests = [structures[i] for i in np.sort(order[:test_size])]
+    pool = [structures[i] for i in np.sort(order[test_size:])]
+    return Path(dataset).stem, pool, tests, reference
 
 
 # ------------------------------------------------------------------------ I/O

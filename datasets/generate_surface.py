@@ -24,9 +24,12 @@ if __package__ in (None, ""):  # run as a file: make `core` and `datasets` impor
 from datasets._common import assign_splits, cli
 
 #: config_type -> (temperature K, adsorbates [(symbol, site, (i, j) offset)], frames)
-LOW_COVERAGE = [("O", "fcc", (0, 0)), ("H", "hcp", (1, 1))]
+# fcc hollows of the 3x3 cell form three sqrt(3) x sqrt(3) sublattices (i + j mod 3); O and H
+# sit on different ones, 2.55 Å (high coverage) or 4.4 Å (low) apart, so that EMT does not
+# merge them into OH that desorbs.
+LOW_COVERAGE = [("O", "fcc", (0, 0)), ("H", "fcc", (1, 1))]
 HIGH_COVERAGE = [("O", "fcc", (0, 0)), ("O", "fcc", (1, 2)), ("O", "fcc", (2, 1)),
-                 ("H", "hcp", (1, 1)), ("H", "hcp", (0, 2)), ("H", "hcp", (2, 0))]
+                 ("H", "fcc", (1, 0)), ("H", "fcc", (0, 1)), ("H", "fcc", (2, 2))]
 COUNTS = {
     "clean_300K": (300.0, [], 40),
     "ads_300K": (300.0, LOW_COVERAGE, 100),

@@ -100,9 +100,11 @@ def test_malformed_extxyz_exits_2_without_traceback(tmp_path):
     res = flexcal("featurize", str(bad), "--model", str(tmp_path / "m.model"), "-o", str(tmp_path / "s.npz"))
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
-    assert res.stderr.startswith("flexcal featurize: error: ")
-    assert str(bad) in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
+    last = res.stderr.strip().splitlines()[-1]  # earlier lines are progress notes
+    assert last.startswith(f"flexcal featurize: error: {bad}: frame 0 could not be parsed as extxyz")
+    assert "Frame has 2 atoms, expected 3" in last
+    quiet = flexcal("featurize", str(bad), "--model", "m.model", "-o", str(tmp_path / "s.npz"), "-q")
+    assert quiet.returncode == 2 and len(quiet.stderr.strip().splitlines()) == 1
 
 
 def test_unknown_method_lists_valid_ones(site_files, tmp_path, capsys):
@@ -245,14 +247,20 @@ def tiny_data(tmp_path_factory):
     return path
 
 
-def test_featurize_calibrate_evaluate_with_tiny_mace(tiny_data, tiny_mace_model, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    """One featurize cache for the tiny-MACE tests: the second featurization is a cache hit."""
+    return tmp_path_factory.mktemp("tiny_cache")
+
+
+def test_featurize_calibrate_evaluate_with_tiny_mace(tiny_data, tiny_mace_model, tiny_cache, tmp_path, capsys):
     sites_path = tmp_path / "sites.npz"
     assert main(["featurize", str(tiny_data), "--model", str(tiny_mace_model), "-o", str(sites_path),
-                 "--batch-size", "8"]) == 0
+                 "--batch-size", "8", "--cache-dir", str(tiny_cache)]) == 0
     err = capsys.readouterr().err
-    assert "wrote 188 sites from 24 structures (16 descriptors per site" in err
+    assert "wrote 160 sites from 24 structures (16 descriptors per site" in err
     sites = SiteTable.load(sites_path)
-    assert len(sites) == 188 and sites.n_descriptors == 16
+    assert len(sites) == 160 and sites.n_descriptors == 16
     cal, test = sites.split(0.5, seed=0)
     cal.save(tmp_path / "cal.npz")
     test.save(tmp_path / "test.npz")
@@ -262,10 +270,10 @@ def test_featurize_calibrate_evaluate_with_tiny_mace(tiny_data, tiny_mace_model,
     assert report["n_sites"] == len(test) and 0.0 <= report["coverage"] <= 1.0
 
 
-def test_run_json_with_tiny_mace(tiny_data, tiny_mace_model, capsys):
+def test_run_json_with_tiny_mace(tiny_data, tiny_mace_model, tiny_cache, capsys):
     assert main(["run", str(tiny_data), "--model", str(tiny_mace_model), "--methods", "split,knn,force",
-                 "--json", "-q"]) == 0
+                 "--json", "-q", "--cache-dir", str(tiny_cache)]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["n_structures"] == 24 and result["n_sites"] == 188
+    assert result["n_structures"] == 24 and result["n_sites"] == 160
     assert set(result["methods"]) == {"split", "knn", "force"}
     assert all(set(REPORT_KEYS) <= set(r) for r in result["methods"].values())

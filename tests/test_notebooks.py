@@ -36,10 +36,10 @@ def _kernel_env() -> dict[str, str]:
     env["FLEXCAL_NB_FAST"] = "1"
     # the repository root first, so the kernel imports this checkout's `core` even without an install
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    # CI machines are small and shared: torch and BLAS must not start one thread per core each
+    # CI machines are small and shared: the tiny torch models of the notebooks run several times
+    # faster on one thread than on threads that contend for busy cores
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env.setdefault(var, "2")
-    env.setdefault("PLOTLY_RENDERER", "notebook_connected")
+        env.setdefault(var, "1")
     return env
 
 

@@ -63,7 +63,7 @@ def check_levels(levels: Any, name: str = "levels") -> np.ndarray:
         raise ValueError(f"{name}: expected a non-empty 1-D sequence of numbers in (0, 1), got shape {arr.shape}")
     bad = ~((arr > 0.0) & (arr < 1.0))
     if bad.any():
-        raise ValueError(f"{name}: every level must lie in (0, 1), got {arr[bad][0]!r} (in {arr.tolist()[:10]})")
+        raise ValueError(f"{name}: every level must lie in (0, 1), got {float(arr[bad][0])!r} (in {arr.tolist()[:10]})")
     return arr
 
 

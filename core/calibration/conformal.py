@@ -157,9 +157,11 @@ def _check_weights(weights: Any, n: int | None, name: str, allow_all_zero: bool 
     if n is not None and w.shape[0] != n:
         raise ValueError(f"{name}: expected shape ({n},) (one per score), got {w.shape}")
     if not np.all(np.isfinite(w)):
-        raise ValueError(f"{name}: must be finite, got {w[~np.isfinite(w)][0]!r} at index {int(np.argmax(~np.isfinite(w)))}")
+        i = int(np.argmax(~np.isfinite(w)))
+        raise ValueError(f"{name}: must be finite, got {float(w[i])!r} at index {i}")
     if np.any(w < 0):
-        raise ValueError(f"{name}: must be >= 0, got {w[w < 0][0]!r} at index {int(np.argmax(w < 0))}")
+        i = int(np.argmax(w < 0))
+        raise ValueError(f"{name}: must be >= 0, got {float(w[i])!r} at index {i}")
     if not allow_all_zero and w.size and not np.any(w > 0):
         raise ValueError(f"{name}: all weights are zero")
     return w

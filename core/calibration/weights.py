@@ -64,10 +64,10 @@ def check_weight_array(values: Any, n: int | None = None, name: str = "weights")
     bad = ~np.isfinite(w)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"{name}: must be finite, got {w[i]!r} at index {i}")
+        raise ValueError(f"{name}: must be finite, got {float(w[i])!r} at index {i}")
     if np.any(w < 0):
         i = int(np.argmax(w < 0))
-        raise ValueError(f"{name}: must be >= 0, got {w[i]!r} at index {i}")
+        raise ValueError(f"{name}: must be >= 0, got {float(w[i])!r} at index {i}")
     if not np.any(w > 0):
         raise ValueError(f"{name}: all {w.size} weights are zero")
     return w

@@ -66,12 +66,10 @@ def _start() -> None:
         return
     try:
         hidden = services.parse_hidden(state.get(state.W_HIDDEN))
-        if state.get(state.W_SPLIT_MODE) == state.SPLIT_CONFIG:
-            cal, test = services.split_sites(sites, dataset, "config_type", cal_types=state.get(state.W_CAL_TYPES),
-                                             test_types=state.get(state.W_TEST_TYPES))
-        else:
-            cal, test = services.split_sites(sites, dataset, "random", float(state.get(state.W_TEST_FRACTION)),
-                                             int(state.get(state.W_SPLIT_SEED)))
+        cal, test, reference = services.split_sites(
+            sites, dataset, state.SPLIT_MODES.get(state.get(state.W_SPLIT_MODE), "random"),
+            float(state.get(state.W_TEST_FRACTION)), int(state.get(state.W_SPLIT_SEED)),
+            cal_types=state.get(state.W_CAL_TYPES), test_types=state.get(state.W_TEST_TYPES))
     except Exception as exc:
         state.put(state.TRAIN_ERROR, services.describe_error(exc))
         return
@@ -83,7 +81,8 @@ def _start() -> None:
     state.clear_results()
     state.put(state.TRAIN_ERROR, None)
     state.put(state.JOB, services.TrainingJob(cal, test, methods, confidence, options,
-                                              bootstrap=int(state.get(state.W_BOOTSTRAP)), settings=settings).start())
+                                              bootstrap=int(state.get(state.W_BOOTSTRAP)), settings=settings,
+                                              reference=reference).start())
 
 
 if (submitted and not running) or (state.get(state.QUICKSTART) and job is None and run is None):
@@ -114,7 +113,7 @@ def live_panel() -> None:
     if st.button("⏹ Stop training", key="btn_stop_training", disabled=job.stop_requested,
                  help="q_θ keeps its best epoch so far and is still conformally corrected."):
         job.stop()
-        st.rerun(scope="fragment")
+        st.caption("Stop requested: q_θ finishes this epoch, keeps its best weights and is corrected.")
 
 
 if running:

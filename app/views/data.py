@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -21,7 +22,7 @@ def _apply_demo(label: str) -> None:
         state.put(state.DATA_ERROR, f"Could not read the demo dataset {label}: {services.describe_error(exc)}")
         return
     if state.get(state.DATASET_KEY) != key:
-        state.set_dataset(dataset, key, label)
+        state.set_dataset(dataset, key, label, (kind, name), services.has_file_split(dataset))
 
 
 def handle_upload(name: str, data: bytes) -> bool:
@@ -37,7 +38,7 @@ def handle_upload(name: str, data: bytes) -> bool:
     except Exception as exc:
         state.put(state.DATA_ERROR, f"Could not use {name}: {services.describe_error(exc)}")
         return False
-    state.set_dataset(dataset, key, name)
+    state.set_dataset(dataset, key, name, ("upload", name), services.has_file_split(dataset))
     return True
 
 
@@ -48,6 +49,9 @@ if state.get(state.W_DEMO_NAME) not in choices:
 source = st.radio("Source", ["Demo dataset", "Upload a file"], key=state.W_DATA_SOURCE, horizontal=True)
 if source == "Demo dataset":
     label = st.selectbox("Demo dataset", list(choices), key=state.W_DEMO_NAME)
+    kind, name = choices[label]
+    if kind == services.DEMO:
+        st.caption(services.demo_description(name))
     if services.SYNTHETIC_LABEL == label:
         st.info(
             "This is a **synthetic demo** generated on the fly: Cu–Au crystals labelled with ASE's EMT and a "
@@ -60,7 +64,7 @@ if source == "Demo dataset":
 else:
     up = st.file_uploader(
         f"Upload a dataset (limit {services.max_upload_mb():.0f} MB)",
-        type=services.DATA_TYPES, key=state.W_DATA_UPLOAD,
+        type=list(services.DATA_TYPES), key=state.W_DATA_UPLOAD,
         help="Reference labels under REF_energy/REF_forces, energy/forces, or DFT_energy/DFT_forces.",
     )
     if up is not None:
@@ -84,10 +88,23 @@ for msg in dataset.messages:
     st.caption(f"ℹ️ {msg}")
 
 st.subheader("Calibration / test split (always by structure)")
-mode = st.radio("Split", [state.SPLIT_RANDOM, state.SPLIT_CONFIG], key=state.W_SPLIT_MODE, horizontal=True,
+file_split = services.has_file_split(dataset)
+modes = ([state.SPLIT_FILE] if file_split else []) + [state.SPLIT_RANDOM, state.SPLIT_CONFIG]
+if state.get(state.W_SPLIT_MODE) not in modes:
+    state.put(state.W_SPLIT_MODE, modes[0])
+mode = st.radio("Split", modes, key=state.W_SPLIT_MODE, horizontal=True,
                 help="Atoms of one structure are correlated, so a structure is never split between the parts.")
-types = sorted(set(dataset.config_types))
-if mode == state.SPLIT_RANDOM:
+parts = services.file_split_labels(dataset)
+n_training = int(np.isin(parts, services.TRAINING_PARTS).sum())
+if n_training:
+    st.caption(f"ℹ️ {n_training} frames are marked split = train/valid: the potential was trained on them, so they "
+               "are never used for calibration or testing (their sites serve as the knn/gmm reference).")
+usable_types = [t for t, p in zip(dataset.config_types, parts) if p not in services.TRAINING_PARTS]
+types = sorted(set(usable_types))
+if mode == state.SPLIT_FILE:
+    st.caption(f"Calibration: {int((parts == 'calibration').sum())} frames; test: {int((parts == 'test').sum())} "
+               "frames, as marked in the file.")
+elif mode == state.SPLIT_RANDOM:
     c1, c2 = st.columns(2)
     c1.slider("Test fraction (of structures)", 0.1, 0.9, step=0.05, key=state.W_TEST_FRACTION)
     c2.number_input("Seed", min_value=0, max_value=10_000, step=1, key=state.W_SPLIT_SEED)

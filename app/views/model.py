@@ -15,7 +15,9 @@ if dataset is None:
         st.switch_page(page("data"))
     st.stop()
 
-synthetic = str(state.get(state.DATASET_KEY)).startswith("synthetic:")
+origin_kind, origin_name = state.get(state.DATASET_ORIGIN) or ("upload", "")
+synthetic = origin_kind == services.SYNTHETIC
+family = origin_name if origin_kind == services.DEMO else None
 st.caption(f"Dataset: **{state.get(state.DATASET_LABEL)}** — {len(dataset)} structures")
 
 kind = st.radio("Potential", list(state.MODEL_KINDS), key=state.W_MODEL_KIND, horizontal=True)
@@ -26,9 +28,10 @@ if kind == state.MODEL_KINDS[0]:
         st.info("The synthetic demo dataset goes with its **mock potential** (EMT + environment-dependent noise); "
                 "it is not a MACE model.")
         spec = (services.SYNTHETIC, "")
-    elif services.demo_model_available():
-        st.info("The embedded demo MACE model (small, trained on the demo data).")
-        spec = (services.DEMO, "")
+    elif services.demo_model_available(family):
+        st.info(f"The embedded demo MACE model of the **{family or 'default'}** family (small, trained on that "
+                "family's train frames; float64).")
+        spec = (services.DEMO, family or "")
     else:
         st.error("The embedded demo MACE model is not installed. Pick the synthetic demo dataset, a foundation "
                  "model, or a local model file.")
@@ -43,7 +46,7 @@ elif kind == state.MODEL_KINDS[2]:
     spec = ("path", path.strip()) if path.strip() else None
 else:
     st.warning("**Model files are pickles.** " + services.TRUST_REASON, icon="⚠️")
-    upload = st.file_uploader("Upload a model file", type=services.MODEL_TYPES, key=state.W_MODEL_UPLOAD)
+    upload = st.file_uploader("Upload a model file", type=list(services.MODEL_TYPES), key=state.W_MODEL_UPLOAD)
     trusted = st.checkbox("I trust this file: I made it or got it from a source I trust", key=state.W_TRUST)
     if upload is not None and not trusted:
         st.info("Tick the box above to load the uploaded file. Until then it is not opened.")
