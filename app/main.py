@@ -19,7 +19,9 @@ if str(_ROOT) not in sys.path:  # running from a source tree without `pip instal
 from app import state  # noqa: E402
 from app.pages_index import PAGES  # noqa: E402
 
-st.set_page_config(page_title="FlexCal", page_icon="🎯", layout="wide")
+_DONE, _TODO, _BUSY = ":material/check_circle:", ":material/radio_button_unchecked:", ":material/hourglass_top:"
+
+st.set_page_config(page_title="FlexCal", page_icon=":material/tune:", layout="wide")
 state.init()
 state.collect_finished_job()  # a training job may have ended while another page was open
 
@@ -29,9 +31,9 @@ with st.sidebar:
     st.caption("FlexCal — flexible uncertainty calibration for MACE potentials")
     _sites, _run, _job = state.get(state.SITES), state.get(state.RESULTS), state.get(state.JOB)
     st.markdown(
-        f"{'✅' if state.get(state.DATASET) is not None else '⬜'} data: {state.get(state.DATASET_LABEL) or '—'}  \n"
-        f"{'✅' if _sites is not None else '⬜'} features: {f'{len(_sites)} sites' if _sites is not None else '—'}  \n"
-        f"{'✅' if _run is not None else ('⏳' if _job is not None else '⬜')} calibration: "
+        f"{_DONE if state.get(state.DATASET) is not None else _TODO} data: {state.get(state.DATASET_LABEL) or '—'}  \n"
+        f"{_DONE if _sites is not None else _TODO} features: {f'{len(_sites)} sites' if _sites is not None else '—'}  \n"
+        f"{_DONE if _run is not None else (_BUSY if _job is not None else _TODO)} calibration: "
         f"{', '.join(_run.labels) if _run is not None else ('training ...' if _job is not None else '—')}"
     )
 nav.run()

@@ -37,12 +37,13 @@ class PageInfo:
 
 
 PAGES = (
-    PageInfo("data", "Data", "📂", default=True),
-    PageInfo("model", "Model", "🧠"),
-    PageInfo("calibrate", "Calibrate", "🎯"),
-    PageInfo("diagnose", "Diagnose", "📈"),
-    PageInfo("structures", "Structures", "🔬"),
-    PageInfo("export", "Export", "💾"),
+    # Material icons ship with Streamlit (no emoji font needed, works offline)
+    PageInfo("data", "Data", ":material/dataset:", default=True),
+    PageInfo("model", "Model", ":material/neurology:"),
+    PageInfo("calibrate", "Calibrate", ":material/tune:"),
+    PageInfo("diagnose", "Diagnose", ":material/monitoring:"),
+    PageInfo("structures", "Structures", ":material/view_in_ar:"),
+    PageInfo("export", "Export", ":material/download:"),
 )
 BY_NAME = MappingProxyType({p.name: p for p in PAGES})
 

@@ -577,6 +577,8 @@ def selected_site(event) -> tuple[int, int | None] | None:
             continue
         if isinstance(cd, (int, float)):
             return int(cd), None
+        if isinstance(cd, dict):  # the browser may send an array as {"0": ..., "1": ...}
+            cd = [cd[k] for k in sorted(cd, key=lambda k: int(k))]
         if len(cd) >= 2:
             atom = int(cd[1])
             return int(cd[0]), (atom if atom >= 0 else None)

@@ -104,6 +104,7 @@ TRAIN_ERROR = "train_error"        # why the last training failed, in plain word
 SELECTED = "selected_site"         # {"structure_id": int, "atom_index": int | None}
 OPEN_STRUCTURE = "open_structure"  # a plot point was picked: switch to the Structures page
 QUICKSTART = "quickstart"          # True while the one-click demo walks the pages
+URL_DEMO_DONE = "url_demo_done"    # the ?demo=NAME query parameter was applied (once per session)
 
 DATA_DEFAULTS = MappingProxyType({
     DATASET: None,
@@ -122,6 +123,7 @@ DATA_DEFAULTS = MappingProxyType({
     SELECTED: None,
     OPEN_STRUCTURE: False,
     QUICKSTART: False,
+    URL_DEMO_DONE: False,
 })
 
 

@@ -16,6 +16,8 @@ Examples
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from importlib import metadata as _metadata
 
 try:
@@ -38,6 +40,28 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 }
 
 __all__ = ["__version__", *_EXPORTS]
+
+# public functions that share their name with a submodule (core.featurize.featurize)
+_SHADOWED = frozenset(name for name, (module, _) in _EXPORTS.items() if module == f"core.{name}")
+
+
+class _PublicModule(types.ModuleType):
+    """``core`` itself: keeps ``core.featurize`` the function once the submodule is imported.
+
+    Importing ``core.featurize`` makes Python bind the submodule as an attribute of
+    ``core``, which would shadow the public function of the same name (so that
+    ``from core import featurize`` gave a function or a module depending on import
+    order). That one binding is ignored; the submodule stays reachable as
+    ``sys.modules["core.featurize"]`` and through ``from core.featurize import ...``.
+    """
+
+    def __setattr__(self, name, value):
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _PublicModule
 
 
 def __getattr__(name: str):

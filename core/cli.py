@@ -16,6 +16,7 @@ interrupted. Progress goes to stderr so stdout stays clean for ``--json``. Set
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -47,11 +48,21 @@ class UserError(Exception):
 
 # ------------------------------------------------------------------ progress
 class _UI:
-    """Progress and notes on stderr (silenced by --quiet); results go to stdout."""
+    """Progress and notes on stderr (silenced by --quiet); results go to stdout.
 
-    def __init__(self, quiet: bool = False):
+    While a command runs, ``sys.stdout`` points at stderr (libraries such as mace
+    print notices at import); only :meth:`result` writes to the real stdout, so
+    ``--json`` output stays one valid JSON document.
+    """
+
+    def __init__(self, quiet: bool = False, out=None):
         self.quiet = quiet
+        self.out = out if out is not None else sys.stdout
         self._bar = None
+
+    def result(self, text: str = "") -> None:
+        self._close_bar()
+        print(text, file=self.out, flush=True)
 
     def info(self, message: str) -> None:
         self._close_bar()
@@ -97,8 +108,8 @@ class _UI:
             bar = state["bar"]
             if bar is None or bar is not self._bar or epoch < bar.n:
                 bar = state["bar"] = self._new_bar("train q_θ", total=max_epochs, unit="epoch")
-            bar.update(max(int(epoch) - bar.n, 0) or 1)
             bar.set_postfix(train_loss=f"{train_loss:.4g}", val_loss=f"{val_loss:.4g}", refresh=False)
+            bar.update(max(int(epoch) - bar.n, 0) or 1)
             return None
 
         return callback
@@ -287,10 +298,10 @@ def _numeric(text: str) -> bool:
         return text in ("n/a", "inf")
 
 
-def _print_json(obj) -> None:
+def _print_json(ui: "_UI", obj) -> None:
     from core.studies import _jsonable
 
-    print(json.dumps(_jsonable(obj), indent=2, allow_nan=False))
+    ui.result(json.dumps(_jsonable(obj), indent=2, allow_nan=False))
 
 
 # --------------------------------------------------------------- subcommands
@@ -369,7 +380,9 @@ def _describe_fitted(cal) -> str:
         parts.append(f"conformal correction {_fmt(float(c), 4)}")
     hist = getattr(cal, "history_", None)
     if hist:
-        parts.append(f"{len(hist)} epochs")
+        best = min(hist, key=lambda h: h.get("val_loss", math.inf))
+        parts.append(f"{len(hist)} epochs, best val_loss {_fmt(float(best.get('val_loss', math.nan)), 4)} "
+                     f"at epoch {best.get('epoch')}")
     return "; ".join(parts)
 
 
@@ -396,14 +409,14 @@ def _cmd_evaluate(args, ui: _UI) -> int:
     )
     report = {"calibrator": getattr(cal, "name", type(cal).__name__), **report}
     if args.json:
-        _print_json(report)
+        _print_json(ui, report)
     else:
         for key, value in report.items():
             if isinstance(value, dict):
                 value = ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
             elif isinstance(value, list):
                 value = "[" + ", ".join(_fmt(v) for v in value) + "]"
-            print(f"{key:<24} {_fmt(value) if not isinstance(value, str) else value}")
+            ui.result(f"{key:<24} {_fmt(value) if not isinstance(value, str) else value}")
     return EXIT_OK
 
 
@@ -509,11 +522,11 @@ def _cmd_run(args, ui: _UI) -> int:
         (outdir / "report.json").write_text(json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
         ui.info(f"wrote sites, calibrators and report to {outdir}")
     if args.json:
-        _print_json(result)
+        _print_json(ui, result)
     else:
-        print(f"{label}: {sites.n_structures} structures, {len(sites)} sites; calibrated on "
+        ui.result(f"{label}: {sites.n_structures} structures, {len(sites)} sites; calibrated on "
               f"{cal.n_structures} structures, tested on {test.n_structures}; confidence {args.confidence:g}")
-        print(format_table(table))
+        ui.result(format_table(table))
     return EXIT_OK
 
 
@@ -558,10 +571,10 @@ def _cmd_study(args, ui: _UI) -> int:
         paths = studies.write_study(table, args.output, name)
         ui.info(f"wrote {paths['csv']} and {paths['json']}")
     if args.json:
-        _print_json(studies.study_to_json(table, name))
+        _print_json(ui, studies.study_to_json(table, name))
     else:
-        print(f"study {name} on {table.attrs.get('dataset') or args.dataset}: confidence {args.confidence:g}")
-        print(format_table(table))
+        ui.result(f"study {name} on {table.attrs.get('dataset') or args.dataset}: confidence {args.confidence:g}")
+        ui.result(format_table(table))
     return EXIT_OK
 
 
@@ -661,13 +674,13 @@ def _study_active_learning(args, ui: _UI) -> int:
         paths = write_study(table, args.output, "active-learning")
         ui.info(f"wrote {paths['csv']} and {paths['json']} (models and picked frames in {workdir})")
     if args.json:
-        _print_json(study_to_json(table, "active-learning"))
+        _print_json(ui, study_to_json(table, "active-learning"))
     else:
         cols = [c for c in ("strategy", "round", "n_labels", "force_mae", "coverage", "mean_width", "spearman",
                             "structure_spearman", "pick_force_mae") if c in table.columns]
         heads = {"force_mae": "force MAE eV/Å", "mean_width": "width eV/Å", "pick_force_mae": "pick MAE eV/Å"}
-        print(f"study active-learning on {table.attrs.get('dataset')}: confidence {args.confidence:g}")
-        print(format_table(table, [(c, heads.get(c, c)) for c in cols]))
+        ui.result(f"study active-learning on {table.attrs.get('dataset')}: confidence {args.confidence:g}")
+        ui.result(format_table(table, [(c, heads.get(c, c)) for c in cols]))
     return EXIT_OK
 
 
@@ -971,9 +984,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    ui = _UI(quiet=getattr(args, "quiet", False))
+    ui = _UI(quiet=getattr(args, "quiet", False), out=sys.stdout)
     try:
-        return int(args.func(args, ui) or EXIT_OK)
+        with contextlib.redirect_stdout(sys.stderr):
+            return int(args.func(args, ui) or EXIT_OK)
+    except BrokenPipeError:  # the reader went away, e.g. `flexcal run ... --json | head`
+        try:  # point stdout at /dev/null so the interpreter's final flush does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return EXIT_OK
     except KeyboardInterrupt:
         ui.close()
         print("flexcal: interrupted", file=sys.stderr)

@@ -522,7 +522,9 @@ def make_heuristic(spec: "str | Heuristic", **params) -> Heuristic:
             raise TypeError(f"heuristic: parameters {sorted(params)} given with an instance; set them on it instead")
         return spec
     if not isinstance(spec, str):
-        raise TypeError(f"heuristic: expected a name ({', '.join(HEURISTICS)}) or a Heuristic, got {type(spec).__name__}")
+        raise TypeError(
+            f"heuristic: expected a name ({', '.join(HEURISTICS)}) or a Heuristic, got {type(spec).__name__}"
+        )
     cls = HEURISTICS.get(spec)
     if cls is None:
         raise ValueError(f"heuristic: unknown name {spec!r}; valid names are {', '.join(HEURISTICS)}")

@@ -328,7 +328,7 @@ def evaluate_methods(
             row["note"] = note
             rows.append(row)
     table = pd.DataFrame(rows)
-    for col in ("n_cal_structures", "n_cal_sites"):
+    for col in ("n_cal_structures", "n_cal_sites", "n_sites", "n_structures"):
         table[col] = table[col].astype("int64")
     table.attrs.update(confidence=confidence, seed=seed, study=study, dataset=dataset)
     return table

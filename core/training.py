@@ -312,6 +312,7 @@ def train_mace(
         try:
             for line in proc.stdout or ():
                 log.write(line)
+                log.flush()  # so that the log can be followed while training runs
                 log_lines.append(line)
                 if len(log_lines) > 200:
                     del log_lines[:100]

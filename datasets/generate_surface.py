@@ -2,11 +2,13 @@
 
 Sampling: a 3x3x3 Cu(111) slab (27 Cu, bottom layer fixed, 7 Å vacuum each side, periodic in
 x and y), clean or with adsorbates placed in hollow sites, run with Langevin dynamics driven
-by ASE's EMT (1 fs steps); after an equilibration stretch a frame is kept every ``stride``
+by ASE's EMT (1 fs steps; the fixed bottom layer anchors the slab, so no centre-of-mass
+constraint); after an equilibration stretch a frame is kept every ``stride``
 steps. Labels: EMT energies and forces (REF_energy/REF_forces) — the forces on the fixed
 bottom layer are EMT's too, as a reference method would give them. EMT's H/C/N/O parameters are
 rough ("for fun" in ASE's words) and only Cu/O/H are used here: this is a fast stand-in for a
-DFT surface data set, not a physical model of O/Cu(111).
+DFT surface data set, not a physical model of O/Cu(111). Adsorbates are kept within 2.5 Å of
+the surface by a one-sided sampling wall (see ``build_slab``).
 
     python -m datasets.generate_surface             # -> datasets/surface_cu111.xyz
 """
@@ -45,12 +47,20 @@ STRIDE = 25
 SIZE = (3, 3, 3)
 VACUUM = 7.0
 HEIGHTS = {"O": 1.2, "H": 1.0}   # Å above the top layer (EMT relaxes them)
+TETHER_HEIGHT = 2.5   # Å above the initial top layer: sampling restraint, see build_slab
+TETHER_K = 5.0        # eV/Å^2
 
 
 def build_slab(adsorbates):
-    """Cu(111) 3x3x3 slab with adsorbates at hollow sites; bottom layer fixed."""
+    """Cu(111) 3x3x3 slab with adsorbates at hollow sites; bottom layer fixed.
+
+    Each adsorbate is tethered by a one-sided harmonic wall (ASE ``Hookean`` to a plane
+    TETHER_HEIGHT above the top layer): EMT binds H to Cu so weakly that it desorbs within a
+    few ps at 600 K or at high coverage, leaving an isolated atom far in the vacuum. The wall
+    only biases the sampling; the labels are plain EMT on constraint-free copies.
+    """
     from ase.build import add_adsorbate, fcc111
-    from ase.constraints import FixAtoms
+    from ase.constraints import FixAtoms, Hookean
 
     slab = fcc111("Cu", size=SIZE, vacuum=VACUUM)
     for symbol, site, offset in adsorbates:
@@ -58,7 +68,10 @@ def build_slab(adsorbates):
     slab.center(vacuum=VACUUM, axis=2)
     slab.wrap()
     tags = slab.get_tags()
-    slab.set_constraint(FixAtoms(mask=tags == SIZE[2]))
+    top = slab.positions[tags == 1, 2].max()
+    wall = (0.0, 0.0, 1.0, -(top + TETHER_HEIGHT))
+    slab.set_constraint([FixAtoms(mask=tags == SIZE[2])]
+                        + [Hookean(int(i), wall, TETHER_K) for i in np.flatnonzero(tags == 0)])
     return slab
 
 
@@ -76,7 +89,7 @@ def sample_md(config_type, temperature, adsorbates, n_frames, seed, stream,
     rng = np.random.RandomState(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
     thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
     dyn = Langevin(atoms, TIMESTEP_FS * units.fs, temperature_K=temperature,
-                   friction=FRICTION_PER_FS / units.fs, rng=rng)
+                   friction=FRICTION_PER_FS / units.fs, rng=rng, fixcm=False)
     dyn.run(equilibration)
     frames = []
     for i in range(n_frames):

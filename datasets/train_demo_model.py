@@ -36,10 +36,10 @@ METRICS_FILE = MODELS_DIR / "demo_metrics.json"
 
 #: family -> train_mace keyword arguments (everything else at train_mace's defaults)
 RECIPES: dict[str, dict] = {
-    "licl": dict(r_max=5.0, num_channels=32, max_L=0, num_interactions=2, correlation=3,
-                 max_num_epochs=60, batch_size=4, lr=0.01, seed=0),
-    "surface": dict(r_max=4.5, num_channels=32, max_L=0, num_interactions=2, correlation=3,
-                    max_num_epochs=60, batch_size=4, lr=0.01, seed=0),
+    "licl": dict(r_max=4.0, num_channels=32, max_L=0, num_interactions=2, correlation=3,
+                 max_num_epochs=40, batch_size=8, lr=0.01, seed=0),
+    "surface": dict(r_max=4.0, num_channels=32, max_L=0, num_interactions=2, correlation=3,
+                    max_num_epochs=40, batch_size=8, lr=0.01, seed=0),
     "molecule": dict(r_max=4.5, num_channels=32, max_L=0, num_interactions=2, correlation=3,
                      max_num_epochs=60, batch_size=8, lr=0.01, seed=0),
 }

@@ -15,6 +15,17 @@ from core.active import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The models and q_θ fits here are tiny: one intra-op thread is fastest, and on a
+    shared, busy CPU two threads spin against each other."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ------------------------------------------------------------------ select_frames
 @pytest.mark.parametrize("strategy", ["calibrated", "heuristic"])
 def test_select_frames_takes_top_n(strategy):
@@ -99,18 +110,20 @@ def test_calibrated_selection_picks_higher_error_frames_than_random():
     fitted on separate calibration frames) have a higher true max error than random picks.
 
     Tolerances: the mean ratio (calibrated / random) of the picked frames' mean max-error
-    must exceed 1.3 (it is ~2 here), and calibrated must win in at least 16 of 20 seeds.
+    must exceed 1.4 (it is ~1.9 with these settings; ~2.3 for an oracle that knows the
+    errors), and calibrated must win in at least 11 of 12 seeds (it wins 30 of 30 over
+    seeds 0-29). q_θ is kept small (16x16, 40 epochs) so the test takes seconds.
     """
     from core.calibration import make_calibrator
     from core.sites import SiteTable
 
     ratios, wins = [], 0
-    n_seeds = 20
+    n_seeds = 12
     for seed in range(n_seeds):
         rng = np.random.default_rng(seed)
         x, e, ids = _synthetic_frames(rng, 60)
         cal_sites = SiteTable.from_arrays(descriptors=x, errors=e, species=np.full(e.size, 6), structure_ids=ids)
-        cal = make_calibrator("flexible", confidence=0.9, seed=seed, max_epochs=60, patience=10)
+        cal = make_calibrator("flexible", confidence=0.9, seed=seed, max_epochs=40, patience=10, hidden=(16, 16))
         cal.fit(cal_sites)
         xc, ec, idc = _synthetic_frames(rng, 40)  # candidate frames: errors unknown to the selector
         cand = SiteTable.from_arrays(descriptors=xc, errors=np.zeros(ec.size), species=np.full(ec.size, 6), structure_ids=idc)
@@ -120,11 +133,17 @@ def test_calibrated_selection_picks_higher_error_frames_than_random():
         rand = true_max[select_frames(u, 5, "random", seed=seed)].mean()
         ratios.append(top / rand)
         wins += top > rand
-    assert np.mean(ratios) > 1.3, ratios
-    assert wins >= 16, (wins, ratios)
+    assert np.mean(ratios) > 1.4, ratios
+    assert wins >= 11, (wins, ratios)
 
 
 # ------------------------------------------------------------------ the loop
+@pytest.fixture(scope="module")
+def cu_model(make_tiny_mace_model):
+    """A tiny scalar-only Cu MACE (fast enough for a few dozen MD steps on a busy CPU)."""
+    return make_tiny_mace_model(seed=0, elements=("Cu",), hidden_irreps="8x0e", max_ell=1)
+
+
 @pytest.fixture(scope="module")
 def cu_cluster():
     from ase.cluster import Icosahedron
@@ -144,13 +163,13 @@ def _rattled(atoms, n, seed, scale=0.08):
     return out
 
 
-def test_loop_end_to_end_with_stub_trainer(tiny_mace_model, cu_cluster, tmp_path):
+def test_loop_end_to_end_with_stub_trainer(cu_model, cu_cluster, tmp_path):
     """All strategies, EMT reference, a stub trainer (no fitting): checks the plumbing fast."""
     from ase.calculators.emt import EMT
 
     from core.potentials import load_potential
 
-    potential = load_potential(tiny_mace_model, device="cpu")
+    potential = load_potential(cu_model, device="cpu")
     trained = []
 
     def train_fn(train, valid, workdir, *, name, seed, foundation_model=None, **kw):
@@ -158,8 +177,8 @@ def test_loop_end_to_end_with_stub_trainer(tiny_mace_model, cu_cluster, tmp_path
         return potential
 
     kwargs = dict(
-        strategies=STRATEGIES, n_rounds=2, picks_per_round=2, md_steps=12, sample_every=2,
-        temperature_K=300.0, timestep_fs=1.0, seed=0, test_size=4, calibrator="knn", initial_model=potential, train_fn=train_fn,
+        strategies=STRATEGIES, n_rounds=2, picks_per_round=2, md_steps=8, sample_every=2,
+        temperature_K=300.0, timestep_fs=1.0, seed=0, test_size=3, calibrator="knn", initial_model=potential, train_fn=train_fn,
     )
     res = run_active_learning(_rattled(cu_cluster, 8, 0), cu_cluster, EMT(), workdir=tmp_path / "a", **kwargs)
     df = res.curves
@@ -169,7 +188,7 @@ def test_loop_end_to_end_with_stub_trainer(tiny_mace_model, cu_cluster, tmp_path
     # holdout: 30 % of the 8 initial frames calibrate, 6 train; +2 labels per round
     assert df["n_labels"].tolist() == [6, 8, 10] * 3
     assert (df["n_calibration"] == 2).all()
-    assert (df.loc[df["round"] > 0, "n_candidates"] == 6).all()
+    assert (df.loc[df["round"] > 0, "n_candidates"] == 4).all()
     assert np.isfinite(df["force_mae"]).all() and (df["force_mae"] > 0).all()
     assert ((df["coverage"] >= 0) & (df["coverage"] <= 1)).all()
     # the stub returns one model, so round 0 metrics equal every later round's
@@ -182,7 +201,7 @@ def test_loop_end_to_end_with_stub_trainer(tiny_mace_model, cu_cluster, tmp_path
                 assert a.arrays["REF_forces"].shape == (13, 3) and "REF_energy" in a.info
                 assert a.info["al_strategy"] == s
         assert (tmp_path / "a" / f"picked_{s}_r1.xyz").is_file()
-    assert len(res.test_set) == 4
+    assert len(res.test_set) == 3
     assert (tmp_path / "a" / "curves.csv").is_file()
     # ranked strategies pick frames at least as uncertain (by their own score) as the rest
     cal_rows = df[(df["strategy"] == "calibrated") & (df["round"] > 0)]
@@ -195,7 +214,7 @@ def test_loop_end_to_end_with_stub_trainer(tiny_mace_model, cu_cluster, tmp_path
 
 
 @pytest.mark.slow
-def test_loop_end_to_end_with_train_mace(tiny_mace_model, cu_cluster, tmp_path):
+def test_loop_end_to_end_with_train_mace(cu_model, cu_cluster, tmp_path):
     """The real refit: two tiny train_mace runs (one per strategy), calibrated vs random."""
     from core.potentials import load_potential
 
@@ -213,8 +232,8 @@ def test_loop_end_to_end_with_train_mace(tiny_mace_model, cu_cluster, tmp_path):
         seed=1,
         workdir=tmp_path,
         calibrator="knn",
-        initial_model=load_potential(tiny_mace_model, device="cpu"),
-        train_kwargs=dict(max_num_epochs=2, num_channels=8, r_max=4.0, correlation=2, batch_size=4),
+        initial_model=load_potential(cu_model, device="cpu"),
+        train_kwargs=dict(max_num_epochs=2, num_channels=8, r_max=4.0, correlation=2, batch_size=4, num_threads=1),
     )
     df = res.curves
     assert list(df.columns) == CURVE_COLUMNS

@@ -14,6 +14,17 @@ from core.calculator import CalibratedCalculator, UncertaintyThresholdExceeded  
 from core.sites import SiteTable  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Single-structure forward passes of a tiny model: one intra-op thread is fastest."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _sites(potential, structures):
     out = potential.compute(structures)
     sid = np.repeat(np.arange(len(structures)), [len(a) for a in structures])

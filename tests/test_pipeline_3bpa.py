@@ -3,7 +3,7 @@
 Trains a 16-channel, L=0, 2-layer MACE on 60 frames of 3BPA at 300 K (10 more for
 validation) with mace-torch's own trainer (``core.training.train_mace``), then
 featurizes 60 held-out 300 K frames and 60 frames of the mixed-temperature set
-(300/600/1200 K). Checks shapes, finiteness, that the model generalises worse to
+(300/600/1200 K); about 70 s of CPU in all. Checks shapes, finiteness, that the model generalises worse to
 the hotter frames (true of every MLIP trained at 300 K) and that its 300 K force
 error is sane for this budget.
 
@@ -19,9 +19,10 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
 
 N_TRAIN, N_VALID, N_TEST = 60, 10, 60
-# measured: 300 K force MAE ~0.16 eV/Å after 20 epochs (seed 0, 2 threads); mixedT ~0.27 eV/Å.
-# The reference forces average ~1.2 eV/Å in magnitude, so 0.35 flags a failed fit, not noise.
-MAE_300K_BOUND = 0.35  # eV/Å
+# measured (seed 0, 1 thread, ~70 s of CPU for training): force MAE 0.29 eV/Å on the held-out
+# 300 K frames, 0.45 eV/Å on the mixed-T frames; reference |F| averages 1.4 eV/Å (300 K).
+# 0.45 leaves room for thread-count/platform rounding but flags a failed fit.
+MAE_300K_BOUND = 0.45  # eV/Å
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def pipeline(shared_data, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("train_3bpa")
     model = train_mace(
         train, valid, workdir, name="bpa", seed=0, r_max=4.5, num_channels=16, max_L=0,
-        num_interactions=2, max_num_epochs=20, batch_size=5, num_threads=2,
+        num_interactions=2, max_num_epochs=20, batch_size=5, num_threads=1,
         energy_key="REF_energy", forces_key="REF_forces",
     )
     pot = load_potential(model, device="cpu")

@@ -70,6 +70,17 @@ def test_all_lists_every_export_and_each_resolves():
     assert expected <= set(dir(core))
 
 
+def test_featurize_stays_the_function_after_its_submodule_is_imported():
+    code = (
+        "import core, core.featurize, json\n"
+        "from core import featurize\n"
+        "import sys\n"
+        "print(json.dumps([callable(featurize), featurize is sys.modules['core.featurize'].featurize,\n"
+        "                  type(core.featurize).__name__]))"
+    )
+    assert json.loads(_python(code)) == [True, True, "function"]
+
+
 def test_unknown_attribute_raises_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         core.not_a_name  # noqa: B018

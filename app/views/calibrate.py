@@ -7,7 +7,7 @@ import streamlit as st
 from app import services, state
 from app.pages_index import page
 
-st.title("🎯 Calibrate")
+st.title("Calibrate")
 sites = state.get(state.SITES)
 dataset = state.get(state.DATASET)
 if sites is None or dataset is None:
@@ -91,7 +91,7 @@ if (submitted and not running) or (state.get(state.QUICKSTART) and job is None a
     running = job is not None and not job.done
 
 if state.get(state.TRAIN_ERROR):
-    st.error(state.get(state.TRAIN_ERROR), icon="🚫")
+    st.error(state.get(state.TRAIN_ERROR), icon=":material/error:")
 
 
 @st.fragment(run_every=0.5)
@@ -106,11 +106,11 @@ def live_panel() -> None:
 
     st.subheader("Training")
     last = job.messages[-1] if job.messages else "starting ..."
-    st.info(f"⏳ {last} — {job.elapsed():.1f} s, {len(job.history)} q_θ epochs"
+    st.info(f"{last} — {job.elapsed():.1f} s, {len(job.history)} q_θ epochs"
             + (" — stopping after this epoch ..." if job.stop_requested else ""))
     if job.history:
         st.plotly_chart(plot_training_curve(list(job.history)), key="live_loss")
-    if st.button("⏹ Stop training", key="btn_stop_training", disabled=job.stop_requested,
+    if st.button("Stop training", key="btn_stop_training", disabled=job.stop_requested,
                  help="q_θ keeps its best epoch so far and is still conformally corrected."):
         job.stop()
         st.caption("Stop requested: q_θ finishes this epoch, keeps its best weights and is corrected.")

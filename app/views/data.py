@@ -9,7 +9,7 @@ import streamlit as st
 from app import services, state
 from app.pages_index import page
 
-st.title("📂 Data")
+st.title("Data")
 st.caption("Structures with reference forces (and usually energies). Extended XYZ or any format ASE reads.")
 
 
@@ -43,6 +43,13 @@ def handle_upload(name: str, data: bytes) -> bool:
 
 
 choices = services.demo_choices()
+if not state.get(state.URL_DEMO_DONE):  # ?demo=synthetic or ?demo=<family> preselects a demo (shareable links)
+    state.put(state.URL_DEMO_DONE, True)
+    wanted = st.query_params.get("demo")
+    match = [lab for lab, (kind, name) in choices.items() if wanted in (kind, name)]
+    if wanted and match:
+        state.put(state.W_DEMO_NAME, match[0])
+        state.put(state.W_DATA_SOURCE, "Demo dataset")
 if state.get(state.W_DEMO_NAME) not in choices:
     state.put(state.W_DEMO_NAME, next(iter(choices)))
 
@@ -72,7 +79,7 @@ else:
 
 err = state.get(state.DATA_ERROR)
 if err:
-    st.error(err, icon="🚫")
+    st.error(err, icon=":material/error:")
     if state.get(state.DATASET) is not None:
         st.caption(f"Still using the previous dataset: **{state.get(state.DATASET_LABEL)}**.")
 
@@ -85,7 +92,7 @@ st.subheader(f"Summary — {state.get(state.DATASET_LABEL)}")
 rows = services.dataset_summary_rows(dataset)
 st.dataframe(pd.DataFrame(rows, columns=["field", "value"]).set_index("field"), width="stretch")
 for msg in dataset.messages:
-    st.caption(f"ℹ️ {msg}")
+    st.caption(f":material/info: {msg}")
 
 st.subheader("Calibration / test split (always by structure)")
 file_split = services.has_file_split(dataset)
@@ -97,7 +104,7 @@ mode = st.radio("Split", modes, key=state.W_SPLIT_MODE, horizontal=True,
 parts = services.file_split_labels(dataset)
 n_training = int(np.isin(parts, services.TRAINING_PARTS).sum())
 if n_training:
-    st.caption(f"ℹ️ {n_training} frames are marked split = train/valid: the potential was trained on them, so they "
+    st.caption(f":material/info: {n_training} frames are marked split = train/valid: the potential was trained on them, so they "
                "are never used for calibration or testing (their sites serve as the knn/gmm reference).")
 usable_types = [t for t, p in zip(dataset.config_types, parts) if p not in services.TRAINING_PARTS]
 types = sorted(set(usable_types))
@@ -126,6 +133,6 @@ st.divider()
 c1, c2 = st.columns([1, 2])
 if c1.button("Next: choose a model →", key="btn_to_model"):
     st.switch_page(page("model"))
-if c2.button("▶ Run the whole demo (featurize, calibrate, diagnose)", key="btn_quickstart", type="primary"):
+if c2.button("Run the whole demo (featurize, calibrate, diagnose)", key="btn_quickstart", type="primary"):
     state.put(state.QUICKSTART, True)
     st.switch_page(page("model"))

@@ -8,7 +8,7 @@ import streamlit as st
 from app import services, state
 from app.pages_index import page
 
-st.title("📈 Diagnose")
+st.title("Diagnose")
 run = state.get(state.RESULTS)
 if run is None:
     st.warning("Calibrate first (Calibrate page).")

@@ -6,7 +6,7 @@ import streamlit as st
 
 from app import services, state
 
-st.title("💾 Export")
+st.title("Export")
 run = state.get(state.RESULTS)
 sites = state.get(state.SITES)
 dataset = state.get(state.DATASET)
@@ -25,19 +25,19 @@ st.caption("Files are built when you click (nothing is written on the server). W
 c1, c2 = st.columns(2)
 with c1:
     st.markdown("**Per-site table** — every site, its split part, error and each method's width")
-    st.download_button("⬇ sites.csv", lambda: services.export_table(run, sites, "csv"), file_name="flexcal-sites.csv", mime="text/csv", on_click="ignore",
+    st.download_button("sites.csv", lambda: services.export_table(run, sites, "csv"), file_name="flexcal-sites.csv", mime="text/csv", on_click="ignore",
         key="dl_csv")
-    st.download_button("⬇ sites.parquet", lambda: services.export_table(run, sites, "parquet"), file_name="flexcal-sites.parquet",
+    st.download_button("sites.parquet", lambda: services.export_table(run, sites, "parquet"), file_name="flexcal-sites.parquet",
         mime="application/vnd.apache.parquet", on_click="ignore", key="dl_parquet")
     st.markdown("**Structures** — extxyz with per-atom `flexcal_width` and `flexcal_error` arrays")
-    st.download_button("⬇ structures.extxyz", lambda: services.export_extxyz(run, dataset, sites, label),
+    st.download_button("structures.extxyz", lambda: services.export_extxyz(run, dataset, sites, label),
                        file_name=f"{stem}-structures.extxyz", mime="chemical/x-extxyz", on_click="ignore",
                        key="dl_extxyz")
 with c2:
     st.markdown("**Fitted calibrator** — one pickle-free `.npz`; load with `core.load_calibrator(path)`")
-    st.download_button(f"⬇ {label} calibrator (.npz)", lambda: services.export_calibrator(run, label),
+    st.download_button(f"{label} calibrator (.npz)", lambda: services.export_calibrator(run, label),
                        file_name=f"{stem}-calibrator.npz", mime="application/octet-stream", on_click="ignore",
                        key="dl_calibrator")
     st.markdown("**Report** — self-contained HTML (plotly inlined, works offline) of the figures and tables")
-    st.download_button("⬇ report.html", lambda: services.export_report(run, label),
+    st.download_button("report.html", lambda: services.export_report(run, label),
                        file_name=f"{stem}-report.html", mime="text/html", on_click="ignore", key="dl_report")

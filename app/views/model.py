@@ -7,7 +7,7 @@ import streamlit as st
 from app import services, state
 from app.pages_index import page
 
-st.title("🧠 Model")
+st.title("Model")
 dataset = state.get(state.DATASET)
 if dataset is None:
     st.warning("Choose a dataset on the Data page first.")
@@ -45,7 +45,7 @@ elif kind == state.MODEL_KINDS[2]:
                          placeholder="/path/to/model.model")
     spec = ("path", path.strip()) if path.strip() else None
 else:
-    st.warning("**Model files are pickles.** " + services.TRUST_REASON, icon="⚠️")
+    st.warning("**Model files are pickles.** " + services.TRUST_REASON, icon=":material/warning:")
     upload = st.file_uploader("Upload a model file", type=list(services.MODEL_TYPES), key=state.W_MODEL_UPLOAD)
     trusted = st.checkbox("I trust this file: I made it or got it from a source I trust", key=state.W_TRUST)
     if upload is not None and not trusted:
@@ -99,7 +99,7 @@ if clicked or (quick and state.get(state.SITES) is None):
 
 err = state.get(state.MODEL_ERROR)
 if err:
-    st.error(err, icon="🚫")
+    st.error(err, icon=":material/error:")
 
 sites = state.get(state.SITES)
 if sites is not None:

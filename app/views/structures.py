@@ -8,7 +8,7 @@ import streamlit as st
 
 from app import services, state
 
-st.title("🔬 Structures")
+st.title("Structures")
 sites = state.get(state.SITES)
 dataset = state.get(state.DATASET)
 if sites is None or dataset is None:
@@ -93,8 +93,8 @@ with left:
 
     try:
         html = structure_view_html(atoms, values=values, label=vlabel, highlight=highlight, arrows=arrows,
-                                   width=620, height=430)
-        st.iframe(html, height=540)
+                                   width=560, height=420)
+        st.iframe(html, height=580)
     except FileNotFoundError as exc:
         st.error(f"The 3D viewer needs 3Dmol.js installed locally: {exc}")
 with right:

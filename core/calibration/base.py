@@ -150,7 +150,9 @@ class Calibrator:
         payload = {k: np.asarray(v) for k, v in arrays.items()}
         for k, v in payload.items():
             if v.dtype == object:
-                raise TypeError(f"{type(self).__name__}.save: array {k!r} has dtype object (not saveable without pickle)")
+                raise TypeError(
+                    f"{type(self).__name__}.save: array {k!r} has dtype object (not saveable without pickle)"
+                )
         payload["__meta__"] = np.array(json.dumps(meta, allow_nan=True))
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as fh:

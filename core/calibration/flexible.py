@@ -54,7 +54,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from core.calibration.base import Calibrator, check_confidence, check_levels, check_sites
+from core.calibration.base import Calibrator, check_levels, check_sites
 from core.calibration.conformal import _sorted_cumulative, _weighted_from_sorted, conformal_quantile
 from core.calibration.weights import (
     UniformWeights,
@@ -70,7 +70,7 @@ __all__ = ["DEFAULT_LEVELS", "FlexibleQuantile"]
 DEFAULT_LEVELS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 20)) + (0.99,)
 
 _EPS = 1e-6  # ε of q_θ, in units of the median training error
-_CHUNK = 32768  # rows per inference batch
+_CHUNK = 8192  # rows per inference batch: small enough that buffers are reused, not re-mmapped (page faults)
 _MIN_REL_IMPROVEMENT = 1e-4  # early stopping: a validation loss must beat the best by this fraction
 _LEVEL_ATOL = 1e-9  # a requested level this close to a trained one uses that level's column
 
@@ -209,12 +209,13 @@ class FlexibleQuantile(Calibrator):
     ):
         super().__init__(confidence)
         self.levels = tuple(float(p) for p in check_levels(levels))
+        bad_hidden = f"hidden: expected a sequence of positive layer sizes, e.g. (64, 64), got {hidden!r}"
         try:
             hidden_t = tuple(hidden) if not isinstance(hidden, (int, np.integer)) else (hidden,)
         except TypeError:
-            raise ValueError(f"hidden: expected a sequence of positive layer sizes, e.g. (64, 64), got {hidden!r}") from None
+            raise ValueError(bad_hidden) from None
         if not hidden_t or any(isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1 for h in hidden_t):
-            raise ValueError(f"hidden: expected a sequence of positive layer sizes, e.g. (64, 64), got {hidden!r}")
+            raise ValueError(bad_hidden)
         self.hidden = tuple(int(h) for h in hidden_t)
         self.weights = make_weight_scheme(weights)
         if not isinstance(conformal, (bool, np.bool_)):
@@ -258,24 +259,35 @@ class FlexibleQuantile(Calibrator):
         return lv
 
     def _inputs(self, sites: SiteTable, rows: np.ndarray | slice):
-        """(x float32 tensor, species-index int64 tensor) of the selected rows."""
+        """(standardised x float32 tensor (m, d), species-index int64 tensor (m,)) of the selected rows.
+
+        Standardisation runs in float32 (the model's precision) with the float64 mean and
+        standard deviation rounded once; fit and predict use this same path.
+        """
         torch = _torch()
-        x = np.asarray(sites.descriptors[rows], dtype=np.float64)
-        x = ((x - self.x_mean_) / self.x_std_).astype(np.float32)
-        z = np.searchsorted(self.species_, sites.species[rows])
-        z = np.minimum(z, self.species_.size - 1)
-        known = self.species_[z] == sites.species[rows]
-        z = np.where(known, z, self.species_.size).astype(np.int64)
-        return torch.from_numpy(x), torch.from_numpy(z)
+        x = torch.from_numpy(np.ascontiguousarray(sites.descriptors[rows], dtype=np.float32))
+        x = (x - self._mean32) * self._inv_std32
+        species = sites.species[rows]
+        z = np.minimum(np.searchsorted(self.species_, species), self.species_.size - 1)
+        z = np.where(self.species_[z] == species, z, self.species_.size).astype(np.int64)
+        return x, torch.from_numpy(z)
+
+    def _set_standardisation(self, mean: np.ndarray, std: np.ndarray) -> None:
+        torch = _torch()
+        self.x_mean_ = np.asarray(mean, dtype=np.float64)
+        self.x_std_ = np.asarray(std, dtype=np.float64)
+        self._mean32 = torch.from_numpy(self.x_mean_.astype(np.float32))
+        self._inv_std32 = torch.from_numpy((1.0 / self.x_std_).astype(np.float32))
 
     def _split(self, sites: SiteTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Boolean masks (fit, validation, holdout) of the sites, all by structure."""
         ids = sites.unique_structures
         need = 1 + int(self.conformal) + int(self.validation_fraction > 0)
         if ids.size < need:
+            parts = ["training"] + ["validation"] * (self.validation_fraction > 0)
+            parts += ["conformal holdout"] * self.conformal
             raise ValueError(
-                f"sites: FlexibleQuantile splits by structure into {need} parts (training"
-                f"{', validation' if self.validation_fraction > 0 else ''}{', conformal holdout' if self.conformal else ''})"
+                f"sites: FlexibleQuantile splits by structure into {need} parts ({', '.join(parts)})"
                 f" and needs at least {need} structures, got {ids.size}"
             )
         hold_ids = np.array([], dtype=np.int64)
@@ -314,7 +326,9 @@ class FlexibleQuantile(Calibrator):
         if target is not None:
             check_sites(target, "target")
         if callback is not None and not callable(callback):
-            raise TypeError(f"callback: expected a callable(epoch, train_loss, val_loss), got {type(callback).__name__}")
+            raise TypeError(
+                f"callback: expected a callable(epoch, train_loss, val_loss), got {type(callback).__name__}"
+            )
 
         scheme = self.weights
         scheme.fit(sites, target)
@@ -328,9 +342,8 @@ class FlexibleQuantile(Calibrator):
         self.level_index_ = int(np.flatnonzero(np.isclose(levels, self.confidence, atol=_LEVEL_ATOL))[0])
         trainval = fit_m | val_m
         x_tv = np.asarray(sites.descriptors[trainval], dtype=np.float64)
-        self.x_mean_ = x_tv.mean(axis=0)
         std = x_tv.std(axis=0)
-        self.x_std_ = np.where(std > 1e-12, std, 1.0)
+        self._set_standardisation(x_tv.mean(axis=0), np.where(std > 1e-12, std, 1.0))
         del x_tv
         self.species_ = np.unique(sites.species[trainval])
         e_fit = sites.errors[fit_m]
@@ -438,7 +451,7 @@ class FlexibleQuantile(Calibrator):
             pos = np.minimum(np.searchsorted(cum, self.levels_), y.size - 1)
             q0 = np.maximum.accumulate(np.maximum(y[order][pos], 1e-3))
             inc = np.maximum(np.diff(np.r_[_EPS, q0]), 1e-3)
-            bias = np.where(inc > 20, inc, np.log(np.expm1(inc)))  # inverse softplus
+            bias = np.where(inc > 20, inc, np.log(np.expm1(np.minimum(inc, 20))))  # inverse softplus
             model.out.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
         return model
 
@@ -452,7 +465,7 @@ class FlexibleQuantile(Calibrator):
         torch = _torch()
         n = len(sites) if rows is None else rows.size
         out = np.empty((n, self.levels_.size), dtype=np.float64)
-        with torch.no_grad():
+        with torch.inference_mode():
             for a in range(0, n, _CHUNK):
                 sel = slice(a, min(a + _CHUNK, n)) if rows is None else rows[a:a + _CHUNK]
                 x, z = self._inputs(sites, sel)
@@ -491,22 +504,20 @@ class FlexibleQuantile(Calibrator):
         s, c = _sorted_cumulative(scores, w)
         return float(_weighted_from_sorted(s, c, np.array([w.max()]), level)[0])
 
-    def _shift_corrections(self, sites: SiteTable, k: int, level: float) -> np.ndarray:
-        """Per-site ĉ (n,) from trained column k at ``level``, test weight = density ratio at each site."""
-        return _weighted_from_sorted(*self._sorted[k], self.weight_scheme_.weights(sites), level)
-
-    def _corrected(self, sites: SiteTable) -> tuple[np.ndarray, np.ndarray]:
-        """(raw q_θ (n, K), corrected and level-monotone widths (n, K)), eV/Å."""
+    def _corrected(self, sites: SiteTable) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(raw q_θ (n, K), corrected level-monotone widths (n, K), density ratios (n,) or None), eV/Å."""
         raw = self._raw(sites)
         if not self.conformal:
-            return raw, raw.copy()
+            return raw, raw.copy(), None
+        ratios = None
         if self._shift:
-            c = np.stack([self._shift_corrections(sites, k, float(p)) for k, p in enumerate(self.levels_)], axis=1)
+            ratios = self.weight_scheme_.weights(sites)
+            c = np.stack([_weighted_from_sorted(*self._sorted[k], ratios, float(p))
+                          for k, p in enumerate(self.levels_)], axis=1)
         else:
             c = self.corrections_[None, :]
-        with np.errstate(invalid="ignore"):  # inf * 0 cannot occur (raw > 0); inf stays inf
-            w = raw * c
-        return raw, np.maximum.accumulate(w, axis=1)
+        w = raw * c  # raw > 0, so an infinite factor gives +inf, never NaN
+        return raw, np.maximum.accumulate(w, axis=1), ratios
 
     # -------------------------------------------------------------- predict
     def predict_uncorrected(self, sites: SiteTable) -> np.ndarray:
@@ -539,7 +550,7 @@ class FlexibleQuantile(Calibrator):
         check_sites(sites)
         self._check_descriptors(sites)
         req = check_levels(levels)
-        raw, w = self._corrected(sites)
+        raw, w, ratios = self._corrected(sites)
         lv = self.levels_
         out = np.empty((len(sites), req.size))
         for j, p in enumerate(req):
@@ -551,7 +562,7 @@ class FlexibleQuantile(Calibrator):
             elif p > lv[-1]:
                 if self.conformal:
                     last = lv.size - 1
-                    c = (self._shift_corrections(sites, last, float(p)) if self._shift
+                    c = (_weighted_from_sorted(*self._sorted[last], ratios, float(p)) if self._shift
                          else self._correction(self.holdout_scores_[:, last], float(p)))
                     out[:, j] = np.maximum(raw[:, -1] * c, w[:, -1])
                 else:
@@ -604,8 +615,7 @@ class FlexibleQuantile(Calibrator):
         torch = _torch()
         self.levels_ = np.asarray(arrays["levels"], dtype=np.float64)
         self.level_index_ = int(np.flatnonzero(np.isclose(self.levels_, self.confidence, atol=_LEVEL_ATOL))[0])
-        self.x_mean_ = np.asarray(arrays["x_mean"], dtype=np.float64)
-        self.x_std_ = np.asarray(arrays["x_std"], dtype=np.float64)
+        self._set_standardisation(arrays["x_mean"], arrays["x_std"])
         self.species_ = np.asarray(arrays["species"], dtype=np.int64)
         self.holdout_scores_ = np.asarray(arrays["holdout_scores"], dtype=np.float64).reshape(-1, self.levels_.size)
         self.holdout_weights_ = np.asarray(arrays["holdout_weights"], dtype=np.float64)

@@ -198,9 +198,12 @@ class ShiftWeights(WeightScheme):
     site_dependent_test_weight = True
 
     def __init__(self, clip: float = 20.0, C: float = 1.0, max_samples: int = 20000, seed: int = 0):
-        if not isinstance(clip, (int, float, np.floating)) or isinstance(clip, bool) or not (np.isfinite(clip) and clip > 1):
+        def number(v):
+            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
+
+        if not (number(clip) and clip > 1):
             raise ValueError(f"clip: expected a finite number > 1, got {clip!r}")
-        if not isinstance(C, (int, float, np.floating)) or isinstance(C, bool) or not (np.isfinite(C) and C > 0):
+        if not (number(C) and C > 0):
             raise ValueError(f"C: expected a finite number > 0, got {C!r}")
         if isinstance(max_samples, bool) or not isinstance(max_samples, (int, np.integer)) or max_samples < 2:
             raise ValueError(f"max_samples: expected an integer >= 2, got {max_samples!r}")

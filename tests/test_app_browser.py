@@ -1,0 +1,327 @@
+"""The app in a real browser: headless Chromium driven by Selenium.
+
+Starts ``streamlit run app/main.py`` on a free local port, runs the one-click demo
+(Data -> Model -> Calibrate -> Diagnose), checks that the plots rendered
+(``.js-plotly-plot``) and that the 3Dmol.js canvas drew something (a non-blank
+screenshot of the canvas), clicks a point in a plot and checks that the Structures
+page opened with that atom highlighted, downloads a file from the Export page, and
+collects the browser console's SEVERE messages (none allowed beyond the known benign
+ones listed below).
+
+Screenshots of every page go to ``$FLEXCAL_ARTIFACTS`` (default ``test-artifacts/``),
+and also to ``docs/screenshots/`` when ``FLEXCAL_UPDATE_SCREENSHOTS=1``.
+
+Skips cleanly when Chromium, chromedriver or Selenium is missing. Every wait is
+bounded; the server and the browser are always shut down.
+
+Demo used: ``FLEXCAL_BROWSER_DEMO`` (a demo family name or ``synthetic``); default:
+the first embedded demo whose MACE model is installed, else the synthetic demo.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("FLEXCAL_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("FLEXCAL_CHROMEDRIVER", "/usr/bin/chromedriver")
+START_TIMEOUT = 40     # s, server up
+FLOW_TIMEOUT = 100     # s, one-click demo until the Diagnose page has its plots
+STEP_TIMEOUT = 30      # s, any other wait
+# Console messages that are not the app's fault (matched as substrings of SEVERE entries).
+BENIGN_CONSOLE = (
+    "favicon.ico",                      # no favicon route in some Streamlit builds
+    "_stcore/host-config",              # telemetry/host config probe when offline
+    "Failed to load resource: net::ERR_INTERNET_DISCONNECTED",  # blocked external fonts/telemetry
+    "webgl",                            # software WebGL notices from headless GPU-less Chromium
+    "GroupMarkerNotSet",
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _chromium_available() -> str | None:
+    for exe in (CHROMIUM, CHROMEDRIVER):
+        if not (Path(exe).exists() or shutil.which(exe)):
+            return f"{exe} not installed (apt-get install chromium chromium-driver)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _artifacts() -> Path:
+    out = Path(os.environ.get("FLEXCAL_ARTIFACTS", ROOT / "test-artifacts"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _pick_demo() -> str:
+    wanted = os.environ.get("FLEXCAL_BROWSER_DEMO")
+    if wanted:
+        return wanted
+    from app import services
+
+    for _label, (kind, name) in services.demo_choices().items():
+        if kind == services.DEMO and services.demo_model_available(name):
+            return name
+    return "synthetic"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    reason = _chromium_available()
+    if reason:
+        pytest.skip(reason)
+    port = _free_port()
+    log_path = _artifacts() / "streamlit-server.log"
+    env = dict(os.environ, FLEXCAL_CACHE_DIR=str(tmp_path_factory.mktemp("cache")), OMP_NUM_THREADS="2")
+    cmd = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
+           "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"streamlit did not start; see {log_path}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def driver(server):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="flexcal-chromium-")
+    downloads = tempfile.mkdtemp(prefix="flexcal-downloads-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={profile}", "--window-size=1500,2400", "--enable-unsafe-swiftshader"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    opts.add_experimental_option("prefs", {"download.default_directory": downloads,
+                                           "download.prompt_for_download": False})
+    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    drv.set_page_load_timeout(STEP_TIMEOUT)
+    drv.set_script_timeout(STEP_TIMEOUT)
+    drv.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": downloads})
+    drv.downloads = Path(downloads)
+    try:
+        yield drv
+    finally:
+        drv.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+        shutil.rmtree(downloads, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------- helpers
+def _wait(drv, condition, timeout=STEP_TIMEOUT, what="condition"):
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(drv, timeout, poll_frequency=0.25).until(lambda d: condition(d))
+    except TimeoutException:
+        _shot(drv, f"timeout-{what.replace(' ', '_')}")
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+
+def _title(drv) -> str:
+    from selenium.webdriver.common.by import By
+
+    h = drv.find_elements(By.CSS_SELECTOR, "h1")
+    return h[0].text if h else ""
+
+
+def _idle(drv) -> bool:
+    """Streamlit finished its run (no 'Running...' status widget)."""
+    from selenium.webdriver.common.by import By
+
+    return not drv.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
+
+
+def _shot(drv, name: str) -> Path:
+    png = drv.get_screenshot_as_png()
+    path = _artifacts() / f"{name}.png"
+    path.write_bytes(png)
+    if os.environ.get("FLEXCAL_UPDATE_SCREENSHOTS") == "1" and not name.startswith("timeout"):
+        docs = ROOT / "docs" / "screenshots"
+        docs.mkdir(parents=True, exist_ok=True)
+        (docs / f"{name}.png").write_bytes(png)
+    return path
+
+
+def _go(drv, page: str, title: str):
+    """Open a page through the sidebar (a new URL would start a new session and lose the state)."""
+    from selenium.webdriver.common.by import By
+
+    link = _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, f'[data-testid="stSidebarNav"] a[href$="/{page}"]'),
+                 what=f"sidebar link to {page}")[0]
+    link.click()
+    _wait(drv, lambda d: title in _title(d), what=f"{page} page")
+    _wait(drv, _idle, what=f"{page} page idle")
+
+
+def _nonblank(png: bytes) -> tuple[bool, str]:
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    colors = img.getcolors(maxcolors=1 << 20) or []
+    lo, hi = img.convert("L").getextrema()
+    return len(colors) > 20 and hi - lo > 60, f"{len(colors)} colours, luminance {lo}..{hi}, size {img.size}"
+
+
+def _click_first_point(drv, plot) -> None:
+    """Click the first marker of a plotly chart at its pixel position (log axes aware)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    x, y, w, h = drv.execute_script(
+        """
+        const gd = arguments[0];
+        const fl = gd._fullLayout, tr = gd._fullData[0];
+        const xa = fl.xaxis, ya = fl.yaxis;
+        const i = Math.floor(tr.x.length / 2);
+        const px = fl._size.l + xa.l2p(xa.d2l(tr.x[i]));
+        const py = fl._size.t + ya.l2p(ya.d2l(tr.y[i]));
+        const r = gd.getBoundingClientRect();
+        return [px, py, r.width, r.height];
+        """,
+        plot,
+    )
+    ActionChains(drv).move_to_element_with_offset(plot, int(x - w / 2), int(y - h / 2)).click().perform()
+
+
+def _severe(drv) -> list[str]:
+    try:
+        logs = drv.get_log("browser")
+    except Exception:  # some drivers do not expose logs
+        return []
+    return [e["message"] for e in logs if e.get("level") == "SEVERE"]
+
+
+# ---------------------------------------------------------------------------------- test
+def test_demo_flow_in_a_real_browser(server, driver):
+    from selenium.webdriver.common.by import By
+
+    drv = driver
+    demo = _pick_demo()
+    severe: list[str] = []
+    timings = {}
+
+    # 1. Data page opens on the demo with no configuration
+    t0 = time.monotonic()
+    drv.get(f"{server}/?demo={demo}")
+    _wait(drv, lambda d: "Data" in _title(d), what="Data page")
+    _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"]'), what="dataset summary")
+    _wait(drv, _idle, what="Data page idle")
+    timings["data"] = time.monotonic() - t0
+    _shot(drv, "data")
+    severe += _severe(drv)
+
+    # 2. one click: featurize, calibrate (live loss curve), diagnose
+    t1 = time.monotonic()
+    button = _wait(drv, lambda d: d.find_elements(By.XPATH, "//button[contains(., 'Run the whole demo')]"),
+                   what="quick-start button")[0]
+    button.click()
+    _wait(drv, lambda d: "Diagnose" in _title(d), timeout=FLOW_TIMEOUT, what="Diagnose page after the demo")
+    _wait(drv, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 9, what="9 plots")
+    _wait(drv, _idle, what="Diagnose idle")
+    timings["demo_to_diagnosis"] = time.monotonic() - t1
+    plots = drv.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
+    assert len(plots) >= 9
+    for p in plots:  # every plot drew its traces
+        assert p.find_elements(By.CSS_SELECTOR, ".main-svg"), "a plot without its svg"
+    _shot(drv, "diagnose")
+    severe += _severe(drv)
+
+    # 3. click a point in the uncertainty-error scatter: the Structures page opens on that atom
+    def is_scatter(p):
+        return drv.execute_script(
+            "const a = arguments[0]._fullLayout.xaxis;"
+            "return a.type === 'log' && ((a.title || {}).text || '').startsWith('predicted width');", p)
+
+    scatter = next(p for p in plots if is_scatter(p))
+    drv.execute_script("arguments[0].scrollIntoView({block: 'center'})", scatter)
+    _wait(drv, _idle, what="idle before click")
+    _click_first_point(drv, scatter)
+    _wait(drv, lambda d: "Structures" in _title(d), what="Structures page after a point click")
+    _wait(drv, _idle, what="Structures idle")
+
+    # 4. the 3Dmol canvas rendered (inside the component iframe) and is not blank
+    frames = _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, "iframe"), what="viewer iframe")
+    drv.switch_to.frame(frames[0])
+    try:
+        canvas = _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, "canvas"), what="3Dmol canvas")[0]
+        legend = drv.find_element(By.CSS_SELECTOR, ".flexcal-colorbar").text
+        assert "eV/Å" in legend
+        highlighted = drv.find_element(By.CSS_SELECTOR, ".flexcal-structure-view").text
+        time.sleep(0.5)  # let WebGL present a frame
+        ok, why = _nonblank(canvas.screenshot_as_png)
+        assert ok, f"3D canvas looks blank: {why}"
+        assert "highlighted: atom" in highlighted, "the clicked atom should be highlighted"
+    finally:
+        drv.switch_to.default_content()
+    _shot(drv, "structures")
+    severe += _severe(drv)
+
+    # 5. the other pages, with screenshots; a real download from Export
+    _go(drv, "calibrate", "Calibrate")
+    _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"]'), what="results table")
+    _shot(drv, "calibrate")
+    _go(drv, "model", "Model")
+    _shot(drv, "model")
+    _go(drv, "export", "Export")
+    buttons = drv.find_elements(By.CSS_SELECTOR, '[data-testid="stDownloadButton"] button')
+    assert len(buttons) == 5
+    _shot(drv, "export")
+    buttons[0].click()  # sites.csv (built on click)
+    csv = _wait(drv, lambda d: [p for p in d.downloads.glob("*.csv") if p.stat().st_size > 0],
+                what="CSV download")[0]
+    head = csv.read_text().splitlines()[0]
+    assert "structure_id" in head and "width_" in head
+    severe += _severe(drv)
+
+    # 6. console: nothing SEVERE except known benign messages
+    bad = [m for m in severe if not any(b.lower() in m.lower() for b in BENIGN_CONSOLE)]
+    (_artifacts() / "browser-console.txt").write_text("\n".join(severe) + "\n")
+    (_artifacts() / "browser-timings.txt").write_text(
+        "\n".join(f"{k}: {v:.1f} s" for k, v in timings.items()) + f"\ndemo: {demo}\n")
+    assert not bad, f"SEVERE browser console messages: {bad}"
