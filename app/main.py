@@ -16,12 +16,14 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:  # running from a source tree without `pip install -e .`
     sys.path.insert(0, str(_ROOT))
 
-from app import state  # noqa: E402
+from app import services, state  # noqa: E402
 from app.pages_index import PAGES  # noqa: E402
 
 _DONE, _TODO, _BUSY = ":material/check_circle:", ":material/radio_button_unchecked:", ":material/hourglass_top:"
 
-st.set_page_config(page_title="FlexCal", page_icon=":material/tune:", layout="wide")
+# a local favicon: a material/emoji page_icon would be fetched from a CDN (no network at run time)
+st.set_page_config(page_title="FlexCal", page_icon=str(_ROOT / "app" / "assets" / "favicon.png"), layout="wide")
+services.prewarm()
 state.init()
 state.collect_finished_job()  # a training job may have ended while another page was open
 

@@ -184,6 +184,27 @@ def dataset_summary_rows(dataset) -> list[tuple[str, str]]:
     ]
 
 
+@st.cache_resource(max_entries=1, show_spinner=False)
+def prewarm() -> bool:
+    """Import the heavy modules (torch, the calibrators) in the background, once per process.
+
+    The first page only reads data; by the time the user trains, torch is loaded.
+    """
+
+    def work():
+        try:
+            import torch  # noqa: F401
+            import torch._dynamo  # noqa: F401  (first optimizer construction imports it: ~3 s)
+
+            import core.calibration  # noqa: F401
+            import core.figures  # noqa: F401
+        except Exception:  # only a warm-up: errors surface where the modules are used
+            pass
+
+    threading.Thread(target=work, name="flexcal-prewarm", daemon=True).start()
+    return True
+
+
 # ============================================================= potentials
 @st.cache_resource(max_entries=2, show_spinner=False)
 def load_model(kind: str, value: str):
@@ -485,6 +506,14 @@ class TrainingJob:
         return self._stop.is_set()
 
     def _work(self) -> None:
+        try:
+            import torch
+
+            # q_θ is a tiny MLP: one intra-op thread is fastest, and two threads on two shared cores
+            # thrash (measured 30x slower under load). Thread-local with the OpenMP backend.
+            torch.set_num_threads(1)
+        except ImportError:
+            pass
         try:
             self.run = fit_and_evaluate(
                 self.cal, self.test, self.methods, self.confidence, self.flexible_options,

@@ -376,6 +376,11 @@ def run_active_learning(
         raise ValueError(f"calibrate_on: expected one of {list(_CALIBRATE_ON)} or a list of labelled Atoms, got {calibrate_on!r}")
     if not 0.0 < float(calibration_fraction) < 1.0:
         raise ValueError(f"calibration_fraction: expected a number in (0, 1), got {calibration_fraction!r}")
+    if refit == "finetune" and initial_model is not None and not isinstance(initial_model, (str, Path)):
+        raise ValueError(
+            f"refit='finetune' needs initial_model as a .model path (fine-tuning starts from the file), "
+            f"got a {type(initial_model).__name__}"
+        )
     starts = [pool_md_start] if isinstance(pool_md_start, Atoms) else list(pool_md_start)
     if not starts or not all(isinstance(a, Atoms) for a in starts):
         raise TypeError(f"pool_md_start: expected an ase.Atoms or a non-empty list of them, got {type(pool_md_start).__name__}")

@@ -154,15 +154,7 @@ class CalibratedCalculator(Calculator):
         atoms = self.atoms
         energy, forces, descriptors, committee_std = self._backend(atoms)
         n = len(atoms)
-        sites = SiteTable.from_arrays(
-            descriptors=descriptors,
-            errors=np.zeros(n),  # unknown at run time; calibrators never read them in predict
-            species=atoms.numbers,
-            structure_ids=np.zeros(n, dtype=np.int64),
-            atom_index=np.arange(n),
-            forces_pred=forces,
-            committee_std=committee_std,
-        )
+        sites = _one_structure_sites(atoms, descriptors, forces, committee_std)
         widths = np.asarray(self.calibrator.predict(sites), dtype=np.float64).reshape(-1)
         if widths.shape != (n,):
             raise RuntimeError(f"calibrator.predict returned shape {widths.shape}, expected ({n},) for {n} atoms")
@@ -336,6 +328,38 @@ class _MACEOnePassBackend(_Backend):
         f_mean = torch.mean(f_all, dim=0).cpu().numpy() * f_conv
         std = _committee_std(f_all.cpu().numpy() * f_conv) if len(calc.models) > 1 else None
         return energy, f_mean, desc, std
+
+
+def _one_structure_sites(atoms, descriptors, forces, committee_std) -> SiteTable:
+    """The SiteTable of one structure, built without ``from_arrays``' validation.
+
+    The arrays come straight from the potential with known shapes, and this runs every MD
+    step, where the generic checks cost as much as the calibrator itself; only finiteness
+    (a blown-up trajectory) is checked. Errors are unknown at run time: zeros, which
+    calibrators never read in ``predict``.
+    """
+    n = len(atoms)
+    descriptors = np.asarray(descriptors)
+    forces = np.asarray(forces, dtype=np.float64).reshape(n, 3)
+    if descriptors.ndim != 2 or descriptors.shape[0] != n:
+        raise RuntimeError(f"the potential returned descriptors of shape {descriptors.shape} for {n} atoms")
+    if not (np.all(np.isfinite(descriptors)) and np.all(np.isfinite(forces))):
+        raise RuntimeError(
+            "the potential returned non-finite forces or descriptors for this structure "
+            "(has the simulation blown up?)"
+        )
+    if committee_std is not None:
+        committee_std = np.asarray(committee_std, dtype=np.float64).reshape(n)
+    return SiteTable(
+        structure_ids=np.zeros(n, dtype=np.int64),
+        atom_index=np.arange(n, dtype=np.int64),
+        species=np.asarray(atoms.numbers, dtype=np.int64),
+        errors=np.zeros(n),
+        descriptors=descriptors,
+        forces_pred=forces,
+        committee_std=committee_std,
+        structure_info={"structure_id": np.zeros(1, dtype=np.int64), "n_atoms": np.array([n], dtype=np.int64)},
+    )
 
 
 def _committee_std(forces_comm: np.ndarray) -> np.ndarray:

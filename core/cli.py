@@ -434,6 +434,7 @@ def _featurize_for(args, ui: _UI, data: str):
         path, model, committee=args.committee or (), batch_size=args.batch_size, cache_dir=args.cache_dir,
         energy_key=args.energy_key, forces_key=args.forces_key, device=args.device, dtype=args.dtype,
         progress=ui.featurize_progress(), messages=ui.info,
+        max_structures=args.max_structures, subset_seed=args.split_seed,
     )
     reference = None
     pool = sites
@@ -448,6 +449,14 @@ def _featurize_for(args, ui: _UI, data: str):
                 reference = sites.select_structures(train_ids)
             ui.info(f"excluded the demo model's {len(excluded)} training/validation frames from calibration; "
                     f"its {len(train_ids)} training frames are the knn/gmm reference")
+    if args.reference_data:
+        ref_path = _existing_file(args.reference_data, "--reference-data")
+        ui.info(f"featurizing the reference (training) set {ref_path}")
+        reference = featurize_file(
+            ref_path, model, committee=args.committee or (), batch_size=args.batch_size, cache_dir=args.cache_dir,
+            energy_key=args.energy_key, forces_key=args.forces_key, device=args.device, dtype=args.dtype,
+            progress=ui.featurize_progress(), messages=ui.info,
+        )
     return sites, pool, reference, (demo or path.stem)
 
 
@@ -703,7 +712,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes on stderr")
 
 
-def _add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+def _add_model_args(p: argparse.ArgumentParser, required: bool = False, subset: bool = True) -> None:
     g = p.add_argument_group("model and data")
     g.add_argument(
         "--model", metavar="NAME_OR_PATH", required=required,
@@ -721,6 +730,12 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
                    help="reference forces key in atoms.arrays (eV/Å); default: auto-detect REF_forces, forces, ...")
     g.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu or cuda")
     g.add_argument("--dtype", default="float64", choices=("float32", "float64"), help="model precision")
+    if subset:
+        g.add_argument("--reference-data", metavar="TRAIN.xyz", default=None,
+                       help="the model's training structures; their descriptors are the knn/gmm reference "
+                            "(default: the calibration sites; the demo model's own training frames for a demo)")
+        g.add_argument("--max-structures", type=_positive_int, default=None, metavar="N",
+                       help="use a random subset of N structures (seeded by --split-seed): a quick look at a big file")
 
 
 def _add_calibration_args(p: argparse.ArgumentParser, methods_default_help: str) -> None:
@@ -779,7 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("data", metavar="DATA", help="extxyz file with reference forces, or an embedded demo name")
     p.add_argument("-o", "--output", metavar="SITES.npz", required=True, help="where to write the site table")
-    _add_model_args(p)
+    _add_model_args(p, subset=False)
     _add_common(p)
     p.set_defaults(func=_cmd_featurize)
 

@@ -698,6 +698,8 @@ def featurize_file(
     progress=None,
     messages: Progress = None,
     info_keys: Sequence[str] = ("split",),
+    max_structures: int | None = None,
+    subset_seed: int = 0,
 ) -> SiteTable:
     """Read an extxyz file and run a potential over it: the sites of one dataset.
 
@@ -720,11 +722,25 @@ def featurize_file(
         Per-frame ``atoms.info`` keys copied into ``structure_info`` as strings
         when every frame has them (the demo data's ``split``: train/valid/
         calibration/test).
+    max_structures : int, optional
+        Featurize only a seeded random subset of this many structures (a quick
+        look at a large file); ``structure_info["dataset_index"]`` keeps their
+        positions in the file.
+    subset_seed : int
+        Seed of that subset.
     """
     from core.data import read_dataset
     from core.featurize import featurize
 
     dataset = read_dataset(path, energy_key=energy_key, forces_key=forces_key)
+    if max_structures is not None:
+        if isinstance(max_structures, bool) or not isinstance(max_structures, (int, np.integer)) or max_structures < 2:
+            raise ValueError(f"max_structures: expected an integer >= 2, got {max_structures!r}")
+        if max_structures < len(dataset):
+            keep = np.random.default_rng(subset_seed).choice(len(dataset), size=int(max_structures), replace=False)
+            dataset = dataset.subset(np.sort(keep))
+            if messages is not None:
+                messages(f"using a random subset of {max_structures} structures (seed {subset_seed})")
     for msg in getattr(dataset, "messages", []) or []:
         if messages is not None:
             messages(str(msg))

@@ -42,8 +42,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# at most 2 torch threads (set before torch is imported); MKL_NUM_THREADS is left alone on
+# purpose: an extra MKL worker thread busy-waits and, on shared cores, slowed mace training
+# subprocesses (which inherit the environment) about tenfold
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-os.environ.setdefault("MKL_NUM_THREADS", "2")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_ELEMENTS = ("H", "C", "N", "O", "Li", "Cl", "Cu")

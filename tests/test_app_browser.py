@@ -309,8 +309,8 @@ def test_demo_flow_in_a_real_browser(server, driver):
     _go(drv, "model", "Model")
     _shot(drv, "model")
     _go(drv, "export", "Export")
-    buttons = drv.find_elements(By.CSS_SELECTOR, '[data-testid="stDownloadButton"] button')
-    assert len(buttons) == 5
+    buttons = _wait(drv, lambda d: (lambda b: b if len(b) == 5 else None)(
+        d.find_elements(By.CSS_SELECTOR, '[data-testid="stDownloadButton"] button')), what="5 download buttons")
     _shot(drv, "export")
     buttons[0].click()  # sites.csv (built on click)
     csv = _wait(drv, lambda d: [p for p in d.downloads.glob("*.csv") if p.stat().st_size > 0],

@@ -278,3 +278,52 @@ def test_run_json_with_tiny_mace(tiny_data, tiny_mace_model, tiny_cache, capsys)
     assert result["n_structures"] == 24 and result["n_sites"] == 160
     assert set(result["methods"]) == {"split", "knn", "force"}
     assert all(set(REPORT_KEYS) <= set(r) for r in result["methods"].values())
+
+
+# ------------------------------------------------ the embedded demo (offline)
+def _demo_or_skip(family: str = "molecule"):
+    from core import demo
+
+    try:
+        demo.demo_dataset_path(family)
+        demo.demo_model_path(family)
+    except FileNotFoundError as exc:
+        pytest.skip(f"embedded demo {family!r} not generated here: {exc}")
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo_cache")
+
+
+def test_run_demo_offline_without_model(demo_cache):
+    """`flexcal run molecule --json` in a fresh process: demo data + demo model, stdout pure JSON."""
+    _demo_or_skip("molecule")
+    res = flexcal("run", "molecule", "--json", "--max-structures", "40", "--methods", "split,knn",
+                  "--cache-dir", str(demo_cache), timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(res.stdout)
+    assert result["dataset"] == "molecule"
+    assert result["n_structures"] == 40 and result["n_sites"] == 40 * 9  # ethanol: 9 atoms
+    split = result["split"]
+    # the demo model's training/validation frames are never calibrated or tested on
+    assert split["calibration"]["n_structures"] + split["test"]["n_structures"] < 40
+    assert split["reference"]["n_structures"] > 0
+    assert set(result["methods"]) == {"split", "knn"}
+    assert all(set(REPORT_KEYS) <= set(r) for r in result["methods"].values())
+    assert "excluded the demo model's" in res.stderr
+
+
+def test_study_unseen_and_transfer_on_demo(demo_cache, capsys, tmp_path):
+    _demo_or_skip("molecule")
+    common = ["--dataset", "molecule", "--max-structures", "40", "--methods", "split,knn",
+              "--cache-dir", str(demo_cache), "-q"]
+    assert main(["study", "unseen", *common, "--json", "-o", str(tmp_path)]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["study"] == "unseen"
+    assert {r["split"] for r in obj["rows"]} == {"md_600K", "md_900K"}  # trained on md_300K only
+    assert (tmp_path / "unseen.csv").exists() and (tmp_path / "unseen.json").exists()
+    assert main(["study", "transfer", *common, "--budgets", "0.2"]) == 0
+    out = capsys.readouterr().out
+    for label in ("split, A", "knn, A", "split, B 20%", "knn, A + B 20% rescale", "split, B 100%"):
+        assert label in out

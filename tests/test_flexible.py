@@ -86,6 +86,19 @@ def test_levels_never_cross_and_predict_is_the_confidence_column():
     np.testing.assert_array_equal(q.predict_levels(test, [0.9, 0.5])[:, ::-1], q.predict_levels(test, [0.5, 0.9]))
 
 
+def test_folded_inference_matches_explicit_standardisation():
+    """predict folds the standardisation into the first layer; it must equal the explicit path."""
+    cal, _ = half_normal_sites(100, seed=12)
+    x = np.c_[cal.descriptors, 1000.0 + 1e-9 * np.arange(len(cal)), 50.0 + 3.0 * cal.descriptors[:, :1]]
+    wide = SiteTable.from_arrays(descriptors=x, errors=cal.errors, species=cal.species,
+                                 structure_ids=cal.structure_ids)
+    q = FlexibleQuantile(**SMALL).fit(wide)
+    assert q.x_std_[2] == pytest.approx(0.1)  # near-constant channel: std floored at 1e-4 |mean|
+    with torch.no_grad():
+        explicit = q.model_(*q._inputs(wide, slice(None))).numpy() * q.scale_
+    np.testing.assert_allclose(q._raw(wide), explicit, rtol=2e-5)
+
+
 def test_default_levels_cover_the_calibration_grid():
     q = FlexibleQuantile(confidence=0.85, levels=(0.5, 0.9))
     np.testing.assert_allclose(q._trained_levels(), [0.5, 0.85, 0.9])  # confidence always trained

@@ -18,7 +18,7 @@ from core import studies
 from core.metrics import REPORT_COLUMNS
 from core.sites import SiteTable
 
-FAST = {"flexible": {"max_epochs": 40, "patience": 10}}
+FAST = {"flexible": {"max_epochs": 30, "patience": 8}}
 # Stated tolerance for conformalised methods in-domain: |coverage - 0.9| <= 0.06 with ~500 test
 # sites (binomial sd ~ 0.013, plus the calibration-set randomness of the same size).
 COVERAGE_TOL = 0.06
@@ -81,10 +81,11 @@ def test_in_domain_width_ratio_and_correlation(in_domain):
 
 
 def test_in_domain_is_deterministic(sites, in_domain):
-    again = studies.run_in_domain(sites, ["split", "mondrian", "knn", "force", "flexible"], confidence=0.9,
+    again = studies.run_in_domain(sites, ["knn", "flexible"], confidence=0.9,
                                   test_fraction=0.5, seed=0, dataset="synthetic", method_options=FAST)
     cols = [c for c in in_domain.columns if c != "fit_seconds"]
-    pd.testing.assert_frame_equal(in_domain[cols], again[cols])
+    first = in_domain[in_domain["method"].isin(["knn", "flexible"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(first[cols], again[cols])
 
 
 def test_split_cp_coverage_over_seeds_respects_finite_sample_bound():

@@ -8,6 +8,10 @@ Model
     never cross. The one-hot part is implemented as an embedding added to the
     first layer (identical to a linear layer on the concatenation; a species
     unseen at fit gets an all-zero one-hot, i.e. a zero embedding).
+    Descriptors are standardised with the mean and standard deviation of the
+    training + validation sites (never the holdout); the standard deviation is
+    floored at 1e-4·|mean| so near-constant channels cannot amplify float32
+    round-off.
 
 Loss
     Pinball ρ_τ(r) = max(τ r, (τ - 1) r), r = e_i - q_θ,τ(X_i), averaged over
@@ -35,9 +39,12 @@ Conformal correction (``conformal=True``)
       test weight, so this is the conservative choice for any test site whose
       weight would not exceed it; ĉ is one number per level.
     * ``shift``: the test weight is the density ratio p_target/p_cal at the test
-      site itself, computed at predict time by the fitted classifier, so ĉ is
+      site itself, computed at predict time by the fitted classifier (trained at
+      fit on the descriptors of all calibration sites vs ``target``), so ĉ is
       per site: ``predict`` runs a vectorised weighted quantile (sorted holdout
-      ratios, cumulative weights, ``searchsorted``) for every test site.
+      ratios, cumulative weights, ``searchsorted``) for every test site. A site
+      whose ratio outweighs the holdout's enough gets ĉ = +inf (the honest
+      answer: the holdout says too little about it).
 
     Finally the widths are made monotone in the level by a cumulative maximum
     over the trained levels (per site), and ``predict`` returns the column at
@@ -104,13 +111,32 @@ def _module_class():
             self.out = nn.Linear(hidden[-1], n_levels)
 
         def forward(self, x, z):
-            h = F.silu(self.inp(x) + self.species(z))
+            """Quantiles (m, K) of standardised descriptors x (m, d) and species indices z (m,)."""
+            return self.head(self.inp(x) + self.species(z))
+
+        def forward_folded(self, x, z, weight, bias):
+            """Same, from raw descriptors, with the standardisation folded into the first layer."""
+            return self.head(F.linear(x, weight, bias) + self.species(z))
+
+        def head(self, pre):
+            h = F.silu(pre)
             for layer in self.hidden:
                 h = F.silu(layer(h))
             return self.eps + torch.cumsum(F.softplus(self.out(h)), dim=1)
 
     _MODULE_CLASS = QuantileMLP
     return QuantileMLP
+
+
+def _robust_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and a standard deviation floored at 1e-4·|mean| (and 1 for constant columns).
+
+    The floor keeps (nearly) constant descriptor channels from amplifying float32
+    round-off (~6e-8·|x|) into O(1) inputs; it only rescales such channels.
+    """
+    mean = x.mean(axis=0)
+    std = np.maximum(x.std(axis=0), 1e-4 * np.abs(mean))
+    return mean, np.where(std > 1e-12, std, 1.0)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -261,16 +287,20 @@ class FlexibleQuantile(Calibrator):
     def _inputs(self, sites: SiteTable, rows: np.ndarray | slice):
         """(standardised x float32 tensor (m, d), species-index int64 tensor (m,)) of the selected rows.
 
-        Standardisation runs in float32 (the model's precision) with the float64 mean and
-        standard deviation rounded once; fit and predict use this same path.
+        Used for training and validation; inference (:meth:`_raw`) folds the same
+        standardisation into the first layer instead (equal up to float32 round-off).
         """
         torch = _torch()
         x = torch.from_numpy(np.ascontiguousarray(sites.descriptors[rows], dtype=np.float32))
         x = (x - self._mean32) * self._inv_std32
-        species = sites.species[rows]
+        return x, self._species_index(sites.species[rows])
+
+    def _species_index(self, species: np.ndarray):
+        """Row of the species embedding per site (int64 tensor); unseen species -> the zero row."""
+        torch = _torch()
         z = np.minimum(np.searchsorted(self.species_, species), self.species_.size - 1)
         z = np.where(self.species_[z] == species, z, self.species_.size).astype(np.int64)
-        return x, torch.from_numpy(z)
+        return torch.from_numpy(z)
 
     def _set_standardisation(self, mean: np.ndarray, std: np.ndarray) -> None:
         torch = _torch()
@@ -342,8 +372,7 @@ class FlexibleQuantile(Calibrator):
         self.level_index_ = int(np.flatnonzero(np.isclose(levels, self.confidence, atol=_LEVEL_ATOL))[0])
         trainval = fit_m | val_m
         x_tv = np.asarray(sites.descriptors[trainval], dtype=np.float64)
-        std = x_tv.std(axis=0)
-        self._set_standardisation(x_tv.mean(axis=0), np.where(std > 1e-12, std, 1.0))
+        self._set_standardisation(*_robust_moments(x_tv))
         del x_tv
         self.species_ = np.unique(sites.species[trainval])
         e_fit = sites.errors[fit_m]
@@ -465,11 +494,18 @@ class FlexibleQuantile(Calibrator):
         torch = _torch()
         n = len(sites) if rows is None else rows.size
         out = np.empty((n, self.levels_.size), dtype=np.float64)
+        # standardisation folded into the first layer (computed in float64, rounded once):
+        # W (x - m) / s + b = (W / s) x + (b - (W / s) m); saves one pass over the descriptors
+        w_in = self.model_.inp.weight.detach().numpy().astype(np.float64) / self.x_std_[None, :]
+        b_in = self.model_.inp.bias.detach().numpy().astype(np.float64) - w_in @ self.x_mean_
+        w_in = torch.from_numpy(w_in.astype(np.float32))
+        b_in = torch.from_numpy(b_in.astype(np.float32))
         with torch.inference_mode():
             for a in range(0, n, _CHUNK):
                 sel = slice(a, min(a + _CHUNK, n)) if rows is None else rows[a:a + _CHUNK]
-                x, z = self._inputs(sites, sel)
-                out[a:a + _CHUNK] = self.model_(x, z).numpy()
+                x = torch.from_numpy(np.ascontiguousarray(sites.descriptors[sel], dtype=np.float32))
+                out[a:a + _CHUNK] = self.model_.forward_folded(x, self._species_index(sites.species[sel]),
+                                                               w_in, b_in).numpy()
         out *= self.scale_
         return out
 
