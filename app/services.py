@@ -11,6 +11,7 @@ holds per-session state at module level (jobs and results live in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -51,7 +52,26 @@ TRUST_REASON = (
     "you trust. FlexCal never loads an uploaded model until you confirm this."
 )
 CACHE_DIR = Path(os.environ.get("FLEXCAL_CACHE_DIR", ".flexcal_cache")) / "features"
+# torch intra-op threads for the app's own work (featurize, q_θ training). 1 by default: on two
+# shared cores, 2 threads were 6x (MACE featurize) to 30x (q_θ) slower than 1 under load.
+TORCH_THREADS = int(os.environ.get("FLEXCAL_APP_TORCH_THREADS", "1"))
 SITES_CACHE_ENTRIES = 4
+
+
+@contextlib.contextmanager
+def torch_threads(n: int = TORCH_THREADS):
+    """Run a block with ``n`` torch intra-op threads (thread-local with OpenMP; restored after)."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 class UploadTooLarge(ValueError):
@@ -118,26 +138,29 @@ def describe_error(exc: BaseException) -> str:
 
 
 def demo_choices() -> dict[str, tuple[str, str]]:
-    """Label -> (kind, name) of the demo datasets offered on the Data page.
+    """Label -> (kind, name) of the demo datasets offered on the Data page, default first.
 
-    The embedded demo families of ``core.demo`` whose files are present (default
-    family first), then the generated synthetic demo (always available, needs
-    no model file).
+    Order: the embedded demo families whose file *and* MACE model are installed
+    (``core.demo.DEFAULT_FAMILY`` first), then the generated synthetic demo (always
+    available, needs no model file), then embedded families without their model.
     """
-    out: dict[str, tuple[str, str]] = {}
+    ready: dict[str, tuple[str, str]] = {}
+    no_model: dict[str, tuple[str, str]] = {}
     try:
         from core.demo import DEFAULT_FAMILY, FAMILIES, demo_dataset_path
 
-        for name in sorted(FAMILIES, key=lambda f: f != DEFAULT_FAMILY):
+        for name in sorted(FAMILIES, key=lambda f: (f != DEFAULT_FAMILY, f)):
             try:
                 demo_dataset_path(name)
             except FileNotFoundError:
                 continue
-            out[f"{name} (embedded demo)"] = (DEMO, name)
+            if demo_model_available(name):
+                ready[f"{name} (embedded demo)"] = (DEMO, name)
+            else:
+                no_model[f"{name} (embedded demo; its model is not installed)"] = (DEMO, name)
     except ImportError:  # demo module not installed: only the synthetic one
         pass
-    out[SYNTHETIC_LABEL] = (SYNTHETIC, "")
-    return out
+    return {**ready, SYNTHETIC_LABEL: (SYNTHETIC, ""), **no_model}
 
 
 @st.cache_data(max_entries=6, show_spinner=False)
@@ -198,6 +221,7 @@ def prewarm() -> bool:
 
             import core.calibration  # noqa: F401
             import core.figures  # noqa: F401
+            import core.potentials.mace  # noqa: F401  (mace-torch, e3nn)
         except Exception:  # only a warm-up: errors surface where the modules are used
             pass
 
@@ -312,7 +336,8 @@ def featurize_dataset(dataset, dataset_key: str, potential, progress: Callable[[
     if module_available("core.featurize"):
         from core.featurize import featurize
 
-        sites = featurize(dataset.structures, potential, progress=progress, cache_dir=CACHE_DIR)
+        with torch_threads():
+            sites = featurize(dataset.structures, potential, progress=progress, cache_dir=CACHE_DIR)
     else:  # the pipeline module is not installed: only the synthetic mock potential works
         from core.synthetic_demo import SyntheticPotential, synthetic_site_table
 
@@ -509,9 +534,8 @@ class TrainingJob:
         try:
             import torch
 
-            # q_θ is a tiny MLP: one intra-op thread is fastest, and two threads on two shared cores
-            # thrash (measured 30x slower under load). Thread-local with the OpenMP backend.
-            torch.set_num_threads(1)
+            # q_θ is a tiny MLP: one intra-op thread is fastest (see TORCH_THREADS); this thread only
+            torch.set_num_threads(max(1, TORCH_THREADS))
         except ImportError:
             pass
         try:

@@ -544,10 +544,11 @@ def _cmd_study(args, ui: _UI) -> int:
     from core.studies import select_by_column
 
     name = args.name
-    if name == "active-learning":
-        return _study_active_learning(args, ui)
     if args.dataset is None:
         args.dataset = _default_study_dataset(name)
+        ui.info(f"study {name}: using the embedded demo dataset {args.dataset!r} (choose with --dataset)")
+    if name == "active-learning":
+        return _study_active_learning(args, ui)
     epoch_cb = ui.epoch_callback(args.max_epochs)
     common = dict(
         confidence=args.confidence, seed=args.seed, method_options=_method_options(args),
@@ -593,14 +594,21 @@ def _default_study_dataset(name: str) -> str:
     present = _demo_datasets()
     if demo is None or not present:
         raise UserError(f"study {name}: give --dataset (no embedded demo datasets are installed)")
-    if name == "transfer":
-        two_levels = [f for f, info in demo.FAMILIES.items() if len(info.get("label_keys", ())) > 1]
-        candidates = two_levels
+    if name == "transfer":  # needs a second level of theory (REF2_*)
+        candidates = [f for f, info in demo.FAMILIES.items() if len(info.get("label_keys", ())) > 1]
+    elif name == "active-learning":  # the smallest system: MD, labelling and refits take minutes
+        candidates = ["molecule", *demo.FAMILIES]
     else:
         candidates = [demo.DEFAULT_FAMILY, *demo.FAMILIES]
     for family in candidates:
-        if family in present:
-            return family
+        if family not in present:
+            continue
+        if name != "active-learning":  # the other studies featurize with the family's demo model
+            try:
+                demo.demo_model_path(family)
+            except FileNotFoundError:
+                continue
+        return family
     raise UserError(f"study {name}: give --dataset (the demo datasets it needs are not installed)")
 
 
@@ -973,6 +981,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     for module, names in (
         ("core.data", ("DatasetError",)),  # a ValueError; listed for clarity
         ("core.potentials.mace", ("FoundationModelUnavailable",)),  # offline foundation model
+        ("core.training", ("TrainingError",)),  # mace_run_train failed; the message names its log
     ):
         mod = sys.modules.get(module)
         for n in names:

@@ -454,3 +454,33 @@ def test_parse_hidden_sizes():
         services.parse_hidden("64, abc")
     with pytest.raises(ValueError, match="1 to 4096"):
         services.parse_hidden("0")
+
+
+# ------------------------------------------------------------------ a real MACE model file
+def test_upload_and_local_model_path_with_a_real_mace_model(tiny_mace_model, tiny_structures, cache_dir):
+    """Upload an extxyz, load a MACE .model from a local path, featurize, calibrate (split CP)."""
+    from ase.io import write
+
+    buf = io.StringIO()
+    write(buf, tiny_structures, format="extxyz")
+    at = _upload(_new_app().run(), "tiny.extxyz", buf.getvalue().encode())
+    assert not _errors(at) and at.session_state[state.DATASET_LABEL] == "tiny.extxyz"
+    at.switch_page(page("model")).run()
+    at.radio(key=state.W_MODEL_KIND).set_value(state.MODEL_KINDS[2]).run()
+    at.text_input(key=state.W_MODEL_PATH).input(str(tiny_mace_model)).run()
+    at.button(key="btn_featurize").click().run()
+    _no_exception(at)
+    assert not _errors(at), _errors(at)
+    sites = at.session_state[state.SITES]
+    assert len(sites) == sum(len(a) for a in tiny_structures)
+    assert sites.n_descriptors == 16  # the tiny model's scalar node features
+    at = _train(at, methods=("split",), bootstrap=0)
+    run = at.session_state[state.RESULTS]
+    assert run.reports["split"]["width_ratio"] == pytest.approx(1.0)
+    # a path that does not exist is an error box, and the features are kept
+    at.switch_page(page("model")).run()
+    at.text_input(key=state.W_MODEL_PATH).input("/nonexistent/model.model").run()
+    at.button(key="btn_featurize").click().run()
+    _no_exception(at)
+    assert any("no such model file" in e for e in _errors(at))
+    assert at.session_state[state.SITES] is sites

@@ -251,3 +251,23 @@ def test_isolated_atom_has_uncertainty(potential, calibrator):
     atoms = Atoms("Cu", positions=[[0, 0, 0]])
     atoms.calc = CalibratedCalculator(potential, calibrator)
     assert atoms.calc.get_force_uncertainty(atoms).shape == (1,)
+
+
+def test_non_finite_output_is_reported(calibrator):
+    """A blown-up structure (NaN forces) raises a clear error instead of giving NaN widths."""
+    from core.potentials.base import PotentialOutput
+
+    class BrokenPotential:
+        name, identity, atomic_numbers = "broken", "0", (1, 6, 8)
+
+        def compute(self, structures):
+            n = sum(len(a) for a in structures)
+            return PotentialOutput(np.zeros(len(structures)), np.full((n, 3), np.nan), np.zeros((n, 16)))
+
+        def ase_calculator(self):  # pragma: no cover - not used
+            raise NotImplementedError
+
+    atoms = molecule("H2O")
+    atoms.calc = CalibratedCalculator(BrokenPotential(), calibrator)
+    with pytest.raises(RuntimeError, match="non-finite forces or descriptors"):
+        atoms.get_forces()

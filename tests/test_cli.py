@@ -327,3 +327,31 @@ def test_study_unseen_and_transfer_on_demo(demo_cache, capsys, tmp_path):
     out = capsys.readouterr().out
     for label in ("split, A", "knn, A", "split, B 20%", "knn, A + B 20% rescale", "split, B 100%"):
         assert label in out
+
+
+def test_study_active_learning_passes_options_and_prints_curves(monkeypatch, capsys, tmp_path):
+    import pandas as pd
+
+    import core.studies
+
+    seen = {}
+
+    def fake(dataset, **kwargs):
+        seen.update(dataset=dataset, **kwargs)
+        table = pd.DataFrame({"study": ["active-learning"] * 2, "dataset": ["molecule"] * 2,
+                              "strategy": ["calibrated", "random"], "round": [1, 1], "n_labels": [12, 12],
+                              "force_mae": [0.52, 0.55], "coverage": [0.9, 0.88], "mean_width": [1.5, 1.6]})
+        table.attrs.update(study="active-learning", dataset="molecule")
+        return table, None
+
+    monkeypatch.setattr(core.studies, "run_active_learning_study", fake)
+    assert main(["study", "active-learning", "--dataset", "molecule", "--al-rounds", "2", "--al-picks", "3",
+                 "--al-strategies", "calibrated,random", "--max-epochs", "15", "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert seen["dataset"] == "molecule" and seen["n_rounds"] == 2 and seen["picks_per_round"] == 3
+    assert seen["strategies"] == ["calibrated", "random"]
+    assert seen["calibrator"] == "flexible" and seen["calibrator_options"] == {"max_epochs": 15}
+    assert seen["workdir"] == tmp_path / "active-learning"
+    assert out[1].split()[:4] == ["strategy", "round", "n_labels", "force"]
+    assert out[3].split()[:4] == ["calibrated", "1", "12", "0.520"]
+    assert (tmp_path / "active-learning.csv").exists()

@@ -218,3 +218,36 @@ def test_default_methods_skip_committee_without_spread(sites):
 
     assert "committee" not in studies.default_methods(sites)
     assert set(studies.default_methods(sites)) == set(METHODS) - {"committee"}
+
+
+def test_active_learning_study_prepares_demo_inputs(monkeypatch, tmp_path):
+    """The AL study hands run_active_learning the demo's training frames, test frames and labeller."""
+    from core import demo
+
+    try:
+        demo.demo_dataset_path("molecule")
+    except FileNotFoundError as exc:
+        pytest.skip(f"molecule demo not generated: {exc}")
+    import core.active
+    from core.active import CURVE_COLUMNS, ActiveLearningResult
+
+    seen = {}
+
+    def fake(initial_train, pool_md_start, reference, **kwargs):
+        seen.update(initial=initial_train, start=pool_md_start, reference=reference, **kwargs)
+        curves = pd.DataFrame([{c: 0 for c in CURVE_COLUMNS}])
+        return ActiveLearningResult(curves=curves, picked={}, test_set=kwargs["test_set"], model_paths={},
+                                    settings={"seed": kwargs["seed"]})
+
+    monkeypatch.setattr(core.active, "run_active_learning", fake)
+    table, result = studies.run_active_learning_study("molecule", n_initial=12, test_size=7, n_rounds=2,
+                                                      seed=3, workdir=tmp_path, train_epochs=4)
+    assert len(seen["initial"]) == 12 and seen["start"] is seen["initial"][0]
+    assert all(a.info["split"] == "train" for a in seen["initial"])
+    assert len(seen["test_set"]) == 7
+    assert all(a.info["split"] == "test" and a.info["config_type"] == "md_300K" for a in seen["test_set"])
+    assert seen["reference"] == "gfn2-xtb" and seen["n_rounds"] == 2 and seen["seed"] == 3
+    assert seen["train_kwargs"] == {"max_num_epochs": 4}
+    assert list(table.columns[:2]) == ["study", "dataset"] and table["dataset"].item() == "molecule"
+    with pytest.raises(ValueError, match="needs a reference calculator"):
+        studies.run_active_learning_study(str(demo.demo_dataset_path("molecule")), test_size=5)

@@ -1,0 +1,364 @@
+"""App benchmark: cold start to the first calibrated diagnosis, and interaction latency.
+
+Run::
+
+    .venv/bin/python -m benchmarks.bench_app [--demo auto|synthetic|FAMILY] [--repeats 5] [--out PATH]
+
+(a) Cold: a fresh ``streamlit run app/main.py`` process with an empty feature cache; a
+    headless Chromium opens ``/?demo=...`` and clicks "Run the whole demo"; the clock
+    stops when the Diagnose page shows all its plots and Streamlit is idle. Reported
+    from process start (server up, first page, click -> diagnosis, total).
+(b) Warm interactions in the same browser session, each repeated ``--repeats`` times
+    (median and max): the teaching-view slider (a fragment rerun), switching the
+    method on Diagnose (a full page of figures), sidebar navigation Diagnose ->
+    Structures (3D viewer) and back, clicking a plot point (opens Structures), and
+    the whole demo again with features cached.
+(c) Server-side script time of each page after caching (``AppTest``, no browser),
+    median of ``--repeats`` runs.
+
+The goals (issue 5): (a) <= 20 s on 2 cores, (b) < 1 s. Writes a markdown table to
+``benchmarks/results/app.md`` with the machine, the load average (the project's two
+cores are shared) and the demo used. Needs Chromium + chromedriver for (a) and (b);
+without them only (c) runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "app.md"
+CHROMIUM = os.environ.get("FLEXCAL_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("FLEXCAL_CHROMEDRIVER", "/usr/bin/chromedriver")
+TIMEOUT = 180
+
+
+# ----------------------------------------------------------------------------- browser
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(drv, cond, timeout=TIMEOUT, what=""):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(drv, timeout, poll_frequency=0.05).until(lambda d: cond(d))
+    except Exception as exc:
+        raise RuntimeError(f"timed out waiting for {what}") from exc
+
+
+def _css(drv, sel):
+    from selenium.webdriver.common.by import By
+
+    return drv.find_elements(By.CSS_SELECTOR, sel)
+
+
+def _title(drv) -> str:
+    h = _css(drv, "h1")
+    return h[0].text if h else ""
+
+
+def _idle(drv) -> bool:
+    return not _css(drv, '[data-testid="stStatusWidget"]')
+
+
+def _plot_titles(drv) -> list[str]:
+    return drv.execute_script(
+        "return Array.from(document.querySelectorAll('.js-plotly-plot'))"
+        ".map(g => ((g._fullLayout || {}).title || {}).text || '');")
+
+
+def _diagnose_ready(drv) -> bool:
+    return "Diagnose" in _title(drv) and len(_css(drv, ".js-plotly-plot")) >= 9 and _idle(drv)
+
+
+def _sidebar(drv, page):
+    link = _wait(drv, lambda d: _css(d, f'[data-testid="stSidebarNav"] a[href$="/{page}"]'), what=page)[0]
+    link.click()
+
+
+def _start_server(cache: str):
+    port = _free_port()
+    env = dict(os.environ, FLEXCAL_CACHE_DIR=cache)
+    cmd = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
+           "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.perf_counter() - t0 > 60:
+            proc.kill()
+            raise RuntimeError("streamlit did not start")
+        time.sleep(0.05)
+    return proc, url, t0, time.perf_counter() - t0
+
+
+def _browser(profile: str):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={profile}", "--window-size=1500,2400", "--enable-unsafe-swiftshader"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+def _timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def browser_bench(demo: str, repeats: int) -> dict:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    res: dict = {}
+    cache = tempfile.mkdtemp(prefix="flexcal-bench-cache-")
+    profile = tempfile.mkdtemp(prefix="flexcal-bench-chromium-")
+    proc, url, t0, res["server_up"] = _start_server(cache)
+    drv = _browser(profile)
+    try:
+        drv.get(f"{url}/?demo={demo}")
+        _wait(drv, lambda d: "Data" in _title(d) and _css(d, '[data-testid="stDataFrame"]') and _idle(d),
+              what="Data page")
+        res["first_page"] = time.perf_counter() - t0
+        button = _wait(drv, lambda d: d.find_elements(By.XPATH, "//button[contains(., 'Run the whole demo')]"),
+                       what="quick-start button")[0]
+        t1 = time.perf_counter()
+        button.click()
+        _wait(drv, _diagnose_ready, what="Diagnose after the demo")
+        res["click_to_diagnosis"] = time.perf_counter() - t1
+        res["cold_total"] = time.perf_counter() - t0
+        time.sleep(1.0)
+
+        # teaching slider: one step (fragment rerun), until the band figure's title changes
+        def slider_step():
+            before = [t for t in _plot_titles(drv) if "bands" in t][0]
+            thumb = _css(drv, '[data-testid="stSlider"] [role="slider"]')[-1]
+            thumb.send_keys(Keys.ARROW_LEFT if "90%" in before or "95%" in before else Keys.ARROW_RIGHT)
+            _wait(drv, lambda d: [t for t in _plot_titles(d) if "bands" in t][0] != before and _idle(d),
+                  what="teaching view update")
+
+        res["teaching_slider"] = _timed(slider_step, repeats)
+
+        # switch the method shown on Diagnose (a full page of figures)
+        def switch_method():
+            box = _css(drv, '[data-testid="stSelectbox"]')[0]
+            current = box.text.splitlines()[-1].strip()
+            box.click()
+            options = _wait(drv, lambda d: _css(d, '[role="option"]'), what="options")
+            target = next(o for o in options if o.text.strip() != current)
+            name = target.text.strip()
+            target.click()
+            _wait(drv, lambda d: any(t.endswith(f"— {name}") for t in _plot_titles(d)) and _diagnose_ready(d),
+                  what=f"Diagnose for {name}")
+
+        res["diagnose_switch_method"] = _timed(switch_method, repeats)
+
+        def to_structures_and_back():
+            _sidebar(drv, "structures")
+            _wait(drv, lambda d: "Structures" in _title(d) and _css(d, "iframe") and _idle(d), what="Structures")
+            t = time.perf_counter()
+            _sidebar(drv, "diagnose")
+            _wait(drv, _diagnose_ready, what="Diagnose")
+            return time.perf_counter() - t
+
+        nav_back = []
+
+        def nav():
+            nav_back.append(to_structures_and_back())
+
+        both = _timed(nav, repeats)
+        res["nav_diagnose_to_structures"] = [b - a for a, b in zip(nav_back, both)]
+        res["nav_structures_to_diagnose"] = nav_back
+
+        def click_point():
+            plots = _css(drv, ".js-plotly-plot")
+            scatter = next(p for p in plots if drv.execute_script(
+                "const a = arguments[0]._fullLayout.xaxis; return a.type === 'log' && "
+                "((a.title || {}).text || '').startsWith('predicted width');", p))
+            drv.execute_script("arguments[0].scrollIntoView({block: 'center'})", scatter)
+            x, y, w, h = drv.execute_script(
+                "const gd = arguments[0], fl = gd._fullLayout, tr = gd._fullData[0];"
+                "const i = Math.floor(tr.x.length / 3);"
+                "const px = fl._size.l + fl.xaxis.l2p(fl.xaxis.d2l(tr.x[i]));"
+                "const py = fl._size.t + fl.yaxis.l2p(fl.yaxis.d2l(tr.y[i]));"
+                "const r = gd.getBoundingClientRect(); return [px, py, r.width, r.height];", scatter)
+            t = time.perf_counter()
+            ActionChains(drv).move_to_element_with_offset(scatter, int(x - w / 2), int(y - h / 2)).click().perform()
+            _wait(drv, lambda d: "Structures" in _title(d) and _css(d, "iframe") and _idle(d), what="Structures")
+            dt = time.perf_counter() - t
+            _sidebar(drv, "diagnose")
+            _wait(drv, _diagnose_ready, what="Diagnose")
+            return dt
+
+        res["point_click_to_structure"] = [click_point() for _ in range(repeats)]
+
+        # the whole demo again: features come from the cache, calibration runs again
+        _sidebar(drv, "data")
+        _wait(drv, lambda d: "Data" in _title(d) and _idle(d), what="Data")
+        button = _wait(drv, lambda d: d.find_elements(By.XPATH, "//button[contains(., 'Run the whole demo')]"),
+                       what="quick-start button")[0]
+        t = time.perf_counter()
+        button.click()
+        _wait(drv, lambda d: "Diagnose" not in _title(d), timeout=30, what="leaving Data")
+        _wait(drv, _diagnose_ready, what="Diagnose after the warm demo")
+        res["warm_demo_to_diagnosis"] = time.perf_counter() - t
+    finally:
+        drv.quit()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(profile, ignore_errors=True)
+    return res
+
+
+# ---------------------------------------------------------------------------- AppTest
+def apptest_bench(demo: str, repeats: int) -> dict:
+    """Server-side script time per page once everything is cached (no browser)."""
+    from streamlit.testing.v1 import AppTest
+
+    from app import services, state
+    from app.pages_index import PAGES, page
+
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=TIMEOUT).run()
+    label = next(lab for lab, (kind, name) in services.demo_choices().items() if demo in (kind, name))
+    at.selectbox(key=state.W_DEMO_NAME).set_value(label).run()
+    at.switch_page(page("model")).run()
+    t = time.perf_counter()
+    at.button(key="btn_featurize").click().run()
+    featurize_s = time.perf_counter() - t
+    at.switch_page(page("calibrate")).run()
+    t = time.perf_counter()
+    at.button(key="FormSubmitter:settings-Train").click().run()
+    at.session_state[state.JOB].join(TIMEOUT)
+    at.run()
+    train_s = time.perf_counter() - t
+    out = {"featurize (script)": featurize_s, "train + evaluate (job)": train_s}
+    for p in PAGES:
+        at.switch_page(page(p.name)).run()
+        out[f"page {p.title}"] = _timed(lambda: at.run(), repeats)
+        assert not at.exception, at.exception
+    return out
+
+
+# ------------------------------------------------------------------------------ report
+def _fmt(v) -> str:
+    if isinstance(v, list):
+        return f"{statistics.median(v):.2f} (max {max(v):.2f})"
+    return f"{v:.2f}"
+
+
+def _pick_demo(wanted: str) -> str:
+    if wanted != "auto":
+        return wanted
+    from app import services
+
+    for _label, (kind, name) in services.demo_choices().items():
+        if kind == services.DEMO and services.demo_model_available(name):
+            return name
+    return "synthetic"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", default="auto", help="auto (embedded demo with a model, else synthetic), "
+                        "synthetic, or a demo family name")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-browser", action="store_true", help="only the AppTest part (c)")
+    args = parser.parse_args(argv)
+    demo = _pick_demo(args.demo)
+    load0 = os.getloadavg()
+    have_browser = Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists() and not args.no_browser
+    browser = browser_bench(demo, args.repeats) if have_browser else {}
+    server = apptest_bench(demo, args.repeats)
+    load1 = os.getloadavg()
+
+    lines = [
+        "# App benchmark",
+        "",
+        f"`python -m benchmarks.bench_app --demo {args.demo} --repeats {args.repeats}` — demo: **{demo}**; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, Python "
+        f"{platform.python_version()}; load average before/after: {load0[0]:.1f} / {load1[0]:.1f} "
+        "(the cores are shared with other work, so these are upper bounds). Torch threads in the app: "
+        f"{os.environ.get('FLEXCAL_APP_TORCH_THREADS', '1')}.",
+        "",
+    ]
+    if browser:
+        lines += [
+            "## (a) Cold start to the first calibrated diagnosis (headless Chromium, fresh process and cache)",
+            "",
+            "Goal: <= 20 s on 2 cores.",
+            "",
+            "| step | seconds |",
+            "|---|---|",
+            f"| server process start -> health ok | {_fmt(browser['server_up'])} |",
+            f"| process start -> Data page shown | {_fmt(browser['first_page'])} |",
+            f"| click 'Run the whole demo' -> Diagnose with all plots | {_fmt(browser['click_to_diagnosis'])} |",
+            f"| **total, process start -> diagnosis** | **{_fmt(browser['cold_total'])}** |",
+            f"| the demo again, features cached (warm) | {_fmt(browser['warm_demo_to_diagnosis'])} |",
+            "",
+            f"## (b) Interaction latency after caching (browser, median of {args.repeats}; max in brackets)",
+            "",
+            "Goal: < 1 s. Measured from the input event to the updated page being idle.",
+            "",
+            "| interaction | seconds |",
+            "|---|---|",
+        ]
+        for key, name in (("teaching_slider", "teaching-view confidence slider (fragment)"),
+                          ("diagnose_switch_method", "Diagnose: switch method (9 figures)"),
+                          ("nav_diagnose_to_structures", "sidebar: Diagnose -> Structures (3D viewer)"),
+                          ("nav_structures_to_diagnose", "sidebar: Structures -> Diagnose"),
+                          ("point_click_to_structure", "click a plot point -> Structures, atom highlighted")):
+            lines.append(f"| {name} | {_fmt(browser[key])} |")
+        lines.append("")
+    else:
+        lines += ["(a) and (b) skipped: Chromium/chromedriver not installed.", ""]
+    lines += [
+        f"## (c) Server-side script time (AppTest, no browser; median of {args.repeats})",
+        "",
+        "| step | seconds |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in server.items()]
+    lines.append("")
+    text = "\n".join(lines)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
