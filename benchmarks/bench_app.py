@@ -52,12 +52,18 @@ def _free_port() -> int:
 
 
 def _wait(drv, cond, timeout=TIMEOUT, what=""):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
-        return WebDriverWait(drv, timeout, poll_frequency=0.05).until(lambda d: cond(d))
+        # Streamlit re-renders elements: a reference can go stale between a find and a read
+        return WebDriverWait(drv, timeout, poll_frequency=0.1,
+                             ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+                             ).until(lambda d: cond(d))
     except Exception as exc:
-        raise RuntimeError(f"timed out waiting for {what}") from exc
+        shot = Path(tempfile.gettempdir()) / "flexcal-bench-timeout.png"
+        drv.save_screenshot(str(shot))
+        raise RuntimeError(f"timed out waiting for {what} (screenshot: {shot})") from exc
 
 
 def _css(drv, sel):
@@ -76,9 +82,14 @@ def _idle(drv) -> bool:
 
 
 def _plot_titles(drv) -> list[str]:
+    """Plot titles as text (Streamlit's theme wraps them in <b> tags)."""
     return drv.execute_script(
         "return Array.from(document.querySelectorAll('.js-plotly-plot'))"
-        ".map(g => ((g._fullLayout || {}).title || {}).text || '');")
+        ".map(g => (((g._fullLayout || {}).title || {}).text || '').replace(/<[^>]*>/g, ''));")
+
+
+def _shown_method(drv) -> str:
+    return next(t.split("— ", 1)[1] for t in _plot_titles(drv) if t.startswith("Calibration curve — "))
 
 
 def _diagnose_ready(drv) -> bool:
@@ -161,8 +172,10 @@ def browser_bench(demo: str, repeats: int) -> dict:
         # teaching slider: one step (fragment rerun), until the band figure's title changes
         def slider_step():
             before = [t for t in _plot_titles(drv) if "bands" in t][0]
-            thumb = _css(drv, '[data-testid="stSlider"] [role="slider"]')[-1]
-            thumb.send_keys(Keys.ARROW_LEFT if "90%" in before or "95%" in before else Keys.ARROW_RIGHT)
+            thumb = _css(drv, '[data-testid="stSlider"] input[type="range"]')[-1]
+            drv.execute_script("arguments[0].focus()", thumb)  # react-aria: a visually hidden range input
+            key = Keys.ARROW_LEFT if "90%" in before or "95%" in before else Keys.ARROW_RIGHT
+            ActionChains(drv).send_keys(key).perform()
             _wait(drv, lambda d: [t for t in _plot_titles(d) if "bands" in t][0] != before and _idle(d),
                   what="teaching view update")
 
@@ -171,14 +184,13 @@ def browser_bench(demo: str, repeats: int) -> dict:
         # switch the method shown on Diagnose (a full page of figures)
         def switch_method():
             box = _css(drv, '[data-testid="stSelectbox"]')[0]
-            current = box.text.splitlines()[-1].strip()
+            current = _shown_method(drv)
             box.click()
             options = _wait(drv, lambda d: _css(d, '[role="option"]'), what="options")
             target = next(o for o in options if o.text.strip() != current)
             name = target.text.strip()
             target.click()
-            _wait(drv, lambda d: any(t.endswith(f"— {name}") for t in _plot_titles(d)) and _diagnose_ready(d),
-                  what=f"Diagnose for {name}")
+            _wait(drv, lambda d: _shown_method(d) == name and _diagnose_ready(d), what=f"Diagnose for {name}")
 
         res["diagnose_switch_method"] = _timed(switch_method, repeats)
 

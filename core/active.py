@@ -575,39 +575,14 @@ def _evaluate(test_sites: SiteTable, widths: np.ndarray, test_set) -> dict:
 
 # ---------------------------------------------------------------------- helpers
 def _sites(structures, potential, batch_size: int, *, labelled: bool) -> SiteTable:
-    """Run ``potential.compute`` over ``structures`` in batches and build a SiteTable.
+    """``core.featurize.featurize`` without a cache: one forward pass per batch.
 
-    Built here rather than with ``core.featurize`` because MD candidates are unlabelled;
-    unlabelled sites get errors 0 (calibrators and heuristics never read errors in predict).
+    Unlabelled MD candidates get errors 0 (calibrators and heuristics never read errors
+    in predict/score).
     """
-    energies, forces, descs, stds = [], [], [], []
-    for i in range(0, len(structures), batch_size):
-        out = potential.compute(list(structures[i : i + batch_size]))
-        energies.append(np.asarray(out.energies, dtype=np.float64).reshape(-1))
-        forces.append(np.asarray(out.forces, dtype=np.float64))
-        descs.append(np.asarray(out.descriptors))
-        stds.append(None if out.committee_std is None else np.asarray(out.committee_std, dtype=np.float64))
-    n_atoms = np.array([len(a) for a in structures], dtype=np.int64)
-    sid = np.repeat(np.arange(len(structures)), n_atoms)
-    fpred = np.concatenate(forces)
-    info = {"structure_id": np.arange(len(structures)), "n_atoms": n_atoms, "energy_pred": np.concatenate(energies)}
-    kwargs: dict[str, Any] = {}
-    if labelled:
-        kwargs["forces_ref"] = np.concatenate([np.asarray(a.arrays["REF_forces"], dtype=np.float64) for a in structures])
-        info["energy_ref"] = np.array([float(a.info.get("REF_energy", np.nan)) for a in structures])
-        errors = None
-    else:
-        errors = np.zeros(fpred.shape[0])
-    return SiteTable.from_arrays(
-        descriptors=np.concatenate(descs),
-        errors=errors,
-        species=np.concatenate([a.numbers for a in structures]),
-        structure_ids=sid,
-        forces_pred=fpred,
-        committee_std=None if any(s is None for s in stds) else np.concatenate(stds),
-        structure_info=info,
-        **kwargs,
-    )
+    from core.featurize import featurize
+
+    return featurize(list(structures), potential, batch_size=batch_size, labelled=labelled)
 
 
 def _explore(potential, starts, md_steps, sample_every, temperature_K, timestep_fs, friction_per_fs, seed,

@@ -412,6 +412,8 @@ def _cmd_evaluate(args, ui: _UI) -> int:
         _print_json(ui, report)
     else:
         for key, value in report.items():
+            if key.endswith("_note") and value is None:
+                continue
             if isinstance(value, dict):
                 value = ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
             elif isinstance(value, list):
@@ -517,7 +519,13 @@ def _cmd_run(args, ui: _UI) -> int:
     }
     for _, row in table.iterrows():
         rep = reports.get((row["label"], "test"))
-        entry = dict(rep) if rep is not None else {"note": row["note"]}
+        if rep is None:  # the fit failed (e.g. too few sites for this method): keys present, values null
+            from core.metrics import REPORT_KEYS
+
+            rep = {key: None for key in REPORT_KEYS}
+        entry = dict(rep)
+        if row["note"]:
+            entry["note"] = row["note"]
         entry["fit_seconds"] = float(row["fit_seconds"])
         result["methods"][row["label"]] = entry
     if args.output:
@@ -536,7 +544,16 @@ def _cmd_run(args, ui: _UI) -> int:
         ui.result(f"{label}: {sites.n_structures} structures, {len(sites)} sites; calibrated on "
               f"{cal.n_structures} structures, tested on {test.n_structures}; confidence {args.confidence:g}")
         ui.result(format_table(table))
+        _result_notes(ui, table)
     return EXIT_OK
+
+
+def _result_notes(ui: _UI, table) -> None:
+    if "note" not in table.columns:
+        return
+    for _, row in table[table["note"].astype(str) != ""].iterrows():
+        where = f" on {row['split']}" if "split" in table.columns and table["split"].nunique() > 1 else ""
+        ui.result(f"note: {row['label']}{where}: {row['note']}")
 
 
 def _cmd_study(args, ui: _UI) -> int:
@@ -585,6 +602,7 @@ def _cmd_study(args, ui: _UI) -> int:
     else:
         ui.result(f"study {name} on {table.attrs.get('dataset') or args.dataset}: confidence {args.confidence:g}")
         ui.result(format_table(table))
+        _result_notes(ui, table)
     return EXIT_OK
 
 

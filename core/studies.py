@@ -22,7 +22,13 @@ fit_seconds, <REPORT_COLUMNS of core.metrics>, note``
    others (high temperature, other configurations).
 3. :func:`run_transfer` — calibrate against level of theory A, test against B,
    uniform, with ``shift`` weights, and with a small budget of B labels.
-4. Active learning in MD lives in :mod:`core.active`.
+4. :func:`run_active_learning_study` — active learning in MD
+   (:func:`core.active.run_active_learning`) on a demo family or a file; its
+   table is the learning curves (one row per strategy and round).
+
+:func:`evaluate_methods` is the shared engine (also behind ``flexcal run``);
+:class:`BudgetRescaled` is the "few target labels fix the scale" wrapper of the
+transfer study.
 
 :func:`write_study` writes a table to ``<name>.csv`` and ``<name>.json``.
 :func:`featurize_file` / :func:`demo_sites` build SiteTables from extxyz files
@@ -324,7 +330,8 @@ def evaluate_methods(
                         lo, hi = report.get(key) or (None, None)
                         row[f"{key}_lo"], row[f"{key}_hi"] = _scalar(lo), _scalar(hi)
                 if not np.isfinite(row.get("mean_width", 0.0)):
-                    note = note or "infinite widths: too few calibration sites for this confidence"
+                    note = note or ("some widths are infinite: the (weighted) conformal quantile's rank "
+                                    "exceeds the calibration sites at this confidence (too few of them)")
             row["note"] = note
             rows.append(row)
     table = pd.DataFrame(rows)

@@ -57,13 +57,24 @@ def predict(model_path, frames, batch_size: int = 32):
     """
     import mace  # noqa: F401  (before e3nn)
     import torch
-    from mace import data as mace_data
-    from mace.tools import torch_geometric, torch_tools, utils
+    from mace.tools import utils
 
     model = torch.load(str(model_path), map_location="cpu", weights_only=False).double().eval()
     z_table = utils.AtomicNumberTable([int(z) for z in model.atomic_numbers])
     heads = list(getattr(model, "heads", None) or ["Default"])
     r_max = float(model.r_max)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # these models are tiny: extra threads only contend (5x slower)
+    try:
+        return _predict(model, frames, z_table, heads, r_max, batch_size)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _predict(model, frames, z_table, heads, r_max, batch_size):
+    from mace import data as mace_data
+    from mace.tools import torch_geometric, torch_tools
+
     with torch_tools.default_dtype("float64"):
         graphs = [
             mace_data.AtomicData.from_config(

@@ -154,11 +154,14 @@ def driver(server):
 
 # ------------------------------------------------------------------------------- helpers
 def _wait(drv, condition, timeout=STEP_TIMEOUT, what="condition"):
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
-        return WebDriverWait(drv, timeout, poll_frequency=0.25).until(lambda d: condition(d))
+        # Streamlit re-renders elements: a reference can go stale between a find and a read
+        return WebDriverWait(drv, timeout, poll_frequency=0.25,
+                             ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+                             ).until(lambda d: condition(d))
     except TimeoutException:
         _shot(drv, f"timeout-{what.replace(' ', '_')}")
         raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None

@@ -72,16 +72,12 @@ def test_energy_forces_identical_and_widths_equal_calibrator(potential, calibrat
     np.testing.assert_array_equal(atoms.get_forces(), bare.forces)
     widths = calc.get_force_uncertainty(atoms)
     assert widths.shape == (len(ethanol),)
-    expected = calibrator.predict(
-        SiteTable.from_arrays(
-            descriptors=bare.descriptors,
-            errors=np.zeros(len(ethanol)),
-            species=ethanol.numbers,
-            structure_ids=np.zeros(len(ethanol), dtype=int),
-            forces_pred=bare.forces,
-        )
-    )
-    np.testing.assert_allclose(widths, expected, rtol=1e-12)
+    from core.featurize import featurize
+
+    featurized = featurize([ethanol], potential, labelled=False, descriptor_dtype="float64")
+    np.testing.assert_allclose(widths, calibrator.predict(featurized), rtol=1e-12)
+    # the default float32 descriptors of featurize agree to float32 precision
+    np.testing.assert_allclose(widths, calibrator.predict(featurize([ethanol], potential, labelled=False)), rtol=1e-5)
     assert np.all(widths > 0)
     assert calc.results["max_force_uncertainty"] == pytest.approx(widths.max())
     assert calc.results["free_energy"] == calc.results["energy"]
