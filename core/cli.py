@@ -22,7 +22,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -640,8 +640,6 @@ def _demo_train_types(demo_name: str | None) -> list[str] | None:
 
 def _unseen_splits(args, ui: _UI, pool):
     """(calibration sites, {name: test sites}) for the unseen study."""
-    import numpy as np
-
     from core.studies import featurize_file, select_by_column
 
     tests = {}
@@ -670,7 +668,6 @@ def _unseen_splits(args, ui: _UI, pool):
         tests[t] = select_by_column(pool, key, [t])
     if not tests:
         raise UserError("unseen: no test structures; give --test-types or --test-data")
-    _ = np  # keep linters quiet about the lazy import pattern
     return cal, tests
 
 

@@ -484,3 +484,14 @@ def test_upload_and_local_model_path_with_a_real_mace_model(tiny_mace_model, tin
     _no_exception(at)
     assert any("no such model file" in e for e in _errors(at))
     assert at.session_state[state.SITES] is sites
+
+
+def test_one_click_demo_goes_from_data_to_diagnose(cache_dir):
+    """'Run the whole demo': featurize, train (live curve in the same run), land on Diagnose."""
+    at = _synthetic(_new_app())
+    at.button(key="btn_quickstart").click().run()
+    _no_exception(at)
+    assert at.title[0].value == "Diagnose", [t.value for t in at.title]
+    assert at.session_state[state.RESULTS] is not None
+    assert at.session_state[state.QUICKSTART] is False
+    assert len(at.get("plotly_chart")) == 9

@@ -134,7 +134,9 @@ def test_transfer_variants(transfer):
 
 def test_transfer_shows_the_shift_and_rescaling_fixes_it(transfer):
     by = transfer.set_index("label")
-    assert by.loc["split, A", "coverage"] < 0.75  # B errors are 1.6x the A errors
+    # B errors are 1.6x the A errors: widths calibrated against A undercover B by >= 0.08
+    for label in ("split, A", "flexible, A", "flexible (shift), A"):
+        assert by.loc[label, "coverage"] <= 0.82, label
     # 6 budget structures (60 sites) fix the scale: coverage within 0.08 of 0.9 on 300 test sites
     for label in ("split, A + B 20% rescale", "flexible, A + B 20% rescale", "split, B 100%", "flexible, B 100%"):
         assert abs(by.loc[label, "coverage"] - 0.9) <= 0.08, label

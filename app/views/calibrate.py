@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from app import services, state
@@ -116,7 +118,37 @@ def live_panel() -> None:
         st.caption("Stop requested: q_θ finishes this epoch, keeps its best weights and is corrected.")
 
 
-if running:
+def follow_in_this_run(job) -> None:
+    """The one-click demo: poll the job inside this run, updating placeholders (no fragment timer).
+
+    The page then moves on to Diagnose in the same run. A click on Stop interrupts this
+    run; the next run calls ``job.stop`` (the button's callback) and follows the job again.
+    """
+    from core.figures import plot_training_curve
+
+    st.subheader("Training")
+    status, chart = st.empty(), st.empty()
+    st.button("Stop training", key="btn_stop_training", on_click=job.stop, disabled=job.stop_requested)
+    shown = 0
+    deadline = time.monotonic() + 900
+    while not job.done and time.monotonic() < deadline:
+        last = job.messages[-1] if job.messages else "starting ..."
+        status.info(f"{last} — {job.elapsed():.1f} s, {len(job.history)} q_θ epochs")
+        n = len(job.history)
+        if n > shown:
+            chart.plotly_chart(plot_training_curve(job.history[:n]))
+            shown = n
+        time.sleep(0.3)
+    state.collect_finished_job()
+
+
+if running and state.get(state.QUICKSTART):
+    follow_in_this_run(job)
+    if state.get(state.RESULTS) is not None:
+        state.put(state.QUICKSTART, False)
+        st.switch_page(page("diagnose"))
+    st.rerun()  # failed or timed out: show the error / the live panel
+elif running:
     live_panel()
     st.stop()
 
