@@ -412,10 +412,6 @@ def _build_structure_info(structure_ids: np.ndarray, given: dict[str, Any] | Non
         if v.shape[0] != gid.shape[0]:
             raise ValueError(f"structure_info[{k!r}]: expected {gid.shape[0]} rows, got {v.shape[0]}")
         col = v[order][pos]
-        if k == "n_atoms":
-            if not np.array_equal(col.astype(np.int64), info["n_atoms"]):
-                # n_atoms given describes whole structures; sites may be a subset -> keep given
-                info[k] = col.astype(np.int64)
-            continue
-        info[k] = col
+        # a given n_atoms counts whole structures (the sites may be a subset of their atoms)
+        info[k] = col.astype(np.int64) if k == "n_atoms" else col
     return info
