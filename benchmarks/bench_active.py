@@ -15,7 +15,9 @@ Setup (demo molecule family, ethanol, GFN2-xTB reference):
 Outputs: ``benchmarks/results/active.md`` (tables), ``active_curves.csv`` (all rows) and
 ``active_learning.html`` (plotly learning curves, self-contained).
 
-Run: ``.venv/bin/python -m benchmarks.bench_active [--seeds 0,1] [--rounds 3] [--picks 5]``.
+Run: ``.venv/bin/python -m benchmarks.bench_active [--seeds 0,1] [--rounds 3] [--picks 5]``
+(about 15 min per seed on two busy cores); ``--from-csv FILE...`` rebuilds the report from
+saved curves.
 """
 
 from __future__ import annotations
@@ -86,9 +88,114 @@ def _table(df, cols) -> list[str]:
     return lines
 
 
+def report(curves, args, seeds, load_start: float, out: Path) -> str:
+    """Write active.md, active_curves.csv and active_learning.html from the learning curves."""
+    import pandas as pd
+    import torch
+
+    from core.active import labels_to_reach
+    from core.figures import figures_to_html, plot_learning_curve
+
+    out.mkdir(parents=True, exist_ok=True)
+    curves.to_csv(out / "active_curves.csv", index=False)
+    targets = [float(t) for t in args.targets.split(",")]
+    strategies = list(dict.fromkeys(curves["strategy"]))
+    reach_rows = []
+    for target in targets:
+        row = {"target force MAE (eV/Å)": f"{target:.3f}"}
+        for strategy in strategies:
+            hits = [labels_to_reach(curves[curves["seed"] == s], target).get(strategy) for s in seeds]
+            row[strategy] = " / ".join("–" if h is None else str(h) for h in hits)
+        reach_rows.append(row)
+    reach = pd.DataFrame(reach_rows)
+    mean = (curves.groupby(["strategy", "round"], sort=False)
+            [["n_labels", "force_mae", "force_rmse", "coverage", "mean_width", "spearman", "pick_force_mae"]]
+            .mean().reset_index())
+    mean["n_labels"] = mean["n_labels"].round().astype(int)
+    mean_reach = {"target force MAE (eV/Å)": [f"{t:.3f}" for t in targets]}
+    for strategy in strategies:
+        hits = [labels_to_reach(mean, t).get(strategy) for t in targets]
+        mean_reach[strategy] = ["–" if h is None else str(h) for h in hits]
+    mean_reach = pd.DataFrame(mean_reach)
+    # wins: per seed and round >= 1, which strategy has the lowest test force MAE
+    later = curves[curves["round"] > 0]
+    best = later.loc[later.groupby(["seed", "round"])["force_mae"].idxmin(), "strategy"].value_counts()
+    n_cmp = int(later.groupby(["seed", "round"]).ngroups)
+
+    figs = []
+    for col, ylabel in (("force_mae", "test force MAE (eV/Å)"),
+                        ("pick_force_mae", "force MAE of the previous model on the picked frames (eV/Å)"),
+                        ("coverage", "test coverage of the q_θ widths (target 0.9)"),
+                        ("spearman", "Spearman ρ(width, error), test sites")):
+        data = {}
+        for strategy, part in mean.groupby("strategy", sort=False):
+            part = part.dropna(subset=[col])
+            if len(part):
+                data[str(strategy)] = (part["n_labels"].to_numpy(float), part[col].to_numpy(float))
+        if data:
+            figs.append((ylabel + " — mean over seeds", plot_learning_curve(data, ylabel)))
+    html = figures_to_html(figs, [("mean over seeds", mean), ("labels to reach a target (per seed)", reach)],
+                           title="FlexCal: active learning in MD (demo ethanol, GFN2-xTB)")
+    (out / "active_learning.html").write_text(html)
+
+    cols = ["strategy", "round", "n_labels", "force_mae", "force_rmse", "coverage", "mean_width", "spearman",
+            "structure_spearman", "n_candidates", "md_stopped_early", "pick_force_mae", "pick_error_max"]
+    train = {k: v for k, v in TRAIN_KWARGS.items() if k != "num_threads"} | {"max_num_epochs": args.epochs}
+    lines = [
+        "# Active learning in MD: calibrated vs heuristic vs random",
+        "",
+        f"`python -m benchmarks.bench_active --seeds {','.join(map(str, seeds))} --rounds {args.rounds} --picks {args.picks} "
+        f"--md-steps {args.md_steps} --temperature {args.temperature:g} --epochs {args.epochs} --refit {args.refit}` · "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores visible (shared with other jobs; 1-min load average "
+        f"{load_start:.1f} when the report was written), torch {torch.__version__}, 1 thread; training subprocesses "
+        "1 thread each.",
+        "",
+        "Setup: demo ethanol family, GFN2-xTB (tblite) reference. Initial training set: "
+        f"{args.n_initial} md_300K frames (a different evenly strided subset per seed); fixed calibration set: "
+        f"{args.n_calibration} md_300K frames (q_θ refitted on it for every model); exploration: Langevin MD at "
+        f"{args.temperature:g} K, 0.5 fs, {args.md_steps} steps per round from a 300 K frame, a candidate every "
+        f"{args.sample_every} steps; test set: {args.n_test} md_600K frames (never picked). Each round every strategy "
+        f"labels {args.picks} frames and retrains a small MACE from scratch ({json.dumps(train)}). "
+        "Strategies: `calibrated` = max over sites of the conformalised q_θ width (FlexibleQuantile, defaults); "
+        "`heuristic` = max over sites of the kNN descriptor distance to the current training set (k = 10, "
+        "standardised, per species); `random` = uniform. Picks are kept at least 2 candidates apart. Round 0 is "
+        "the shared initial model.",
+        "",
+        "Columns: `force_mae`, `force_rmse` over test force components (eV/Å); `coverage`, `mean_width` (eV/Å), "
+        "`spearman` of the q_θ widths on the test sites (calibrated at 300 K, tested at 600 K: a shifted "
+        "distribution); `pick_force_mae`: the *previous* model's force MAE on the frames picked in that round "
+        "(how informative the picks were).",
+        "",
+        "## Labels needed to reach a test force-MAE target",
+        "",
+        "Smallest number of training labels (initial + picked) at which the curve is at or below the target; "
+        "– = not reached within the budget; no interpolation between rounds.",
+        "",
+        "Mean curve over seeds:",
+        "",
+    ]
+    lines += _table(mean_reach, list(mean_reach.columns))
+    lines += ["", f"Per seed ({' / '.join(map(str, seeds))}):", ""]
+    lines += _table(reach, list(reach.columns))
+    lines += ["", "Lowest test force MAE among the strategies, counted over (seed, round ≥ 1): "
+              + ", ".join(f"{k} {int(v)}" for k, v in best.items()) + f" (of {n_cmp}).", ""]
+    lines += ["## Mean over seeds", ""]
+    lines += _table(mean, list(mean.columns))
+    for seed in seeds:
+        part = curves[curves["seed"] == seed]
+        minutes = float(part["seconds"].sum()) / 60
+        lines += ["", f"## Seed {seed} (rounds took {minutes:.1f} min in all, on the shared machine)", ""]
+        lines += _table(part, cols)
+    lines += ["", "Figures: [active_learning.html](active_learning.html) (self-contained plotly; learning curves of "
+              "the mean over seeds). All rows: [active_curves.csv](active_curves.csv).", ""]
+    text = "\n".join(lines)
+    (out / "active.md").write_text(text)
+    return text
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds (one full run each)")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated seeds (one full run each)")
     parser.add_argument("--strategies", default="calibrated,heuristic,random")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--picks", type=int, default=5)
@@ -100,6 +207,9 @@ def main(argv=None) -> int:
     parser.add_argument("--n-test", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=TRAIN_KWARGS["max_num_epochs"])
     parser.add_argument("--refit", default="retrain", choices=("retrain", "finetune"))
+    parser.add_argument("--targets", default="0.25,0.2,0.175,0.16,0.15", help="force-MAE targets, eV/Å")
+    parser.add_argument("--from-csv", type=Path, nargs="*", default=None,
+                        help="rebuild the report from saved active_curves.csv file(s) instead of running")
     parser.add_argument("--workdir", type=Path, default=None, help="keep models/picks here (default: a temp dir)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -110,106 +220,27 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    load_start = os.getloadavg()[0]
-    tmp = None
-    if args.workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="flexcal_al_")
-        workdir = Path(tmp.name)
+    if args.from_csv:
+        curves = pd.concat([pd.read_csv(p) for p in args.from_csv], ignore_index=True)
+        curves = curves.sort_values(["seed"], kind="stable").reset_index(drop=True)
+        seeds = sorted(int(s) for s in curves["seed"].unique())
     else:
-        workdir = args.workdir
-    frames_curves, walls = [], {}
-    for seed in seeds:
-        res, wall = run_one(seed, args, workdir)
-        frames_curves.append(res.curves)
-        walls[seed] = wall
-        print(res.curves.to_string(), file=sys.stderr)
-    curves = pd.concat(frames_curves, ignore_index=True)
-    out = args.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    curves.to_csv(out / "active_curves.csv", index=False)
-
-    from core.active import labels_to_reach
-
-    # targets: fractions of the initial (shared) model's test force MAE
-    initial_mae = curves[curves["round"] == 0].groupby("seed")["force_mae"].first()
-    fractions = (0.9, 0.8, 0.7, 0.6)
-    reach_rows = []
-    for seed in seeds:
-        part = curves[curves["seed"] == seed]
-        for frac in fractions:
-            target = float(initial_mae[seed]) * frac
-            hit = labels_to_reach(part, target)
-            reach_rows.append({"seed": seed, "target": f"{frac:.0%} of initial ({target:.3f} eV/Å)", **hit})
-    reach = pd.DataFrame(reach_rows)
-
-    mean = (curves.groupby(["strategy", "round"], sort=False)
-            [["n_labels", "force_mae", "force_rmse", "coverage", "mean_width", "spearman", "pick_force_mae"]]
-            .mean().reset_index())
-
-    # figures
-    from core.figures import figures_to_html, plot_learning_curve
-
-    figs = []
-    for col, ylabel in (("force_mae", "test force MAE (eV/Å)"), ("pick_force_mae", "force MAE of the model on the frames it picked (eV/Å)"),
-                        ("coverage", "test coverage of q_θ widths (target 0.9)"), ("spearman", "Spearman ρ(width, error) on test sites")):
-        data = {}
-        for strategy, part in mean.groupby("strategy", sort=False):
-            part = part.dropna(subset=[col])
-            if len(part):
-                data[str(strategy)] = (part["n_labels"].to_numpy(float), part[col].to_numpy(float))
-        if data:
-            figs.append((ylabel, plot_learning_curve(data, ylabel)))
-    html = figures_to_html(figs, [("mean over seeds", mean), ("labels to reach a target", reach)],
-                           title="FlexCal: active learning in MD (demo ethanol, GFN2-xTB)")
-    (out / "active_learning.html").write_text(html)
-
-    import torch as _t
-
-    cols = ["strategy", "round", "n_labels", "force_mae", "force_rmse", "coverage", "mean_width", "spearman",
-            "structure_spearman", "n_candidates", "md_stopped_early", "pick_force_mae", "pick_error_max"]
-    lines = [
-        "# Active learning in MD: calibrated vs heuristic vs random",
-        "",
-        f"`python -m benchmarks.bench_active --seeds {args.seeds} --rounds {args.rounds} --picks {args.picks} "
-        f"--md-steps {args.md_steps} --temperature {args.temperature:g} --epochs {args.epochs} --refit {args.refit}` · "
-        f"{platform.machine()}, {os.cpu_count()} CPU cores visible (shared; 1-min load average {load_start:.1f} at start, "
-        f"{os.getloadavg()[0]:.1f} at end), torch {_t.__version__}, 1 thread; training subprocesses 1 thread.",
-        "",
-        "Setup: demo ethanol family, GFN2-xTB (tblite) reference. Initial training set: "
-        f"{args.n_initial} md_300K frames; fixed calibration set: {args.n_calibration} md_300K frames "
-        f"(q_θ refitted on it for every model); exploration: Langevin MD at {args.temperature:g} K, 0.5 fs, "
-        f"{args.md_steps} steps per round from a 300 K frame, a candidate every {args.sample_every} steps; "
-        f"test set: {args.n_test} md_600K frames. Each round every strategy labels {args.picks} frames and "
-        f"retrains a small MACE ({json.dumps({k: v for k, v in TRAIN_KWARGS.items() if k != 'num_threads'} | {'max_num_epochs': args.epochs})}). "
-        "Strategies: `calibrated` = max over sites of the conformalised q_θ width (FlexibleQuantile, defaults); "
-        "`heuristic` = max over sites of the kNN descriptor distance to the training set (k = 10, "
-        "standardised, per species); `random` = uniform. Picks are kept at least 2 candidates apart.",
-        "",
-        "`force_mae`, `force_rmse`: over test force components, eV/Å. `coverage`, `mean_width`, `spearman`: "
-        "q_θ widths on the test sites (calibrated at 300 K, tested at 600 K: a shifted distribution). "
-        "`pick_force_mae`: the *previous* model's force MAE on the frames picked in that round — how "
-        "informative the picks were.",
-        "",
-        "## Labels needed to reach a test force-MAE target",
-        "",
-        "Smallest number of training labels at which a strategy's curve is at or below the target "
-        "(– = not reached within the budget); targets are fractions of the shared initial model's MAE.",
-        "",
-    ]
-    lines += _table(reach, list(reach.columns))
-    lines += ["", "## Mean over seeds", ""]
-    lines += _table(mean, list(mean.columns))
-    for seed in seeds:
-        part = curves[curves["seed"] == seed]
-        lines += ["", f"## Seed {seed} (wall time {walls[seed] / 60:.1f} min)", ""]
-        lines += _table(part, cols)
-    lines += ["", "Figures: [active_learning.html](active_learning.html) (self-contained plotly). "
-              "All rows: [active_curves.csv](active_curves.csv).", ""]
-    (out / "active.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    if tmp is not None:
-        tmp.cleanup()
+        seeds = [int(s) for s in args.seeds.split(",")]
+        tmp = None
+        if args.workdir is None:
+            tmp = tempfile.TemporaryDirectory(prefix="flexcal_al_")
+            workdir = Path(tmp.name)
+        else:
+            workdir = args.workdir
+        parts = []
+        for seed in seeds:
+            res, _ = run_one(seed, args, workdir)
+            parts.append(res.curves)
+            print(res.curves.to_string(), file=sys.stderr)
+        curves = pd.concat(parts, ignore_index=True)
+        if tmp is not None:
+            tmp.cleanup()
+    print(report(curves, args, seeds, os.getloadavg()[0], args.output_dir))
     return 0
 
 

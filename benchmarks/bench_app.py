@@ -97,7 +97,10 @@ def _diagnose_ready(drv) -> bool:
 
 
 def _sidebar(drv, page):
-    link = _wait(drv, lambda d: _css(d, f'[data-testid="stSidebarNav"] a[href$="/{page}"]'), what=page)[0]
+    """Click the sidebar link of a page (by its title; the default page's href is the root)."""
+    title = page.capitalize()
+    link = _wait(drv, lambda d: [a for a in _css(d, '[data-testid="stSidebarNav"] a') if a.text.strip().splitlines()[-1:] == [title]],
+                 what=page)[0]
     link.click()
 
 

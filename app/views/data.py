@@ -134,5 +134,6 @@ c1, c2 = st.columns([1, 2])
 if c1.button("Next: choose a model →", key="btn_to_model"):
     st.switch_page(page("model"))
 if c2.button("Run the whole demo (featurize, calibrate, diagnose)", key="btn_quickstart", type="primary"):
+    state.clear_results()  # calibrate again with the current settings
     state.put(state.QUICKSTART, True)
     st.switch_page(page("model"))

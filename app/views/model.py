@@ -90,12 +90,12 @@ def _featurize() -> bool:
 quick = bool(state.get(state.QUICKSTART))
 clicked = st.button("Featurize", type="primary", key="btn_featurize",
                     disabled=kind == state.MODEL_KINDS[3] and (upload is None or not state.get(state.W_TRUST)))
-if clicked or (quick and state.get(state.SITES) is None):
-    ok = _featurize()
-    if ok and quick:
+if quick:  # the one-click demo: features (cached if already computed), then Calibrate
+    if state.get(state.SITES) is not None or _featurize():
         st.switch_page(page("calibrate"))
-    if not ok:
-        state.put(state.QUICKSTART, False)
+    state.put(state.QUICKSTART, False)
+elif clicked:
+    _featurize()
 
 err = state.get(state.MODEL_ERROR)
 if err:
