@@ -23,7 +23,6 @@ _DONE, _TODO, _BUSY = ":material/check_circle:", ":material/radio_button_uncheck
 
 # a local favicon: a material/emoji page_icon would be fetched from a CDN (no network at run time)
 st.set_page_config(page_title="FlexCal", page_icon=str(_ROOT / "app" / "assets" / "favicon.png"), layout="wide")
-services.prewarm()
 state.init()
 state.collect_finished_job()  # a training job may have ended while another page was open
 
@@ -39,3 +38,4 @@ with st.sidebar:
         f"{', '.join(_run.labels) if _run is not None else ('training ...' if _job is not None else '—')}"
     )
 nav.run()
+services.prewarm()  # after the page is drawn: load torch & co. in the background while the user reads

@@ -653,41 +653,67 @@ def coverage_curves(run: CalibrationRun) -> dict[str, tuple[np.ndarray, np.ndarr
 
 
 def method_figures(run: CalibrationRun, label: str) -> dict[str, Any]:
-    """The Diagnose page's figures for one method (plus the all-method ones), by name."""
+    """The Diagnose page's figures for one method (plus the all-method ones), by name.
+
+    Cached per (run token, method): switching pages or methods back and forth does not
+    rebuild them. The figures are shared read-only objects.
+    """
+    return _method_figures_cached(run.token, label, run)
+
+
+@st.cache_resource(max_entries=12, ttl=3600, show_spinner=False)
+def _method_figures_cached(token: str, label: str, _run: CalibrationRun) -> dict[str, Any]:
+    return _build_method_figures(_run, label)
+
+
+def _build_method_figures(run: CalibrationRun, label: str) -> dict[str, Any]:
+    """Each figure is built on its own: one that cannot be drawn becomes a message (str), not a crash."""
     from core import figures as F
     from core.metrics import structure_maxima
 
     test = run.test
     w = run.widths[label]
     ids = site_ids(test)
-    figs: dict[str, Any] = {}
-    if test.forces_pred is not None and test.forces_ref is not None:
-        figs["force_parity"] = F.plot_parity(test.forces_ref, test.forces_pred, color=w,
-                                             color_label=f"{label} width (eV/Å)", quantity="force", ids=ids)
     info = test.structure_info
+    builders: dict[str, Callable[[], Any]] = {}
+    if test.forces_pred is not None and test.forces_ref is not None:
+        builders["force_parity"] = lambda: F.plot_parity(
+            test.forces_ref, test.forces_pred, color=w, color_label=f"{label} width (eV/Å)", quantity="force", ids=ids)
     if "energy_ref" in info and "energy_pred" in info:
         eref = np.asarray(info["energy_ref"], dtype=float)
         epred = np.asarray(info["energy_pred"], dtype=float)
         ok = np.isfinite(eref) & np.isfinite(epred)
         if ok.sum() >= 2:
-            nat = np.asarray(info["n_atoms"], dtype=float)
-            me, mw = structure_maxima(test.errors, w, test.structure_ids)
-            sids = np.asarray(info["structure_id"])
-            figs["energy_parity"] = F.plot_parity(
-                (eref / nat)[ok], (epred / nat)[ok], color=mw[ok], color_label=f"max {label} width (eV/Å)",
-                quantity="energy_per_atom", ids=np.column_stack([sids[ok], np.full(ok.sum(), -1)]))
+            def energy():
+                nat = np.asarray(info["n_atoms"], dtype=float)
+                _me, mw = structure_maxima(test.errors, w, test.structure_ids)
+                sids = np.asarray(info["structure_id"])
+                return F.plot_parity((eref / nat)[ok], (epred / nat)[ok], color=mw[ok],
+                                     color_label=f"max {label} width (eV/Å)", quantity="energy_per_atom",
+                                     ids=np.column_stack([sids[ok], np.full(ok.sum(), -1)]))
+            builders["energy_parity"] = energy
     curves = coverage_curves(run)
     if curves:
-        figs["coverage_curve"] = F.plot_coverage_curve(curves)
+        builders["coverage_curve"] = lambda: F.plot_coverage_curve(curves)
         if label in curves:
-            figs["calibration_curve"] = F.plot_calibration_curve(*_grid_19(run, curves[label]), label=label)
-    figs["uncertainty_error"] = F.plot_uncertainty_error(test.errors, w, label=label, ids=ids)
+            builders["calibration_curve"] = lambda: F.plot_calibration_curve(*_grid_19(run, curves[label]), label=label)
+    builders["uncertainty_error"] = lambda: F.plot_uncertainty_error(test.errors, w, label=label, ids=ids)
     reports = {lab: r for lab, r in run.reports.items() if r.get("species_coverage")}
     if reports:
-        figs["species_coverage"] = F.plot_species_coverage(reports, run.confidence)
-    figs["width_histogram"] = F.plot_width_histogram({lab: run.widths[lab] for lab in run.labels})
-    me, mw = structure_maxima(test.errors, w, test.structure_ids)
-    figs["structure_uncertainty"] = F.plot_structure_uncertainty(me, mw, ids=np.unique(test.structure_ids))
+        builders["species_coverage"] = lambda: F.plot_species_coverage(reports, run.confidence)
+    builders["width_histogram"] = lambda: F.plot_width_histogram({lab: run.widths[lab] for lab in run.labels})
+
+    def structures():
+        me, mw = structure_maxima(test.errors, w, test.structure_ids)
+        return F.plot_structure_uncertainty(me, mw, ids=np.unique(test.structure_ids))
+
+    builders["structure_uncertainty"] = structures
+    figs: dict[str, Any] = {}
+    for name, build in builders.items():
+        try:
+            figs[name] = build()
+        except (ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
+            figs[name] = f"This plot cannot be drawn for {label}: {describe_error(exc)}"
     return figs
 
 
@@ -768,7 +794,7 @@ def export_report(run: CalibrationRun, label: str, title: str = "FlexCal calibra
     from core.export import html_report
 
     titles = figure_titles()
-    figs = [(titles.get(k, k), f) for k, f in method_figures(run, label).items()]
+    figs = [(titles.get(k, k), f) for k, f in method_figures(run, label).items() if not isinstance(f, str)]
     band = teaching_figure(run, run.confidence)
     if band is not None:
         figs.append((f"Global CP vs q_θ band at {run.confidence:.0%}", band))

@@ -136,7 +136,20 @@ def report(curves, args, seeds, load_start: float, out: Path) -> str:
             figs.append((ylabel + " — mean over seeds", plot_learning_curve(data, ylabel)))
     html = figures_to_html(figs, [("mean over seeds", mean), ("labels to reach a target (per seed)", reach)],
                            title="FlexCal: active learning in MD (demo ethanol, GFN2-xTB)")
-    (out / "active_learning.html").write_text(html)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    (out / "figures" / "active_learning.html").write_text(html)
+    pngs = []  # PNGs through headless chromium (no kaleido here), as bench_demo_studies does
+    try:
+        from benchmarks.bench_demo_studies import save_png
+    except ImportError:  # pragma: no cover - the other benchmark is absent
+        save_png = None
+    for k, (title, fig) in enumerate(figs[:2]):
+        name = ("active_force_mae.png", "active_pick_error.png")[k]
+        problem = save_png(fig, out / "figures" / name) if save_png is not None else "no PNG renderer"
+        if problem is None:
+            pngs.append((title, name))
+        else:
+            print(f"[bench_active] {name}: {problem}", file=sys.stderr)
 
     cols = ["strategy", "round", "n_labels", "force_mae", "force_rmse", "coverage", "mean_width", "spearman",
             "structure_spearman", "n_candidates", "md_stopped_early", "pick_force_mae", "pick_error_max"]
@@ -186,8 +199,10 @@ def report(curves, args, seeds, load_start: float, out: Path) -> str:
         minutes = float(part["seconds"].sum()) / 60
         lines += ["", f"## Seed {seed} (rounds took {minutes:.1f} min in all, on the shared machine)", ""]
         lines += _table(part, cols)
-    lines += ["", "Figures: [active_learning.html](active_learning.html) (self-contained plotly; learning curves of "
-              "the mean over seeds). All rows: [active_curves.csv](active_curves.csv).", ""]
+    lines += ["", "## Figures", ""]
+    lines += [f"![{title}](figures/{name})" for title, name in pngs]
+    lines += ["", "Interactive: [figures/active_learning.html](figures/active_learning.html) (self-contained plotly, "
+              "all four curves of the mean over seeds). All rows: [active_curves.csv](active_curves.csv).", ""]
     text = "\n".join(lines)
     (out / "active.md").write_text(text)
     return text

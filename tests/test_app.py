@@ -495,3 +495,23 @@ def test_one_click_demo_goes_from_data_to_diagnose(cache_dir):
     assert at.session_state[state.RESULTS] is not None
     assert at.session_state[state.QUICKSTART] is False
     assert len(at.get("plotly_chart")) == 9
+
+
+def test_a_figure_that_fails_is_a_message_not_a_crash(trained, monkeypatch):
+    import core.figures
+
+    def broken(*a, **k):
+        raise ValueError("no species today")
+
+    monkeypatch.setattr(core.figures, "plot_species_coverage", broken)
+    run = trained.session_state[state.RESULTS]
+    figs = services._build_method_figures(run, "knn")
+    assert isinstance(figs["species_coverage"], str) and "no species today" in figs["species_coverage"]
+    assert not isinstance(figs["coverage_curve"], str)
+    services._method_figures_cached.clear()
+    at = trained
+    at.switch_page(page("diagnose")).run()
+    _no_exception(at)
+    assert any("no species today" in w.value for w in at.warning)
+    assert len(at.get("plotly_chart")) == 8
+    services._method_figures_cached.clear()

@@ -60,7 +60,9 @@ for i in range(0, len(present), 2):
     for col, name in zip(cols, present[i:i + 2]):
         with col:
             key = f"fig_{name}"
-            if name in SELECTABLE:
+            if isinstance(figs[name], str):  # could not be drawn: say why
+                st.warning(f"**{titles.get(name, name)}** — {figs[name]}")
+            elif name in SELECTABLE:
                 st.plotly_chart(figs[name], key=key, on_select=lambda k=key: _on_select(k),
                                 selection_mode=("points", "box", "lasso"))
             else:

@@ -63,7 +63,7 @@ else:
     label = None
     c2.info("Calibrate to colour by width.")
 color_by = c3.radio("Colour by", ["width", "error"] if labels else ["error"], key=state.W_COLOR_BY)
-arrows_on = c4.checkbox("Force-error arrows", key=state.W_ARROWS)
+arrows_on = c4.checkbox("Error arrows", key=state.W_ARROWS)
 
 sub = sites.select_structures([sid])
 atoms = dataset.structures[sid]
@@ -97,6 +97,8 @@ with left:
         st.iframe(html, height=580)
     except FileNotFoundError as exc:
         st.error(f"The 3D viewer needs 3Dmol.js installed locally: {exc}")
+    except ValueError as exc:  # e.g. infinite widths (too few calibration sites for this confidence)
+        st.error(f"Cannot colour this structure: {services.describe_error(exc)}")
 with right:
     table = pd.DataFrame({"atom": np.arange(n_atoms), "element": atoms.get_chemical_symbols(),
                           "error (eV/Å)": errors})

@@ -242,10 +242,11 @@ class MACEPotential:
         Display name; default the foundation name or the file stem.
     jit_optimize : bool, default False
         Let TorchScript's profiling executor optimise e3nn's scripted code. It
-        re-specialises on every new tensor shape, and batches of different
-        structures always have new shapes (atom and edge counts), so on CPU it
-        costs more than it gains (about 2x slower in our measurements). Numbers
-        are identical either way.
+        profiles and re-specialises on new tensor shapes, and batches of
+        different structures always have new shapes (atom and edge counts): on
+        CPU this cost about 20 % more CPU time over 30 batches of varying size,
+        with the same steady-state speed. Numbers are identical either way; try
+        True on GPU.
 
     Attributes
     ----------
