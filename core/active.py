@@ -448,7 +448,7 @@ def run_active_learning(
         train = list(train0)
         state = state0
         if strategy == "heuristic":
-            state = state0.with_heuristic(make_heur, train, batch_size)
+            state = state0.with_heuristic(make_heur)
         rows.append(state.row(strategy, 0, len(train), {}, 0.0))
         picked[strategy] = []
         paths[strategy] = [model0]
@@ -508,26 +508,28 @@ class _ModelState:
     calibrator: Any
     heuristic: Any
     metrics: dict
+    train_sites: Any = None
 
     @classmethod
     def build(cls, model, load_fn, train, calibration, test_set, make_cal, make_heur, batch_size):
         potential = model if callable(getattr(model, "compute", None)) else load_fn(model)
-        cal_set = calibration if calibration is not None else train
-        cal_sites = _sites(cal_set, potential, batch_size, labelled=True)
+        # the training set's sites are the reference of knn/gmm normalisation (METHOD §2)
+        train_sites = _sites(train, potential, batch_size, labelled=True)
+        cal_sites = train_sites if calibration is None else _sites(calibration, potential, batch_size, labelled=True)
         calibrator = make_cal()
-        calibrator.fit(cal_sites)
+        calibrator.fit(cal_sites, reference=train_sites)
         test_sites = _sites(test_set, potential, batch_size, labelled=True)
         widths = np.asarray(calibrator.predict(test_sites), dtype=np.float64)
-        state = cls(model, potential, calibrator, None, _evaluate(test_sites, widths, test_set))
-        state.metrics["n_calibration"] = len(cal_set)
+        state = cls(model, potential, calibrator, None, _evaluate(test_sites, widths), train_sites)
+        state.metrics["n_calibration"] = len(train if calibration is None else calibration)
         if make_heur is not None:
-            state = state.with_heuristic(make_heur, train, batch_size)
+            state = state.with_heuristic(make_heur)
         return state
 
-    def with_heuristic(self, make_heur, train, batch_size) -> "_ModelState":
+    def with_heuristic(self, make_heur) -> "_ModelState":
         heuristic = make_heur()
-        heuristic.fit(_sites(train, self.potential, batch_size, labelled=True))
-        return _ModelState(self.model, self.potential, self.calibrator, heuristic, self.metrics)
+        heuristic.fit(self.train_sites)
+        return _ModelState(self.model, self.potential, self.calibrator, heuristic, self.metrics, self.train_sites)
 
     def frame_uncertainty(self, strategy, frames, reduce, batch_size) -> np.ndarray:
         if not frames:
@@ -550,7 +552,7 @@ class _ModelState:
         return row
 
 
-def _evaluate(test_sites: SiteTable, widths: np.ndarray, test_set) -> dict:
+def _evaluate(test_sites: SiteTable, widths: np.ndarray) -> dict:
     from core import metrics
 
     diff = test_sites.forces_pred - test_sites.forces_ref

@@ -802,12 +802,13 @@ def demo_sites(name: str, *, cache_dir=None, progress=None, batch_size: int = 16
     ``name`` is a key of ``core.demo.demo_datasets()`` (e.g. ``"molecule"``).
     Featurization is cached in ``cache_dir`` when given.
     """
-    from core.demo import demo_datasets
+    from core.demo import demo_datasets, demo_model_path
 
     datasets = demo_datasets()
     if name not in datasets:
         raise ValueError(f"dataset: unknown demo dataset {name!r}; available: {', '.join(sorted(datasets))}")
-    sites = featurize_file(datasets[name], None, cache_dir=cache_dir, progress=progress, batch_size=batch_size)
+    sites = featurize_file(datasets[name], demo_model_path(name), cache_dir=cache_dir, progress=progress,
+                           batch_size=batch_size)
     sites.meta["demo"] = name
     return sites
 

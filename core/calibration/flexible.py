@@ -73,6 +73,9 @@ from core.sites import SiteTable, split_structure_ids
 
 __all__ = ["DEFAULT_LEVELS", "FlexibleQuantile"]
 
+#: Small data sets get smaller batches so an epoch is at least this many optimiser steps.
+MIN_STEPS_PER_EPOCH = 16
+
 #: Trained levels by default: 0.05, 0.10, ..., 0.95 (the METHOD §4 calibration grid) and 0.99.
 DEFAULT_LEVELS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 20)) + (0.99,)
 
@@ -181,6 +184,11 @@ class FlexibleQuantile(Calibrator):
         early stopping (``max_epochs`` epochs are run).
     max_epochs : int, default 200
     batch_size : int, default 2048
+        Upper bound on the mini-batch size. Small data sets use smaller batches so
+        that every epoch takes at least ``MIN_STEPS_PER_EPOCH`` (16) optimiser steps
+        (batches of at least 32 sites): with ~500 sites a single 2048 batch would
+        give one step per epoch and early stopping would end training before q_θ
+        has learned anything.
     lr : float, default 3e-3
         AdamW learning rate.
     weight_decay : float, default 1e-4
@@ -403,7 +411,7 @@ class FlexibleQuantile(Calibrator):
             return torch.maximum(tau * r, (tau - 1.0) * r).mean(dim=1)
 
         n = x_fit.shape[0]
-        bs = min(self.batch_size, n)
+        bs = min(self.batch_size, n, max(32, math.ceil(n / MIN_STEPS_PER_EPOCH)))
         self.history_ = []
         best_val, best_state, best_epoch, wait = math.inf, None, 0, 0
         self.stop_reason_ = "max_epochs"
