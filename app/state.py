@@ -39,6 +39,7 @@ W_CONFORMAL = "w_conformal"
 W_MAX_EPOCHS = "w_max_epochs"
 W_BOOTSTRAP = "w_bootstrap"
 W_DIAG_METHOD = "w_diag_method"
+W_DIAG_TAB = "w_diag_tab"
 W_TEACH_LEVEL = "w_teach_level"
 W_VIEW_METHOD = "w_view_method"
 W_COLOR_BY = "w_color_by"                # "width" | "error"
@@ -50,6 +51,15 @@ W_TRUST = "w_trust_model_file"
 W_DATA_UPLOAD = "w_data_upload"
 W_MODEL_UPLOAD = "w_model_upload"
 
+TEACHING_TAB = "Teaching view"
+# Diagnose tabs -> the figures each shows (app.services.method_figures names), two at most
+DIAG_TABS = MappingProxyType({
+    "Calibration": ("coverage_curve", "calibration_curve"),
+    "Parity": ("force_parity", "energy_parity"),
+    "Uncertainty vs error": ("uncertainty_error", "width_histogram"),
+    "Species & structures": ("species_coverage", "structure_uncertainty"),
+    TEACHING_TAB: (),
+})
 SPLIT_FILE = "As marked in the file (split = calibration / test)"
 SPLIT_RANDOM = "Random by structure"
 SPLIT_CONFIG = "By config_type"
@@ -79,6 +89,7 @@ WIDGET_DEFAULTS = MappingProxyType({
     W_MAX_EPOCHS: 200,
     W_BOOTSTRAP: 200,
     W_DIAG_METHOD: None,
+    W_DIAG_TAB: "Calibration",
     W_TEACH_LEVEL: 0.9,
     W_VIEW_METHOD: None,
     W_COLOR_BY: "width",

@@ -52,28 +52,24 @@ st.caption("Click or box-select points in the parity, scatter or structure plots
 figs = services.method_figures(run, label)
 SELECTABLE = {"force_parity", "energy_parity", "uncertainty_error", "structure_uncertainty"}
 titles = services.figure_titles()
-order = ["force_parity", "energy_parity", "coverage_curve", "calibration_curve", "uncertainty_error",
-         "species_coverage", "width_histogram", "structure_uncertainty"]
-present = [k for k in order if k in figs]
-for i in range(0, len(present), 2):
-    cols = st.columns(2)
-    for col, name in zip(cols, present[i:i + 2]):
-        with col:
-            key = f"fig_{name}"
-            if isinstance(figs[name], str):  # could not be drawn: say why
-                st.warning(f"**{titles.get(name, name)}** — {figs[name]}")
-            elif name in SELECTABLE:
-                st.plotly_chart(figs[name], key=key, on_select=lambda k=key: _on_select(k),
-                                selection_mode=("points", "box", "lasso"))
-            else:
-                st.plotly_chart(figs[name], key=key)
 
-st.divider()
+
+def _draw(name: str) -> None:
+    if name not in figs:
+        return
+    key = f"fig_{name}"
+    if isinstance(figs[name], str):  # could not be drawn: say why
+        st.warning(f"**{titles.get(name, name)}** — {figs[name]}")
+    elif name in SELECTABLE:
+        st.plotly_chart(figs[name], key=key, on_select=lambda k=key: _on_select(k),
+                        selection_mode=("points", "box", "lasso"))
+    else:
+        st.plotly_chart(figs[name], key=key)
 
 
 @st.fragment
 def teaching_view() -> None:
-    st.subheader("Teaching view: one confidence, two kinds of band")
+    st.markdown("**One confidence, two kinds of band**")
     st.caption("The slider moves the global split-CP cutoff (one width for every site) and the learned q_θ band "
                "together, from the stored predictions at each level — nothing is refitted.")
     if run.flexible_label() is None:
@@ -91,4 +87,16 @@ def teaching_view() -> None:
     st.plotly_chart(fig, key="fig_teaching")
 
 
-teaching_view()
+# Tabs render only the open one (on_change="rerun"): a click redraws two plots, not nine.
+tabs = st.tabs(list(state.DIAG_TABS), key=state.W_DIAG_TAB, on_change="rerun")
+for tab, (tab_name, names) in zip(tabs, state.DIAG_TABS.items()):
+    if not tab.open:
+        continue
+    with tab:
+        if tab_name == state.TEACHING_TAB:
+            teaching_view()
+            continue
+        cols = st.columns(2)
+        for col, name in zip(cols, names):
+            with col:
+                _draw(name)
