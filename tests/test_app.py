@@ -136,17 +136,28 @@ def test_calibrate_results_table_values(trained):
     assert table.loc["flexible", "mean_width"] == pytest.approx(float(np.mean(run.widths["flexible"])))
 
 
+def _open_tab(at, name: str) -> AppTest:
+    at.session_state[state.W_DIAG_TAB] = name
+    at.run()
+    _no_exception(at)
+    return at
+
+
 def test_diagnose_page_draws_every_figure(trained):
     at = trained
     at.switch_page(page("diagnose")).run()
     _no_exception(at)
-    charts = at.get("plotly_chart")
-    # 8 per-method/all-method plots + the teaching view
-    assert len(charts) == 9, len(charts)
+    assert [t.label for t in at.tabs] == list(state.DIAG_TABS)
+    counts = {}
+    for tab in state.DIAG_TABS:
+        counts[tab] = len(_open_tab(at, tab).get("plotly_chart"))  # only the open tab is drawn
+    assert counts == {"Calibration": 2, "Parity": 2, "Uncertainty vs error": 2, "Species & structures": 2,
+                      state.TEACHING_TAB: 1}, counts
     run = at.session_state[state.RESULTS]
     figs = services.method_figures(run, "flexible")
     assert set(figs) == {"force_parity", "energy_parity", "coverage_curve", "calibration_curve",
                          "uncertainty_error", "species_coverage", "width_histogram", "structure_uncertainty"}
+    assert set(figs) == {n for names in state.DIAG_TABS.values() for n in names}
     # coverage curve: one line per method (+ the diagonal)
     names = [t.name for t in figs["coverage_curve"].data]
     assert sum(n.startswith(("flexible", "split", "knn")) for n in names) == 3
@@ -154,11 +165,13 @@ def test_diagnose_page_draws_every_figure(trained):
     assert figs["force_parity"].data[0].customdata is not None
     assert "eV/Å" in figs["uncertainty_error"].layout.xaxis.title.text
     assert figs["uncertainty_error"].layout.xaxis.type == "log"
+    _open_tab(at, "Calibration")
 
 
 def test_teaching_slider_moves_both_bands_without_refit(trained):
     at = trained
     at.switch_page(page("diagnose")).run()
+    _open_tab(at, state.TEACHING_TAB)
     run = at.session_state[state.RESULTS]
     flex = run.calibrators["flexible"]
     calls = {"fit": 0}
@@ -494,7 +507,7 @@ def test_one_click_demo_goes_from_data_to_diagnose(cache_dir):
     assert at.title[0].value == "Diagnose", [t.value for t in at.title]
     assert at.session_state[state.RESULTS] is not None
     assert at.session_state[state.QUICKSTART] is False
-    assert len(at.get("plotly_chart")) == 9
+    assert len(at.get("plotly_chart")) == 2  # the Calibration tab: coverage and calibration curves
 
 
 def test_a_figure_that_fails_is_a_message_not_a_crash(trained, monkeypatch):
@@ -512,6 +525,8 @@ def test_a_figure_that_fails_is_a_message_not_a_crash(trained, monkeypatch):
     at = trained
     at.switch_page(page("diagnose")).run()
     _no_exception(at)
+    _open_tab(at, "Species & structures")
     assert any("no species today" in w.value for w in at.warning)
-    assert len(at.get("plotly_chart")) == 8
+    assert len(at.get("plotly_chart")) == 1  # the other plot of the tab still draws
     services._method_figures_cached.clear()
+    _open_tab(at, "Calibration")
