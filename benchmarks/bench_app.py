@@ -10,7 +10,7 @@ Run::
     from process start (server up, first page, click -> diagnosis, total).
 (b) Warm interactions in the same browser session, each repeated ``--repeats`` times
     (median and max): the teaching-view slider (a fragment rerun), switching the
-    method on Diagnose (a full page of figures), sidebar navigation Diagnose ->
+    tab or the method on Diagnose (tabs draw only the open one), sidebar navigation Diagnose ->
     Structures (3D viewer) and back, clicking a plot point (opens Structures), and
     the whole demo again with features cached.
 (c) Server-side script time of each page after caching (``AppTest``, no browser),
@@ -89,7 +89,7 @@ def _plot_titles(drv) -> list[str]:
 
 
 def _shown_method(drv) -> str:
-    return next(t.split("— ", 1)[1] for t in _plot_titles(drv) if t.startswith("Calibration curve — "))
+    return next((t.split("— ", 1)[1] for t in _plot_titles(drv) if t.startswith("Calibration curve — ")), "")
 
 
 def _diagnose_ready(drv, n_plots: int = 2) -> bool:

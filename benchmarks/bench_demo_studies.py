@@ -559,9 +559,8 @@ def main(argv=None) -> int:
           "**Transfer** (molecule only): see its section. Calibrators: `flexible` = q_θ (conformally corrected), "
           "`split` = global split CP, `knn`/`gmm`/`force` = normalised CP, `mondrian` = per-species split CP. "
           "The `committee` method is **not available** for the demo (one model per family, no committee "
-          "force spread), so it is not run. All calibrators use their defaults; note that with q_θ's default "
-          "`batch_size=2048` and these calibration sets (≈ 400–600 q_θ training sites after its holdout and "
-          "validation cuts) every q_θ epoch is a single optimizer step, so `patience=20` stops it after few steps.", "",
+          "force spread), so it is not run. All calibrators use their defaults (q_θ on these ≈ 400–600 "
+          "training sites uses mini-batches small enough for at least 16 optimiser steps per epoch).", "",
           "Columns (METHOD §4): coverage of e ≤ w (target 0.9); `mean_width` in eV/Å; `width_ratio` = mean width "
           "/ global split CP's on the same sites; `spearman` = ρ(width, error) over sites (undefined for a constant "
           "width: n/a); `spearman_ideal` = the ρ these widths would reach if errors followed them exactly; "

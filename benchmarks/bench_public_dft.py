@@ -124,15 +124,15 @@ def main(argv=None) -> int:
         "3bpa": dict(train_file=data / "3bpa/train_300K.xyz",
                      test_files={"mixedT (300/600/1200 K)": data / "3bpa/train_mixedT.xyz"},
                      n_train=60 if q else 100, n_valid=10 if q else 20, n_cal=120 if q else 380,
-                     n_test=60 if q else 300, epochs=8 if q else 60),
+                     n_test=60 if q else 300, epochs=8 if q else 30),
         "acac": dict(train_file=data / "acac/train_300K.xyz",
                      test_files={"test_MD_300K": data / "acac/test_MD_300K.xyz",
                                  "test_MD_600K": data / "acac/test_MD_600K.xyz",
                                  "train_600K": data / "acac/train_600K.xyz"},
                      n_train=60 if q else 100, n_valid=10 if q else 20, n_cal=120 if q else 380,
-                     n_test=60 if q else 200, epochs=8 if q else 60),
+                     n_test=60 if q else 200, epochs=8 if q else 30),
         "hea25": dict(train_file=data / "hea25/hea25_excerpt.xyz", test_files={},
-                      n_train=14, n_valid=3, n_cal=16, n_test=0, epochs=8 if q else 80),
+                      n_train=14, n_valid=3, n_cal=16, n_test=0, epochs=8 if q else 40),
     }
     chosen = args.only or list(specs)
     out = ["# Public DFT datasets: calibration of a small MACE trained here", "",
