@@ -33,7 +33,8 @@ with st.sidebar:
     _sites, _run, _job = state.get(state.SITES), state.get(state.RESULTS), state.get(state.JOB)
     st.markdown(
         f"{_DONE if state.get(state.DATASET) is not None else _TODO} data: {state.get(state.DATASET_LABEL) or '—'}  \n"
-        f"{_DONE if _sites is not None else _TODO} features: {f'{len(_sites)} sites' if _sites is not None else '—'}  \n"
+        f"{_DONE if _sites is not None else _TODO} features: "
+        f"{f'{len(_sites)} sites' if _sites is not None else '—'}  \n"
         f"{_DONE if _run is not None else (_BUSY if _job is not None else _TODO)} calibration: "
         f"{', '.join(_run.labels) if _run is not None else ('training ...' if _job is not None else '—')}"
     )

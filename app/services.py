@@ -420,7 +420,8 @@ def parse_hidden(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(p) for p in parts)
     except ValueError:
-        raise ValueError(f"hidden sizes: expected whole numbers separated by commas, e.g. 64, 64; got {text!r}") from None
+        raise ValueError(
+            f"hidden sizes: expected whole numbers separated by commas, e.g. 64, 64; got {text!r}") from None
     if not sizes or any(s < 1 or s > 4096 for s in sizes):
         raise ValueError(f"hidden sizes: expected 1 to 4096 units per layer, e.g. 64, 64; got {text!r}")
     return sizes

@@ -45,6 +45,7 @@ W_VIEW_METHOD = "w_view_method"
 W_COLOR_BY = "w_color_by"                # "width" | "error"
 W_ARROWS = "w_arrows"
 W_STRUCTURE = "w_structure"
+W_STRUCT_TAB = "w_structures_tab"
 W_EXPORT_METHOD = "w_export_method"
 # not persisted on purpose: re-confirm trust whenever the page is drawn again
 W_TRUST = "w_trust_model_file"
@@ -95,6 +96,7 @@ WIDGET_DEFAULTS = MappingProxyType({
     W_COLOR_BY: "width",
     W_ARROWS: False,
     W_STRUCTURE: None,
+    W_STRUCT_TAB: "Worst test structures",
     W_EXPORT_METHOD: None,
 })
 

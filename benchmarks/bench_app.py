@@ -114,8 +114,8 @@ def _open_tab(drv, name: str) -> None:
 def _sidebar(drv, page):
     """Click the sidebar link of a page (by its title; the default page's href is the root)."""
     title = page.capitalize()
-    link = _wait(drv, lambda d: [a for a in _css(d, '[data-testid="stSidebarNav"] a') if a.text.strip().splitlines()[-1:] == [title]],
-                 what=page)[0]
+    link = _wait(drv, lambda d: [a for a in _css(d, '[data-testid="stSidebarNav"] a')
+                                 if a.text.strip().splitlines()[-1:] == [title]], what=page)[0]
     link.click()
 
 
@@ -246,10 +246,10 @@ def browser_bench(demo: str, repeats: int) -> dict:
         res["nav_structures_to_diagnose"] = nav_back
 
         def click_point():
-            plots = _css(drv, ".js-plotly-plot")
-            scatter = next(p for p in plots if drv.execute_script(
-                "const a = arguments[0]._fullLayout.xaxis; return a.type === 'log' && "
-                "((a.title || {}).text || '').startsWith('predicted width');", p))
+            scatter = _wait(drv, lambda d: [p for p in _css(d, '[data-testid="stTabPanel"] .js-plotly-plot')
+                                             if d.execute_script(
+                "const a = (arguments[0]._fullLayout || {}).xaxis; return !!a && a.type === 'log' && "
+                "((a.title || {}).text || '').startsWith('predicted width');", p)], what="scatter")[0]
             drv.execute_script("arguments[0].scrollIntoView({block: 'center'})", scatter)
             x, y, w, h = drv.execute_script(
                 "const gd = arguments[0], fl = gd._fullLayout, tr = gd._fullData[0];"

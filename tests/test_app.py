@@ -226,6 +226,11 @@ def test_structures_page_views_the_selected_atom(trained):
     assert len(at.dataframe) == 2
     worst = at.dataframe[1].value
     assert worst["max error (eV/Å)"].is_monotonic_decreasing
+    # the other tab: the selectable scatter of test sites
+    at.session_state[state.W_STRUCT_TAB] = "Pick a site from the scatter"
+    at.run()
+    _no_exception(at)
+    assert len(at.get("plotly_chart")) == 1 and len(at.dataframe) == 1
     # colour by error instead
     at.radio(key=state.W_COLOR_BY).set_value("error").run()
     _no_exception(at)

@@ -300,14 +300,15 @@ def test_demo_flow_in_a_real_browser(server, driver):
 
     # 3. click a point in the uncertainty-error scatter: the Structures page opens on that atom
     _open_tab(drv, "Uncertainty vs error")
-    plots = _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"), what="scatter")
 
     def is_scatter(p):
         return drv.execute_script(
-            "const a = arguments[0]._fullLayout.xaxis;"
-            "return a.type === 'log' && ((a.title || {}).text || '').startsWith('predicted width');", p)
+            "const a = (arguments[0]._fullLayout || {}).xaxis;"
+            "return !!a && a.type === 'log' && ((a.title || {}).text || '').startsWith('predicted width');", p)
 
-    scatter = next(p for p in plots if is_scatter(p))
+    scatter = _wait(drv, lambda d: [p for p in d.find_elements(By.CSS_SELECTOR, '[data-testid="stTabPanel"] '
+                                                              '.js-plotly-plot') if is_scatter(p)],
+                    what="the uncertainty-error scatter")[0]
     drv.execute_script("arguments[0].scrollIntoView({block: 'center'})", scatter)
     _wait(drv, _idle, what="idle before click")
     _click_first_point(drv, scatter)

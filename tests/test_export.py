@@ -42,7 +42,8 @@ def _sites(skip_atom: bool = False):
     fp = np.arange(15, dtype=float).reshape(5, 3) / 10
     fr = np.zeros((5, 3))
     return SiteTable.from_arrays(
-        descriptors=np.arange(10, dtype=float).reshape(5, 2)[keep], errors=None, species=np.array([1, 1, 8, 6, 8])[keep],
+        descriptors=np.arange(10, dtype=float).reshape(5, 2)[keep], errors=None,
+        species=np.array([1, 1, 8, 6, 8])[keep],
         structure_ids=sid[keep], atom_index=atom[keep], forces_pred=fp[keep], forces_ref=fr[keep],
         structure_info={"structure_id": np.array([0, 1]), "config_type": np.array(["mol", "mol"])},
     )

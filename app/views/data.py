@@ -104,7 +104,8 @@ mode = st.radio("Split", modes, key=state.W_SPLIT_MODE, horizontal=True,
 parts = services.file_split_labels(dataset)
 n_training = int(np.isin(parts, services.TRAINING_PARTS).sum())
 if n_training:
-    st.caption(f":material/info: {n_training} frames are marked split = train/valid: the potential was trained on them, so they "
+    st.caption(f":material/info: {n_training} frames are marked split = train/valid: the potential was trained on "
+               "them, so they "
                "are never used for calibration or testing (their sites serve as the knn/gmm reference).")
 usable_types = [t for t, p in zip(dataset.config_types, parts) if p not in services.TRAINING_PARTS]
 types = sorted(set(usable_types))

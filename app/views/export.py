@@ -25,10 +25,11 @@ st.caption("Files are built when you click (nothing is written on the server). W
 c1, c2 = st.columns(2)
 with c1:
     st.markdown("**Per-site table** — every site, its split part, error and each method's width")
-    st.download_button("sites.csv", lambda: services.export_table(run, sites, "csv"), file_name="flexcal-sites.csv", mime="text/csv", on_click="ignore",
-        key="dl_csv")
-    st.download_button("sites.parquet", lambda: services.export_table(run, sites, "parquet"), file_name="flexcal-sites.parquet",
-        mime="application/vnd.apache.parquet", on_click="ignore", key="dl_parquet")
+    st.download_button("sites.csv", lambda: services.export_table(run, sites, "csv"), file_name="flexcal-sites.csv",
+                       mime="text/csv", on_click="ignore", key="dl_csv")
+    st.download_button("sites.parquet", lambda: services.export_table(run, sites, "parquet"),
+                       file_name="flexcal-sites.parquet", mime="application/vnd.apache.parquet", on_click="ignore",
+                       key="dl_parquet")
     st.markdown("**Structures** — extxyz with per-atom `flexcal_width` and `flexcal_error` arrays")
     st.download_button("structures.extxyz", lambda: services.export_extxyz(run, dataset, sites, label),
                        file_name=f"{stem}-structures.extxyz", mime="chemical/x-extxyz", on_click="ignore",

@@ -117,40 +117,48 @@ with right:
                  column_config={c: st.column_config.NumberColumn(format="%.4f") for c in table.columns
                                 if "eV/Å" in c})
 
-# -------------------------------------------------------------- pick from a plot / table
+# -------------------------------------------------------------- pick from a table / plot
 st.divider()
-if run is not None:
-    from core.figures import plot_uncertainty_error
+if run is None:
+    st.info("Calibrate to see widths, the worst-structures table and the selectable scatter.")
+    st.stop()
 
-    def _pick_point() -> None:
-        picked = services.selected_site(st.session_state.get("pick_scatter"))
-        if picked is not None:
-            state.select_site(*picked)
+from core.metrics import structure_maxima  # noqa: E402
 
-    left, right = st.columns(2)
-    with left:
-        st.caption("Test sites: click or box-select a point to open its structure.")
-        st.plotly_chart(plot_uncertainty_error(run.test.errors, run.widths[label], label=label,
-                                               ids=services.site_ids(run.test)),
-                        key="pick_scatter", on_select=_pick_point, selection_mode=("points", "box", "lasso"))
-    from core.metrics import structure_maxima
+me, mw = structure_maxima(run.test.errors, run.widths[label], run.test.structure_ids)
+tids = np.unique(run.test.structure_ids)
+worst = pd.DataFrame({"structure": tids, "config_type": [ctype[pos_of[int(s)]] for s in tids],
+                      "max error (eV/Å)": me, "max width (eV/Å)": mw, "max error / max width": me / mw})
+worst = worst.sort_values("max error (eV/Å)", ascending=False).head(20).reset_index(drop=True)
 
-    me, mw = structure_maxima(run.test.errors, run.widths[label], run.test.structure_ids)
-    tids = np.unique(run.test.structure_ids)
-    worst = pd.DataFrame({"structure": tids, "config_type": [ctype[pos_of[int(s)]] for s in tids],
-                          "max error (eV/Å)": me, "max width (eV/Å)": mw, "max error / max width": me / mw})
-    worst = worst.sort_values("max error (eV/Å)", ascending=False).head(20).reset_index(drop=True)
-    with right:
-        st.caption(f"Worst test structures by max force error ({label} widths). Select a row to view it.")
 
-        def _pick_structure() -> None:
-            rows = st.session_state["worst_table"].selection.rows
-            if rows:
-                state.select_site(int(worst.iloc[rows[0]]["structure"]), None)
+def _pick_structure() -> None:
+    rows = st.session_state["worst_table"].selection.rows
+    if rows:
+        state.select_site(int(worst.iloc[rows[0]]["structure"]), None)
 
+
+def _pick_point() -> None:
+    picked = services.selected_site(st.session_state.get("pick_scatter"))
+    if picked is not None:
+        state.select_site(*picked)
+
+
+# lazily drawn tabs: only the open one is rendered (the 3D view above is the expensive part)
+worst_tab, scatter_tab = st.tabs(["Worst test structures", "Pick a site from the scatter"],
+                                 key=state.W_STRUCT_TAB, on_change="rerun")
+if worst_tab.open:
+    with worst_tab:
+        st.caption(f"Test structures by max force error ({label} widths). Select a row to view it.")
         st.dataframe(worst, hide_index=True, key="worst_table", on_select=_pick_structure,
                      selection_mode="single-row",
                      column_config={c: st.column_config.NumberColumn(format="%.4f") for c in worst.columns
                                     if c not in ("structure", "config_type")})
-else:
-    st.info("Calibrate to see widths, the selectable scatter and the worst-structures table.")
+if scatter_tab.open:
+    from core.figures import plot_uncertainty_error
+
+    with scatter_tab:
+        st.caption("Test sites: click or box-select a point to open its structure with the atom highlighted.")
+        st.plotly_chart(plot_uncertainty_error(run.test.errors, run.widths[label], label=label,
+                                               ids=services.site_ids(run.test)),
+                        key="pick_scatter", on_select=_pick_point, selection_mode=("points", "box", "lasso"))
