@@ -12,8 +12,9 @@ Setup (demo molecule family, ethanol, GFN2-xTB reference):
 * each round every strategy picks ``--picks`` frames from its own MD, labels them with
   GFN2-xTB (tblite) and retrains a small MACE from scratch (``core.training.train_mace``).
 
-Outputs: ``benchmarks/results/active.md`` (tables), ``active_curves.csv`` (all rows) and
-``active_learning.html`` (plotly learning curves, self-contained).
+Outputs: ``benchmarks/results/active.md`` (tables), ``active_curves.csv`` (all rows), PNG
+figures, and ``active_learning.html`` (self-contained plotly report) in the system temp folder,
+outside the repository (it inlines the 4.8 MB plotly.js bundle).
 
 Run: ``.venv/bin/python -m benchmarks.bench_active [--seeds 0,1] [--rounds 3] [--picks 5]``
 (about 15 min per seed on two busy cores); ``--from-csv FILE...`` rebuilds the report from
@@ -83,8 +84,9 @@ def _fmt(x, nd=3):
 
 def _table(df, cols) -> list[str]:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join(_fmt(row[c]) if not isinstance(row[c], (str, np.bool_, bool)) else str(row[c]) for c in cols) + " |")
+    for row in df[cols].astype(object).itertuples(index=False):
+        lines.append("| " + " | ".join(str(v) if isinstance(v, (str, bool, np.bool_, int, np.integer)) else _fmt(float(v))
+                                       for v in row) + " |")
     return lines
 
 
@@ -98,29 +100,40 @@ def report(curves, args, seeds, load_start: float, out: Path) -> str:
 
     out.mkdir(parents=True, exist_ok=True)
     curves.to_csv(out / "active_curves.csv", index=False)
-    targets = [float(t) for t in args.targets.split(",")]
+    fractions = [float(t) for t in args.target_fractions.split(",")]
     strategies = list(dict.fromkeys(curves["strategy"]))
-    reach_rows = []
-    for target in targets:
-        row = {"target force MAE (eV/Å)": f"{target:.3f}"}
+    initial = curves[curves["round"] == 0].groupby("seed")["force_mae"].first()
+    reach_rows, summary_rows = [], []
+    for frac in fractions:
+        row = {"target (× initial MAE)": f"{frac:.2f}"}
+        summ = {"target (× initial MAE)": f"{frac:.2f}"}
         for strategy in strategies:
-            hits = [labels_to_reach(curves[curves["seed"] == s], target).get(strategy) for s in seeds]
+            hits = [labels_to_reach(curves[curves["seed"] == s], frac * float(initial[s])).get(strategy) for s in seeds]
             row[strategy] = " / ".join("–" if h is None else str(h) for h in hits)
+            got = [h for h in hits if h is not None]
+            # a seed that never reaches the target counts with the budget + one round (a lower bound)
+            budget = int(curves["n_labels"].max()) + args.picks
+            summ[strategy] = (f"{len(got)}/{len(hits)} seeds; mean ≥ "
+                              f"{np.mean([h if h is not None else budget for h in hits]):.1f}")
         reach_rows.append(row)
+        summary_rows.append(summ)
     reach = pd.DataFrame(reach_rows)
+    summary = pd.DataFrame(summary_rows)
     mean = (curves.groupby(["strategy", "round"], sort=False)
             [["n_labels", "force_mae", "force_rmse", "coverage", "mean_width", "spearman", "pick_force_mae"]]
             .mean().reset_index())
     mean["n_labels"] = mean["n_labels"].round().astype(int)
-    mean_reach = {"target force MAE (eV/Å)": [f"{t:.3f}" for t in targets]}
-    for strategy in strategies:
-        hits = [labels_to_reach(mean, t).get(strategy) for t in targets]
-        mean_reach[strategy] = ["–" if h is None else str(h) for h in hits]
-    mean_reach = pd.DataFrame(mean_reach)
+    rel = curves.assign(rel=curves["force_mae"] / curves["seed"].map(initial))
+    rel_table = rel.pivot_table(index="round", columns="strategy", values="rel", aggfunc="mean")[strategies]
+    rel_table = rel_table.reset_index()
     # wins: per seed and round >= 1, which strategy has the lowest test force MAE
     later = curves[curves["round"] > 0]
     best = later.loc[later.groupby(["seed", "round"])["force_mae"].idxmin(), "strategy"].value_counts()
     n_cmp = int(later.groupby(["seed", "round"]).ngroups)
+    by_round = []
+    for r, part in later.groupby("round"):
+        counts = part.loc[part.groupby("seed")["force_mae"].idxmin(), "strategy"].value_counts()
+        by_round.append(f"round {r}: " + ", ".join(f"{k} {int(v)}" for k, v in counts.items()))
 
     figs = []
     for col, ylabel in (("force_mae", "test force MAE (eV/Å)"),
@@ -134,10 +147,12 @@ def report(curves, args, seeds, load_start: float, out: Path) -> str:
                 data[str(strategy)] = (part["n_labels"].to_numpy(float), part[col].to_numpy(float))
         if data:
             figs.append((ylabel + " — mean over seeds", plot_learning_curve(data, ylabel)))
-    html = figures_to_html(figs, [("mean over seeds", mean), ("labels to reach a target (per seed)", reach)],
+    html = figures_to_html(figs, [("mean over seeds", mean), ("test force MAE / initial model's, mean over seeds", rel_table),
+                                  ("labels to reach a target (per seed)", reach)],
                            title="FlexCal: active learning in MD (demo ethanol, GFN2-xTB)")
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    (out / "figures" / "active_learning.html").write_text(html)
+    html_path = Path(tempfile.gettempdir()) / "flexcal_active_learning.html"
+    html_path.write_text(html)
     pngs = []  # PNGs through headless chromium (no kaleido here), as bench_demo_studies does
     try:
         from benchmarks.bench_demo_studies import save_png
@@ -181,17 +196,22 @@ def report(curves, args, seeds, load_start: float, out: Path) -> str:
         "",
         "## Labels needed to reach a test force-MAE target",
         "",
-        "Smallest number of training labels (initial + picked) at which the curve is at or below the target; "
-        "– = not reached within the budget; no interpolation between rounds.",
+        "Targets are fractions of each seed's initial (shared) model's test force MAE. Cell = smallest number of "
+        "training labels (initial + picked) at which that seed's curve is at or below the target (– = not "
+        "reached within the budget; no interpolation between rounds).",
         "",
-        "Mean curve over seeds:",
+        f"Per seed ({' / '.join(map(str, seeds))}):",
         "",
     ]
-    lines += _table(mean_reach, list(mean_reach.columns))
-    lines += ["", f"Per seed ({' / '.join(map(str, seeds))}):", ""]
     lines += _table(reach, list(reach.columns))
+    lines += ["", "Over seeds (a seed that never reaches the target counts as budget + one round, so the mean is "
+              "a lower bound):", ""]
+    lines += _table(summary, list(summary.columns))
+    lines += ["", "Test force MAE relative to the initial model, mean over seeds (lower is better):", ""]
+    lines += _table(rel_table, list(rel_table.columns))
     lines += ["", "Lowest test force MAE among the strategies, counted over (seed, round ≥ 1): "
-              + ", ".join(f"{k} {int(v)}" for k, v in best.items()) + f" (of {n_cmp}).", ""]
+              + ", ".join(f"{k} {int(v)}" for k, v in best.items()) + f" (of {n_cmp}); per round, seeds won: "
+              + "; ".join(by_round) + ".", ""]
     lines += ["## Mean over seeds", ""]
     lines += _table(mean, list(mean.columns))
     for seed in seeds:
@@ -201,8 +221,9 @@ def report(curves, args, seeds, load_start: float, out: Path) -> str:
         lines += _table(part, cols)
     lines += ["", "## Figures", ""]
     lines += [f"![{title}](figures/{name})" for title, name in pngs]
-    lines += ["", "Interactive: [figures/active_learning.html](figures/active_learning.html) (self-contained plotly, "
-              "all four curves of the mean over seeds). All rows: [active_curves.csv](active_curves.csv).", ""]
+    lines += ["", "The interactive plotly report (all four curves of the mean over seeds) is written to the "
+              "system temp folder as `flexcal_active_learning.html` when the benchmark runs. "
+              "All rows: [active_curves.csv](active_curves.csv).", ""]
     text = "\n".join(lines)
     (out / "active.md").write_text(text)
     return text
@@ -222,7 +243,8 @@ def main(argv=None) -> int:
     parser.add_argument("--n-test", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=TRAIN_KWARGS["max_num_epochs"])
     parser.add_argument("--refit", default="retrain", choices=("retrain", "finetune"))
-    parser.add_argument("--targets", default="0.25,0.2,0.175,0.16,0.15", help="force-MAE targets, eV/Å")
+    parser.add_argument("--target-fractions", default="0.55,0.5,0.45,0.4",
+                        help="force-MAE targets as fractions of each seed's initial model's test MAE")
     parser.add_argument("--from-csv", type=Path, nargs="*", default=None,
                         help="rebuild the report from saved active_curves.csv file(s) instead of running")
     parser.add_argument("--workdir", type=Path, default=None, help="keep models/picks here (default: a temp dir)")

@@ -44,8 +44,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "calculator.md"
 
 #: family -> how to get the benchmark structure from its frames (a label and a builder)
 SYSTEMS = {
-    "molecule": ("ethanol, 9 atoms", lambda frames: frames[0]),
-    "licl": ("LiCl supercell, 16 atoms, periodic", lambda frames: frames[0]),
+    "molecule": ("ethanol", lambda frames: frames[0]),
+    "licl": ("LiCl supercell, periodic", lambda frames: frames[0]),
     "surface": ("Cu(111) slab + adsorbates", lambda frames: frames[0]),
     "surface-2x2": ("Cu(111) slab + adsorbates repeated 2x2", lambda frames: frames[0].repeat((2, 2, 1))),
 }

@@ -102,7 +102,7 @@ class CalibratedCalculator(Calculator):
     on_threshold : None, "raise" or callable(atoms, results), optional
         What happens when ``max_force_uncertainty > threshold``. ``None`` and ``"raise"``
         raise :class:`UncertaintyThresholdExceeded` (this ends an ASE ``dyn.run()``);
-        a callable is called with the structure and the ``results`` dict after they are
+        a callable is called with the calculator's copy of the structure and the ``results`` dict after they are
         filled and may modify ``results`` in place (for instance substitute reference
         forces); its return value is ignored.
     **kwargs
