@@ -37,6 +37,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "DatasetError": ("core.data", "DatasetError"),
     "featurize": ("core.featurize", "featurize"),
     "load_potential": ("core.potentials", "load_potential"),
+    "CalibratedCalculator": ("core.calculator", "CalibratedCalculator"),
+    "run_active_learning": ("core.active", "run_active_learning"),
 }
 
 __all__ = ["__version__", *_EXPORTS]
