@@ -164,7 +164,9 @@ def set_dataset(dataset, key: str, label: str, origin: tuple[str, str], file_spl
     """A new dataset: drop features, results and selection derived from the old one.
 
     Call before the Data page draws its split widgets (it resets their values).
-    ``file_split``: the file marks its own calibration/test frames (then the default split).
+    ``file_split``: the file marks its own calibration/test frames (offered as a split; the
+    default stays a random split by structure, whose test part is exchangeable with the
+    calibration part, because a file's test part may hold environments never calibrated on).
     """
     ss = st.session_state
     ss[DATASET] = dataset
@@ -174,7 +176,7 @@ def set_dataset(dataset, key: str, label: str, origin: tuple[str, str], file_spl
     ss[DATA_ERROR] = None
     ss[W_CAL_TYPES] = []
     ss[W_TEST_TYPES] = []
-    ss[W_SPLIT_MODE] = SPLIT_FILE if file_split else SPLIT_RANDOM
+    ss[W_SPLIT_MODE] = SPLIT_RANDOM
     clear_sites()
 
 

@@ -96,7 +96,7 @@ for msg in dataset.messages:
 
 st.subheader("Calibration / test split (always by structure)")
 file_split = services.has_file_split(dataset)
-modes = ([state.SPLIT_FILE] if file_split else []) + [state.SPLIT_RANDOM, state.SPLIT_CONFIG]
+modes = [state.SPLIT_RANDOM, state.SPLIT_CONFIG] + ([state.SPLIT_FILE] if file_split else [])
 if state.get(state.W_SPLIT_MODE) not in modes:
     state.put(state.W_SPLIT_MODE, modes[0])
 mode = st.radio("Split", modes, key=state.W_SPLIT_MODE, horizontal=True,
@@ -111,7 +111,8 @@ usable_types = [t for t, p in zip(dataset.config_types, parts) if p not in servi
 types = sorted(set(usable_types))
 if mode == state.SPLIT_FILE:
     st.caption(f"Calibration: {int((parts == 'calibration').sum())} frames; test: {int((parts == 'test').sum())} "
-               "frames, as marked in the file.")
+               "frames, as marked in the file. The test part may hold config types never seen in calibration "
+               "(unseen environments), where no method is guaranteed its coverage.")
 elif mode == state.SPLIT_RANDOM:
     c1, c2 = st.columns(2)
     c1.slider("Test fraction (of structures)", 0.1, 0.9, step=0.05, key=state.W_TEST_FRACTION)
