@@ -8,10 +8,11 @@ rough H, C, N, O) — instantaneous, for surfaces. Labels are stored the MACE wa
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
+
+from core.progress import as_progress
 
 __all__ = ["REFERENCE_METHODS", "reference_calculator", "label_structures", "LabellingError"]
 
@@ -77,18 +78,6 @@ def reference_calculator(name: str, **options):
     return TBLite(method=_TBLITE_METHOD[method], **options)
 
 
-def _as_progress(progress) -> Callable[[int, int], object] | None:
-    if progress is None or progress is False:
-        return None
-    if progress is True:
-        def _print(done: int, total: int) -> None:
-            print(f"label_structures: {done}/{total}", file=sys.stderr, flush=True)
-        return _print
-    if callable(progress):
-        return progress
-    raise TypeError(f"progress must be None, True or a callable(done, total); got {progress!r}")
-
-
 def label_structures(
     structures: Sequence,
     name: str,
@@ -123,7 +112,7 @@ def label_structures(
     from ase import Atoms
 
     method = canonical_name(name)
-    report = _as_progress(progress)
+    report = as_progress(progress, "label_structures:")
     out = []
     total = len(structures)
     for i, atoms in enumerate(structures):

@@ -28,10 +28,12 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from core.progress import as_progress
 
 __all__ = ["train_mace", "TrainingError", "check_labels"]
 
@@ -118,18 +120,6 @@ def _foundation_e0s(path) -> dict[int, float]:
     energies = np.atleast_2d(energies)[0]
     zs = [int(z) for z in model.atomic_numbers]
     return {z: float(e) for z, e in zip(zs, energies)}
-
-
-def _as_progress(progress) -> Callable[[int, int], object] | None:
-    if progress is None or progress is False:
-        return None
-    if progress is True:
-        def _print(done: int, total: int) -> None:
-            print(f"train_mace: epoch {done}/{total}", file=sys.stderr, flush=True)
-        return _print
-    if callable(progress):
-        return progress
-    raise TypeError(f"progress must be None, True or a callable(done, total); got {progress!r}")
 
 
 def train_mace(
@@ -224,7 +214,7 @@ def train_mace(
         raise ValueError(f"train_mace: r_max must be > 0 Å, got {r_max!r}")
     if foundation_model is not None and not Path(foundation_model).is_file():
         raise FileNotFoundError(f"train_mace: foundation model not found: {foundation_model}")
-    report = _as_progress(progress)
+    report = as_progress(progress, "train_mace: epoch")
 
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
