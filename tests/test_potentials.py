@@ -49,7 +49,7 @@ def test_protocol_and_attributes(pot):
     assert isinstance(pot, Potential)
     assert pot.atomic_numbers == (1, 3, 6, 7, 8, 17, 29)
     assert pot.n_descriptors == 16 and pot.r_max == 4.0
-    assert pot.name == "tiny_0_seed0" and len(pot.identity) == 64
+    assert pot.name == "tiny_seed0" and len(pot.identity) == 64
     assert pot.head == "Default"
 
 
@@ -84,8 +84,8 @@ def test_rotation_invariance(pot, tiny_structures):
 
 def test_unknown_element_lists_it(pot):
     atoms = [Atoms("CH4", positions=np.eye(5, 3) * 1.1), Atoms("XeH", positions=[[0, 0, 0], [0, 0, 1.7]])]
-    with pytest.raises(ValueError, match=r"elements model 'tiny_0_seed0' does not know: Xe \(Z=54, in structures 1\)\. "
-                                         r"model 'tiny_0_seed0' knows: H, Li, C, N, O, Cl, Cu"):
+    with pytest.raises(ValueError, match=r"elements model 'tiny_seed0' does not know: Xe \(Z=54, in structures 1\)\. "
+                                         r"model 'tiny_seed0' knows: H, Li, C, N, O, Cl, Cu"):
         pot.compute(atoms)
 
 
@@ -108,7 +108,7 @@ def test_identity_is_content_hash(tiny_mace_model, pot, tmp_path, make_tiny_mace
 
 def test_committee_std(tiny_mace_committee, tiny_structures):
     com = load_potential(tiny_mace_committee[0], committee=tiny_mace_committee[1:], device="cpu")
-    assert com.name == "tiny_0_seed0 (+2 committee)"
+    assert com.name == "tiny_seed0 (+2 committee)"
     structures = tiny_structures[3:9]  # molecules and crystals
     out = com.compute(structures)
     members = [load_potential(p, device="cpu").compute(structures) for p in tiny_mace_committee]
