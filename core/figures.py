@@ -134,6 +134,14 @@ def _vec(name: str, value: Any, n: int | None = None) -> np.ndarray:
         raise ValueError(f"{name}: expected {n} values, got shape {arr.shape}")
     return arr
 
+def _curve_pairs(curves, x_name: str, y_name: str):
+    """Validated ``(label, x (k,), y (k,))`` from a dict of label -> (x, y) pairs."""
+    for label, pair in curves.items():
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"curves[{label!r}]: expected ({x_name}, {y_name}), got {type(pair).__name__}")
+        x = _vec(f"curves[{label!r}] {x_name}", pair[0])
+        yield label, x, _vec(f"curves[{label!r}] {y_name}", pair[1], x.shape[0])
+
 
 def _ids(name: str, ids: Any, n: int, cols: int | None) -> np.ndarray | None:
     if ids is None:
@@ -269,11 +277,7 @@ def plot_coverage_curve(curves: dict):
     _check_dict("curves", curves)
     colors = method_colors(curves)
     fig = go.Figure()
-    for label, pair in curves.items():
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise ValueError(f"curves[{label!r}]: expected (levels, observed), got {type(pair).__name__}")
-        lv = _vec(f"curves[{label!r}] levels", pair[0])
-        ob = _vec(f"curves[{label!r}] observed", pair[1], lv.shape[0])
+    for label, lv, ob in _curve_pairs(curves, "levels", "observed"):
         area = float(np.mean(np.abs(ob - lv)))
         fig.add_trace(
             go.Scatter(
@@ -637,11 +641,7 @@ def plot_learning_curve(curves: dict, ylabel: str, xlabel: str = "number of labe
     _check_dict("curves", curves)
     colors = method_colors(curves)
     fig = go.Figure()
-    for label, pair in curves.items():
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise ValueError(f"curves[{label!r}]: expected (n_labels, values), got {type(pair).__name__}")
-        nx = _vec(f"curves[{label!r}] n_labels", pair[0])
-        vy = _vec(f"curves[{label!r}] values", pair[1], nx.shape[0])
+    for label, nx, vy in _curve_pairs(curves, "n_labels", "values"):
         fig.add_trace(
             go.Scatter(x=nx, y=vy, mode="lines+markers", name=str(label), line=dict(color=colors[str(label)]))
         )
