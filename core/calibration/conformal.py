@@ -279,8 +279,13 @@ class SplitConformal(Calibrator):
         self.heuristic_ = h
         self.scores_ = sites.errors / u
         self.species_ = sites.species.copy()
-        self.global_quantile_ = conformal_quantile(self.scores_, self.confidence)
         self.fallback_species_ = []
+        self._derive_quantiles()
+        return self
+
+    def _derive_quantiles(self) -> None:
+        """Global (and per-species, for Mondrian) conformal quantiles of ``scores_``, exactly."""
+        self.global_quantile_ = conformal_quantile(self.scores_, self.confidence)
         if self.mondrian:
             self.quantile_ = {
                 int(z): conformal_quantile(self.scores_[self.species_ == z], self.confidence)
@@ -290,7 +295,6 @@ class SplitConformal(Calibrator):
         else:
             self.quantile_ = self.global_quantile_
             self.infinite_species_ = []
-        return self
 
     # -------------------------------------------------------------- predict
     def _site_quantiles(self, species: np.ndarray, table: dict[int, float], default: float) -> np.ndarray:
@@ -350,12 +354,4 @@ class SplitConformal(Calibrator):
         if self.scores_.ndim != 1 or self.species_.shape != self.scores_.shape:
             raise ValueError(f"scores/species: inconsistent shapes {self.scores_.shape} and {self.species_.shape}")
         # quantiles are re-derived (exactly) from the stored scores
-        self.global_quantile_ = conformal_quantile(self.scores_, self.confidence)
-        if self.mondrian:
-            self.quantile_ = {
-                int(z): conformal_quantile(self.scores_[self.species_ == z], self.confidence)
-                for z in np.unique(self.species_)
-            }
-            self.infinite_species_ = [z for z, q in self.quantile_.items() if not np.isfinite(q)]
-        else:
-            self.quantile_ = self.global_quantile_
+        self._derive_quantiles()
