@@ -64,26 +64,12 @@ def synthetic_sites(n_structures: int, atoms: int = 16, d: int = 16, seed: int =
     return sites, sigma
 
 
-def _spearman(errors, widths):
-    try:
-        from core.metrics import spearman
-        return spearman(errors, widths)
-    except ImportError:  # pragma: no cover - metrics is written in parallel
-        from scipy.stats import spearmanr
-        return None if np.ptp(widths) == 0 else float(spearmanr(widths, errors)[0])
-
-
-def _miscalibration(errors, widths_at_levels, levels):
-    from core.metrics import miscalibration_area
-    return miscalibration_area(errors, widths_at_levels, levels)
-
-
 # ----------------------------------------------------------------------- quality
 def quality(seeds=(0, 1, 2), n_cal=1500, n_test=1000, quick=False) -> list[dict]:
     from scipy import stats
 
-    from core.calibration import make_calibrator
-    from core.metrics import CALIBRATION_LEVELS
+    from core.evaluation import evaluate
+    from core.metrics import CALIBRATION_LEVELS, coverage, miscalibration_area, spearman
 
     if quick:
         seeds, n_cal, n_test = (0,), 300, 200
@@ -96,30 +82,26 @@ def quality(seeds=(0, 1, 2), n_cal=1500, n_test=1000, quick=False) -> list[dict]
         cal, _ = synthetic_sites(n_cal, seed=seed)
         test, sigma = synthetic_sites(n_test, seed=500 + seed)
         oracle = sigma * chi
-        rho_oracle = _spearman(test.errors, oracle)
+        rho_oracle = spearman(test.errors, oracle)
         orc_levels = sigma[:, None] * chi_levels[None, :]
         rows["oracle"].append(dict(coverage=np.mean(test.errors <= oracle), width=1.0, rho=1.0,
-                                   rho_abs=rho_oracle, mca=_miscalibration(test.errors, orc_levels, CALIBRATION_LEVELS),
+                                   rho_abs=rho_oracle, mca=miscalibration_area(test.errors, orc_levels, CALIBRATION_LEVELS),
                                    fit_s=0.0))
+        ev = evaluate(cal, {"test": test}, methods, confidence=CONFIDENCE, seed=seed, reference=ref)
         for m in methods:
-            t0 = time.perf_counter()
-            c = make_calibrator(m, confidence=CONFIDENCE, seed=seed).fit(cal, reference=ref)
-            fit_s = time.perf_counter() - t0
-            variants = [(m, c.predict(test))]
+            report = ev.report(m)
+            variants = [(m, report["coverage"], ev.widths_of(m), report["spearman"], report["miscalibration_area"])]
             if m == "flexible":
-                variants.append(("flexible (uncorrected)", c.predict_uncorrected(test)))
-            for name, w in variants:
-                rho = _spearman(test.errors, w)
-                mca = None
-                if name != "flexible (uncorrected)":
-                    mca = _miscalibration(test.errors, c.predict_levels(test, CALIBRATION_LEVELS), CALIBRATION_LEVELS)
+                w = ev.calibrators[m].predict_uncorrected(test)
+                variants.append(("flexible (uncorrected)", coverage(test.errors, w), w, spearman(test.errors, w), None))
+            for name, cov, w, rho, mca in variants:
                 rows[name].append(dict(
-                    coverage=float(np.mean(test.errors <= w)),
+                    coverage=float(cov),
                     width=float(np.mean(w) / np.mean(oracle)),
                     rho=None if rho is None else rho / rho_oracle,
                     rho_abs=rho,
                     mca=mca,
-                    fit_s=fit_s,
+                    fit_s=ev.fit_seconds[m],
                 ))
     out = []
     for name, rs in rows.items():

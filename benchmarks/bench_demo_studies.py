@@ -17,10 +17,10 @@ Every calibrator the demo supports runs: flexible (q_θ), split, knn, gmm, force
 committee method is not run: each family ships one demo model, so there is no committee force
 spread.
 
-The sites are assembled exactly as ``flexcal study`` does (``core.cli._featurize_for``: the
-family's demo model, the ``train``/``valid`` frames excluded from calibration, the ``train``
-frames as the knn/gmm reference); the studies are ``core.studies.evaluate_methods`` /
-``run_unseen`` / ``run_transfer``. Featurization is cached in ``.flexcal_cache/`` (git-ignored).
+The sites are assembled exactly as ``flexcal study`` does (``core.sources``: the family's demo
+model, the ``train``/``valid`` frames excluded from calibration, the ``train`` frames as the
+knn/gmm reference); the studies are ``core.evaluation.evaluate`` / ``core.studies.run_unseen``
+/ ``run_transfer``. Featurization is cached in ``.flexcal_cache/`` (git-ignored).
 
 Usage::
 
@@ -70,19 +70,17 @@ def say(message: str) -> None:
 
 # ----------------------------------------------------------------------------- sites
 def family_sites(family: str, cache_dir: Path):
-    """(pool, reference, info) of a demo family, built by the CLI's own code path."""
-    from core import cli
+    """(pool, reference, info) of a demo family: the sources module's demo rule (training frames out)."""
     from core.demo import demo_info
+    from core.sources import demo_sites, exclude_training
 
-    args = cli.build_parser().parse_args(
-        ["study", "in-domain", "--dataset", family, "--cache-dir", str(cache_dir), "-q"])
-    _, pool, reference, _ = cli._featurize_for(args, cli._UI(quiet=True), family)
+    pool, reference, _ = exclude_training(demo_sites(family, cache_dir=cache_dir))
     return pool, reference, demo_info(family)
 
 
 def family_splits(pool, info):
     """(calibration, in-domain test, {unseen config type: test}) of a demo pool."""
-    from core.studies import select_by_column
+    from core.sources import select_by_column
 
     train_types = list(info["train_config_types"])
     in_domain = select_by_column(pool, "config_type", train_types)
@@ -96,7 +94,9 @@ def family_splits(pool, info):
 # ----------------------------------------------------------------------------- studies
 def run_family(family: str, cache_dir: Path, bootstrap: int, n_resplits: int) -> dict:
     """In-domain and unseen studies (and transfer for the molecule) of one family."""
-    from core.studies import evaluate_methods, forces_from_file, relabel, run_transfer, run_unseen, select_by_column
+    from core.evaluation import evaluate
+    from core.sources import forces_from_file, relabel, select_by_column
+    from core.studies import run_transfer, run_unseen
 
     t0 = time.perf_counter()
     pool, reference, info = family_sites(family, cache_dir)
@@ -104,8 +104,9 @@ def run_family(family: str, cache_dir: Path, bootstrap: int, n_resplits: int) ->
     cal, test, unseen = family_splits(pool, info)
     say(f"[{family}] featurized in {t_feat:.0f} s: calibration {cal.n_structures} structures / {len(cal)} sites, "
         f"in-domain test {test.n_structures} / {len(test)}, unseen {', '.join(unseen)}")
-    common = dict(methods=METHODS, confidence=CONFIDENCE, seed=SEED, reference=reference, dataset=family,
-                  bootstrap=bootstrap, progress=lambda m: say(f"[{family}]   {m}"))
+    engine = dict(confidence=CONFIDENCE, seed=SEED, reference=reference, bootstrap=bootstrap,
+                  log=lambda m: say(f"[{family}]   {m}"))
+    common = dict(methods=METHODS, dataset=family, **engine)
     out: dict = {"family": family, "info": info, "featurize_s": t_feat, "tables": {}, "fitted": {},
                  "cache_hit": bool(pool.meta.get("cache_hit")),
                  "sizes": {"reference": (reference.n_structures, len(reference)), "calibration": (cal.n_structures, len(cal)),
@@ -115,10 +116,9 @@ def run_family(family: str, cache_dir: Path, bootstrap: int, n_resplits: int) ->
                                 **{k: float(np.mean(v.errors)) for k, v in unseen.items()}}}
 
     t0 = time.perf_counter()
-    kept: dict = {}
-    out["tables"]["in-domain"] = evaluate_methods(cal, {"test": test}, study="in-domain",
-                                                  keep_calibrators=kept, **common)
-    out["fitted"]["in-domain"] = kept
+    ev = evaluate(cal, {"test": test}, METHODS, **engine)
+    out["tables"]["in-domain"] = ev.table(study="in-domain", dataset=family)
+    out["fitted"]["in-domain"] = ev.calibrators
     out["tables"]["unseen"] = run_unseen(cal, unseen, **common)
     if n_resplits:
         pool_in = select_by_column(pool, "config_type", list(info["train_config_types"]))  # calibration + test frames

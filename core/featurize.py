@@ -68,8 +68,9 @@ def featurize(
     cache_dir : path, optional
         Directory of the on-disk cache (see the module docstring).
     labelled : bool, default True
-        False for unlabelled (target-domain) data: ``forces_ref`` is None and
-        ``errors`` are all 0 (meaningless; ``meta["labelled"]`` is False).
+        False for unlabelled (target-domain) data: ``forces_ref`` and ``errors``
+        are None (``sites.labelled`` and ``meta["labelled"]`` are False), so metrics
+        and calibrator fits refuse the table instead of reading fake zero errors.
     descriptor_dtype : {"float32", "float64"}, default "float32"
     max_batch_atoms : int, default 4096
         A batch is also cut when it would exceed this many atoms (a larger
@@ -137,6 +138,8 @@ def featurize(
             meta = dict(cached.meta)
             meta["source"] = source
             meta["cache_hit"] = True
+            if not labelled and cached.errors is not None:  # entry written when unlabelled meant errors 0
+                cached = _with_meta(cached, meta, errors=None)
             return _with_meta(cached, meta)
 
     # ---- compute, filling preallocated arrays
@@ -182,7 +185,7 @@ def featurize(
         errors = np.linalg.norm(forces_pred - forces_ref, axis=1)
     else:
         forces_ref = None
-        errors = np.zeros(n_total, dtype=np.float64)
+        errors = None
     meta = {
         "potential": potential.name,
         "potential_identity": potential.identity,
@@ -359,7 +362,7 @@ def _write_cache(table: SiteTable, path: Path) -> None:
         raise
 
 
-def _with_meta(table: SiteTable, meta: dict) -> SiteTable:
+def _with_meta(table: SiteTable, meta: dict, **changes) -> SiteTable:
     from dataclasses import replace
 
-    return replace(table, meta=meta)
+    return replace(table, meta=meta, **changes)

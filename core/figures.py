@@ -47,15 +47,6 @@ __all__ = [
 
 #: Okabe & Ito (2008) colour-blind-safe palette (without black, kept for references).
 OKABE_ITO = ["#D55E00", "#0072B2", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
-_FIXED = {
-    "flexible": "#D55E00",
-    "split": "#0072B2",
-    "knn": "#009E73",
-    "gmm": "#CC79A7",
-    "force": "#E69F00",
-    "committee": "#56B4E9",
-    "mondrian": "#000000",
-}
 _REFERENCE = "#888888"
 #: Above this many points scatter traces are WebGL (``go.Scattergl``).
 SCATTERGL_THRESHOLD = 2000
@@ -79,11 +70,24 @@ _METRIC_LABELS = {
 
 
 # --------------------------------------------------------------------------- helpers
+def _fixed_colors() -> dict[str, str]:
+    """Registry colours keyed by lower-case method name and label (one source: the method registry)."""
+    from core.calibration.registry import method_names, method_spec
+
+    out: dict[str, str] = {}
+    for name in method_names():
+        spec = method_spec(name)
+        out[spec.label.lower()] = spec.color
+        out[name.lower()] = spec.color
+    return out
+
+
 def method_color(label: str) -> str:
     """Colour of one method label: fixed for the names in ``METHODS``, else a stable pick."""
+    fixed = _fixed_colors()
     key = str(label).strip().lower()
-    if key in _FIXED:
-        return _FIXED[key]
+    if key in fixed:
+        return fixed[key]
     return OKABE_ITO[zlib.crc32(key.encode()) % len(OKABE_ITO)]
 
 
@@ -92,12 +96,13 @@ def method_colors(labels) -> dict[str, str]:
     other labels get the palette colours not yet used, in order (so no two labels
     of one figure share a colour while the palette lasts)."""
     labels = [str(x) for x in labels]
+    fixed = _fixed_colors()
     out: dict[str, str] = {}
     used = set()
     for lab in labels:
         key = lab.strip().lower()
-        if key in _FIXED:
-            out[lab] = _FIXED[key]
+        if key in fixed:
+            out[lab] = fixed[key]
             used.add(out[lab])
     free = [c for c in OKABE_ITO if c not in used]
     i = 0
@@ -310,7 +315,7 @@ def plot_calibration_curve(levels, observed, label: str = ""):
     order = np.argsort(lv)
     lv, ob = lv[order], ob[order]
     area = float(np.mean(np.abs(ob - lv)))
-    color = method_color(label) if label else _FIXED["flexible"]
+    color = method_color(label) if label else _fixed_colors()["flexible"]
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="ideal", line=dict(color=_REFERENCE, dash="dash")))
     fig.add_trace(

@@ -7,6 +7,10 @@ Each heuristic is a small strategy object with the same contract::
     u = h.score(sites)                 # ndarray (n,), > 0
     meta, arrays = h.get_state()       # JSON-able dict + plain arrays (for Calibrator.save)
     h2 = heuristic_from_state(meta, arrays)
+    h.get_params(); h.clone()          # constructor parameters; an unfitted copy
+
+Calibrators clone the heuristic they are given at ``fit`` (``h.clone().fit(...)``), so
+one instance passed to several calibrators is never fitted in place or shared.
 
 Normalised split conformal prediction divides errors by these scores, so every
 score is clipped below at :data:`SCORE_FLOOR` (a tiny positive number) and is
@@ -38,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from core.sites import SiteTable
+from core.validation import check_float, check_int, check_seed
 
 __all__ = [
     "HEURISTICS",
@@ -68,27 +73,17 @@ def _floor(u: np.ndarray) -> np.ndarray:
     return np.maximum(np.asarray(u, dtype=np.float64), SCORE_FLOOR)
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
-def _positive_float(name: str, value: Any, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if ok:
-        ok = np.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}: expected a finite number {bound}, got {value!r}")
-    return float(value)
+def _positive_float(name: str, value: Any) -> float:
+    return check_float(name, value, 0.0, np.inf, lo_open=True, hi_open=True)
 
 
 class Heuristic:
     """Base class of the uncertainty heuristics.
 
-    Subclasses set ``name`` and implement :meth:`score`; those that learn
-    from a reference set also implement :meth:`fit` and the ``_state`` hooks.
+    Subclasses set ``name`` and implement :meth:`score`; those with constructor
+    parameters implement :meth:`get_params` (so :meth:`clone` and save/load work);
+    those that learn from a reference set also implement :meth:`fit`,
+    :meth:`get_state` and :meth:`from_state`.
     """
 
     name: str = "heuristic"
@@ -112,14 +107,22 @@ class Heuristic:
         if not self.is_fitted:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")
 
-    def params(self) -> dict[str, Any]:
+    def get_params(self) -> dict[str, Any]:
         """Constructor parameters (JSON-serialisable)."""
         return {}
+
+    def params(self) -> dict[str, Any]:
+        """Alias of :meth:`get_params` (kept for existing callers)."""
+        return self.get_params()
+
+    def clone(self) -> "Heuristic":
+        """An unfitted heuristic with the same parameters (nothing fitted is shared)."""
+        return type(self)(**self.get_params())
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """(meta, arrays): JSON-serialisable meta (``name``, ``params``, ...) and plain arrays."""
         self._check_fitted()
-        meta = {"name": self.name, "params": self.params()}
+        meta = {"name": self.name, "params": self.get_params()}
         return meta, {}
 
     @classmethod
@@ -128,7 +131,7 @@ class Heuristic:
         return cls(**meta.get("params", {}))
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
 
@@ -183,7 +186,7 @@ class _StandardisedHeuristic(Heuristic):
 
     needs_fit = True
 
-    def __init__(self, unseen_score: float = UNSEEN_SCORE):
+    def __init__(self, *, unseen_score: float = UNSEEN_SCORE):
         self.unseen_score = _positive_float("unseen_score", unseen_score)
         self.mean_: np.ndarray | None = None
         self.std_: np.ndarray | None = None
@@ -241,15 +244,15 @@ class KNNHeuristic(_StandardisedHeuristic):
     name = "knn"
     label = "kNN"
 
-    def __init__(self, k: int = 10, unseen_score: float = UNSEEN_SCORE):
-        super().__init__(unseen_score)
-        self.k = _positive_int("k", k)
+    def __init__(self, k: int = 10, *, unseen_score: float = UNSEEN_SCORE):
+        super().__init__(unseen_score=unseen_score)
+        self.k = check_int("k", k, 1)
         self.reference_descriptors_: np.ndarray | None = None
         self.reference_species_: np.ndarray | None = None
         self._trees: dict[int, Any] = {}
         self._reference_ref = None
 
-    def params(self) -> dict[str, Any]:
+    def get_params(self) -> dict[str, Any]:
         return {"k": self.k, "unseen_score": self.unseen_score}
 
     def fit(self, reference: SiteTable) -> "KNNHeuristic":
@@ -350,26 +353,25 @@ class GMMHeuristic(_StandardisedHeuristic):
     def __init__(
         self,
         max_components: int = 8,
+        *,
         covariance_type: str = "full",
         reg_covar: float = 1e-6,
         offset: float = 1.0,
         seed: int = 0,
         unseen_score: float = UNSEEN_SCORE,
     ):
-        super().__init__(unseen_score)
-        self.max_components = _positive_int("max_components", max_components)
+        super().__init__(unseen_score=unseen_score)
+        self.max_components = check_int("max_components", max_components, 1)
         if covariance_type not in ("full", "diag"):
             raise ValueError(f"covariance_type: expected 'full' or 'diag', got {covariance_type!r}")
         self.covariance_type = covariance_type
         self.reg_covar = _positive_float("reg_covar", reg_covar)
         self.offset = _positive_float("offset", offset)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed: expected an integer, got {seed!r}")
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.components_: dict[int, dict[str, np.ndarray]] = {}
         self.n_components_: dict[int, int] = {}
 
-    def params(self) -> dict[str, Any]:
+    def get_params(self) -> dict[str, Any]:
         return {
             "max_components": self.max_components,
             "covariance_type": self.covariance_type,

@@ -5,6 +5,11 @@ species Z, the force error e_i = ||F_pred - F_ref||_2 (eV/Å) and the potential'
 invariant per-atom descriptors X_i (d,). Optional columns: predicted and
 reference forces (n, 3) in eV/Å, and a committee force spread (n,) in eV/Å.
 
+Unlabelled tables (structures without reference forces, e.g. MD candidates or
+the target domain of a shift) have ``errors=None`` and ``labelled`` False: they
+can be predicted on, used as ``target`` or ``reference``, but calibrators and
+metrics refuse them (:meth:`SiteTable.require_labels`).
+
 Per-structure values (energies, config types, atom counts) live in
 ``structure_info``, a dict of equally long arrays whose ``structure_id`` column
 matches ``SiteTable.structure_ids``.
@@ -26,7 +31,14 @@ import numpy as np
 
 FORMAT_VERSION = 1
 _STRUCTURE_PREFIX = "structure_info__"
-_OPTIONAL_SITE_COLUMNS = ("forces_pred", "forces_ref", "committee_std")
+_OPTIONAL_SITE_COLUMNS = ("errors", "forces_pred", "forces_ref", "committee_std")
+
+#: Why an unlabelled table cannot be used where errors are needed (prefixed by the argument name).
+UNLABELLED_MESSAGE = (
+    "these sites carry no reference labels (errors=None); calibrating, updating and scoring need "
+    "labelled sites (featurize structures that have reference forces, labelled=True). Unlabelled sites "
+    "can only be predicted on or passed as target=/reference="
+)
 
 
 def _as_array(name: str, value: Any, dtype, ndim: int) -> np.ndarray:
@@ -57,8 +69,9 @@ class SiteTable:
         Index of the atom inside its structure.
     species : ndarray of int64, shape (n,)
         Atomic number Z.
-    errors : ndarray of float64, shape (n,)
-        Force-error norm ||F_pred - F_ref||_2 per site, eV/Å, >= 0.
+    errors : ndarray of float64, shape (n,), or None
+        Force-error norm ||F_pred - F_ref||_2 per site, eV/Å, >= 0; None for an
+        unlabelled table (no reference forces; see ``labelled``).
     descriptors : ndarray of float32 or float64, shape (n, d)
         Invariant per-atom descriptors.
     forces_pred, forces_ref : ndarray of float64, shape (n, 3), optional
@@ -76,7 +89,7 @@ class SiteTable:
     structure_ids: np.ndarray
     atom_index: np.ndarray
     species: np.ndarray
-    errors: np.ndarray
+    errors: np.ndarray | None
     descriptors: np.ndarray
     forces_pred: np.ndarray | None = None
     forces_ref: np.ndarray | None = None
@@ -103,8 +116,9 @@ class SiteTable:
         """Validate arrays and build a table.
 
         ``atom_index`` defaults to the running index of each site inside its
-        structure. ``errors`` may be None when both force arrays are given; it is
-        then computed as the per-site norm of their difference.
+        structure. ``errors=None`` with both force arrays given computes the errors
+        as the per-site norm of their difference; otherwise ``errors=None`` makes an
+        unlabelled table (``labelled`` False).
         """
         descriptors = _as_array("descriptors", descriptors, None, 2)
         if descriptors.dtype.kind not in "fiu":
@@ -129,12 +143,11 @@ class SiteTable:
             forces_pred = per_site("forces_pred", forces_pred, np.float64, 2, 3)
         if forces_ref is not None:
             forces_ref = per_site("forces_ref", forces_ref, np.float64, 2, 3)
-        if errors is None:
-            if forces_pred is None or forces_ref is None:
-                raise ValueError("errors: None is only allowed when forces_pred and forces_ref are both given")
+        if errors is None and forces_pred is not None and forces_ref is not None:
             errors = np.linalg.norm(forces_pred - forces_ref, axis=1)
-        errors = per_site("errors", errors, np.float64)
-        if np.any(errors < 0):
+        if errors is not None:
+            errors = per_site("errors", errors, np.float64)
+        if errors is not None and np.any(errors < 0):
             i = int(np.argmax(errors < 0))
             raise ValueError(f"errors: must be >= 0 (force-error norms), got {errors[i]!r} at site {i}")
         species = per_site("species", species, np.int64)
@@ -165,13 +178,25 @@ class SiteTable:
 
     # ------------------------------------------------------------- inspect
     def __len__(self) -> int:
-        return int(self.errors.shape[0])
+        return int(self.species.shape[0])
 
     def __repr__(self) -> str:
         return (
             f"SiteTable(n_sites={len(self)}, n_structures={self.n_structures}, "
-            f"n_descriptors={self.n_descriptors}, species={self.unique_species.tolist()})"
+            f"n_descriptors={self.n_descriptors}, species={self.unique_species.tolist()}"
+            f"{'' if self.labelled else ', unlabelled'})"
         )
+
+    @property
+    def labelled(self) -> bool:
+        """True when the sites carry reference errors (``errors`` is not None)."""
+        return self.errors is not None
+
+    def require_labels(self, name: str = "sites") -> np.ndarray:
+        """``errors`` (n,) eV/Å; ValueError ``"<name>: these sites carry no reference labels ..."`` if None."""
+        if self.errors is None:
+            raise ValueError(f"{name}: {UNLABELLED_MESSAGE}")
+        return self.errors
 
     @property
     def n_descriptors(self) -> int:
@@ -226,7 +251,7 @@ class SiteTable:
             structure_ids=ids,
             atom_index=self.atom_index[sel],
             species=self.species[sel],
-            errors=self.errors[sel],
+            errors=take(self.errors),
             descriptors=self.descriptors[sel],
             forces_pred=take(self.forces_pred),
             forces_ref=take(self.forces_ref),
@@ -254,15 +279,20 @@ class SiteTable:
 
     # ----------------------------------------------------------------- I/O
     def to_dataframe(self):
-        """A pandas DataFrame, one row per site (descriptors as d_0..d_{d-1})."""
+        """A pandas DataFrame, one row per site (descriptors as d_0..d_{d-1}).
+
+        Columns: ``structure_id``, ``atom_index``, ``species``, ``error`` (eV/Å; only for a
+        labelled table), force columns and ``committee_std`` when present, ``d_0``...
+        """
         import pandas as pd
 
         cols: dict[str, Any] = {
             "structure_id": self.structure_ids,
             "atom_index": self.atom_index,
             "species": self.species,
-            "error": self.errors,
         }
+        if self.errors is not None:
+            cols["error"] = self.errors
         for name, arr in (("forces_pred", self.forces_pred), ("forces_ref", self.forces_ref)):
             if arr is not None:
                 for k, ax in enumerate("xyz"):
@@ -280,7 +310,6 @@ class SiteTable:
             "structure_ids": self.structure_ids,
             "atom_index": self.atom_index,
             "species": self.species,
-            "errors": self.errors,
             "descriptors": self.descriptors,
         }
         for name in _OPTIONAL_SITE_COLUMNS:
@@ -314,12 +343,12 @@ class SiteTable:
         if meta.get("version", 0) > FORMAT_VERSION:
             raise ValueError(f"{path}: SiteTable format version {meta['version']} is newer than this FlexCal ({FORMAT_VERSION})")
         info = {k[len(_STRUCTURE_PREFIX):]: data.pop(k) for k in list(data) if k.startswith(_STRUCTURE_PREFIX)}
-        missing = [k for k in ("structure_ids", "species", "errors", "descriptors") if k not in data]
+        missing = [k for k in ("structure_ids", "species", "descriptors") if k not in data]
         if missing:
             raise ValueError(f"{path}: SiteTable file lacks {missing}")
         return cls.from_arrays(
             descriptors=data["descriptors"],
-            errors=data["errors"],
+            errors=data.get("errors"),
             species=data["species"],
             structure_ids=data["structure_ids"],
             atom_index=data.get("atom_index"),
@@ -332,7 +361,11 @@ class SiteTable:
 
 
 def concatenate(tables: list[SiteTable]) -> SiteTable:
-    """Stack tables whose structure ids are already disjoint."""
+    """Stack tables whose structure ids are already disjoint.
+
+    Optional columns (``errors`` included) are kept only when every table has them, so
+    stacking a labelled and an unlabelled table gives an unlabelled one.
+    """
     if not tables:
         raise ValueError("tables: need at least one SiteTable")
     ids = [t.unique_structures for t in tables]

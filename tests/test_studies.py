@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import studies
+from core import sources, studies
 from core.metrics import REPORT_COLUMNS
 from core.sites import SiteTable
 
@@ -96,8 +96,8 @@ def test_split_cp_coverage_over_seeds_respects_finite_sample_bound():
 
 
 def test_unseen_splits_and_in_domain_holdout(sites):
-    cold = studies.select_by_column(sites, "config_type", ["cold"])
-    hot = studies.select_by_column(sites, "config_type", ["hot"])
+    cold = sources.select_by_column(sites, "config_type", ["cold"])
+    hot = sources.select_by_column(sites, "config_type", ["hot"])
     table = studies.run_unseen(cold, {"hot": hot}, ["split", "force"], in_domain_fraction=0.3, dataset="syn")
     assert table["split"].tolist() == ["in-domain", "hot", "in-domain", "hot"]
     assert set(table["study"]) == {"unseen"}
@@ -107,16 +107,16 @@ def test_unseen_splits_and_in_domain_holdout(sites):
 
 def test_select_by_column_errors(sites):
     with pytest.raises(ValueError, match=r"no structures with value\(s\) \['warm'\]; present: \['cold', 'hot'\]"):
-        studies.select_by_column(sites, "config_type", ["warm"])
+        sources.select_by_column(sites, "config_type", ["warm"])
     with pytest.raises(ValueError, match="no per-structure column 'temperature'"):
-        studies.select_by_column(sites, "temperature", ["x"])
+        sources.select_by_column(sites, "temperature", ["x"])
 
 
 @pytest.fixture(scope="module")
 def transfer():
     # level B: the same structures, errors 1.6x larger -> calibrating against A undercovers B
     a = make_sites(n_structures=60, seed=5)
-    b = studies.relabel(a, a.forces_pred - 1.6 * (a.forces_pred - a.forces_ref))
+    b = sources.relabel(a, a.forces_pred - 1.6 * (a.forces_pred - a.forces_ref))
     return studies.run_transfer(a, b, ["split", "flexible"], confidence=0.9, test_fraction=0.5, seed=0,
                                 budgets=(0.2,), method_options=FAST, dataset="syn")
 
@@ -145,18 +145,20 @@ def test_transfer_shows_the_shift_and_rescaling_fixes_it(transfer):
     assert by.loc["flexible, A + B 20% rescale", "spearman"] == pytest.approx(by.loc["flexible, A", "spearman"])
 
 
-def test_budget_rescaled_factor_is_the_conformal_quantile(sites):
+def test_recalibration_factor_is_the_conformal_quantile_of_the_new_sites(sites):
+    """update() on new labelled sites = the old BudgetRescaled: ĉ from e / w_A on the budget."""
+    import copy
+
     from core.calibration import make_calibrator
     from core.calibration.conformal import conformal_quantile
 
     cal, budget = sites.split(0.2, seed=1)
     base = make_calibrator("force", confidence=0.9).fit(cal)
-    wrapped = studies.BudgetRescaled(base, budget, 0.9)
-    ratios = budget.errors / base.predict(budget)
-    assert wrapped.factor_ == conformal_quantile(ratios, 0.9)
-    np.testing.assert_allclose(wrapped.predict(cal), wrapped.factor_ * base.predict(cal))
-    lv = wrapped.predict_levels(cal, [0.5, 0.9])
-    np.testing.assert_allclose(lv[:, 1], wrapped.predict(cal))
+    updated = copy.deepcopy(base).update(budget)
+    factor = conformal_quantile(budget.errors / base.predict(budget), 0.9)
+    np.testing.assert_allclose(updated.predict(cal), factor * base.predict(cal), rtol=1e-12)
+    lv = updated.predict_levels(cal, [0.5, 0.9])
+    np.testing.assert_allclose(lv[:, 1], updated.predict(cal))
     assert np.all(lv[:, 0] <= lv[:, 1])
 
 
@@ -175,12 +177,12 @@ def test_write_study_round_trip(in_domain, tmp_path):
 
 def test_relabel_recomputes_errors(sites):
     new_ref = sites.forces_ref + np.array([0.3, 0.0, 0.4])
-    b = studies.relabel(sites, new_ref, label="REF2")
+    b = sources.relabel(sites, new_ref, label="REF2")
     np.testing.assert_allclose(b.errors, np.linalg.norm(sites.forces_pred - new_ref, axis=1))
     assert b.meta["level"] == "REF2"
     np.testing.assert_array_equal(b.descriptors, sites.descriptors)
     with pytest.raises(ValueError, match=r"forces_ref: expected shape \(1000, 3\), got \(3,\)"):
-        studies.relabel(sites, np.zeros(3))
+        sources.relabel(sites, np.zeros(3))
 
 
 def test_forces_from_file_maps_frames_and_atoms(tmp_path):
@@ -199,10 +201,10 @@ def test_forces_from_file_maps_frames_and_atoms(tmp_path):
         structure_ids=[0, 0, 2, 2], atom_index=[1, 2, 0, 1],
         structure_info={"structure_id": [0, 2], "dataset_index": [0, 2]},
     )
-    f = studies.forces_from_file(sites, path, "REF2_forces")
+    f = sources.forces_from_file(sites, path, "REF2_forces")
     np.testing.assert_array_equal(f, [[3, 4, 5], [6, 7, 8], [20, 21, 22], [23, 24, 25]])
     with pytest.raises(ValueError, match="has no per-atom array 'REF3_forces'"):
-        studies.forces_from_file(sites, path, "REF3_forces")
+        sources.forces_from_file(sites, path, "REF3_forces")
 
 
 def test_bad_inputs_name_the_problem(sites):
@@ -219,10 +221,10 @@ def test_bad_inputs_name_the_problem(sites):
 
 
 def test_default_methods_skip_committee_without_spread(sites):
-    from core.calibration import METHODS
+    from core.calibration.registry import default_method_names, method_names
 
-    assert "committee" not in studies.default_methods(sites)
-    assert set(studies.default_methods(sites)) == set(METHODS) - {"committee"}
+    assert "committee" not in default_method_names(sites)
+    assert set(default_method_names(sites)) == set(method_names()) - {"committee"}
 
 
 def test_active_learning_study_prepares_demo_inputs(monkeypatch, tmp_path):

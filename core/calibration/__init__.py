@@ -25,10 +25,15 @@ from typing import Any
 from core.calibration.base import Calibrator, load_calibrator
 from core.calibration.conformal import SplitConformal, conformal_quantile, weighted_conformal_quantile
 from core.calibration.flexible import FlexibleQuantile
+from core.calibration.registry import MethodSpec, method_names, method_spec, register_method
 
 __all__ = [
     "METHODS",
     "Calibrator",
+    "MethodSpec",
+    "method_names",
+    "method_spec",
+    "register_method",
     "FlexibleQuantile",
     "SplitConformal",
     "conformal_quantile",
@@ -37,48 +42,37 @@ __all__ = [
     "weighted_conformal_quantile",
 ]
 
-#: Names accepted by :func:`make_calibrator`.
-METHODS = ("flexible", "split", "knn", "gmm", "force", "committee", "mondrian")
-
+def __getattr__(name: str):
+    # METHODS is live: methods registered later (core.calibration.registry) appear in it
+    if name == "METHODS":
+        return method_names()
+    raise AttributeError(f"module 'core.calibration' has no attribute {name!r}")
 
 
 def make_calibrator(method: str, confidence: float = 0.9, seed: int = 0, **options: Any) -> Calibrator:
-    """An unfitted calibrator by method name.
+    """An unfitted calibrator by method name (any name in the method registry).
 
     Parameters
     ----------
     method : str
-        One of :data:`METHODS`.
+        One of :func:`core.calibration.registry.method_names` (``METHODS``).
     confidence : float, default 0.9
         Target coverage, in (0, 1).
     seed : int, default 0
-        Seeds q_θ (``flexible``) and the GMM initialisation (``gmm``); unused otherwise.
+        Seeds q_θ (``flexible``, ``flexible-ood``) and the GMM initialisation (``gmm``).
     **options
         ``flexible``: any :class:`FlexibleQuantile` parameter (``levels``, ``hidden``,
         ``weights``, ``max_epochs``, ...). Split methods: ``mondrian`` (bool) and the
         heuristic's own parameters (``knn``: ``k``; ``gmm``: ``max_components``,
-        ``covariance_type``, ``reg_covar``, ``offset``; knn/gmm: ``unseen_score``).
+        ``covariance_type``, ``reg_covar``; knn/gmm: ``unseen_score``).
 
     Raises
     ------
     ValueError
-        Unknown ``method`` (the message lists :data:`METHODS`) or a bad option value.
+        Unknown ``method`` (the message lists the valid names) or a bad option value.
     TypeError
         An option the method does not take.
     """
-    from core.heuristics import make_heuristic
-
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method: unknown calibration method {method!r}; valid methods are {', '.join(METHODS)}")
-    if method == "flexible":
-        try:
-            return FlexibleQuantile(confidence=confidence, seed=seed, **options)
-        except TypeError as exc:
-            raise TypeError(f"method 'flexible': bad option(s) {sorted(options)} ({exc})") from None
-    mondrian = options.pop("mondrian", method == "mondrian")
-    if "heuristic" in options:
-        raise TypeError("method: 'heuristic' is fixed by the method name; use SplitConformal(heuristic=...) directly")
-    name = "constant" if method in ("split", "mondrian") else method
-    if name == "gmm":
-        options.setdefault("seed", seed)
-    return SplitConformal(confidence=confidence, heuristic=make_heuristic(name, **options), mondrian=mondrian)
+    if not isinstance(method, str):
+        method_spec(str(method))  # raises the listing ValueError
+    return method_spec(method).factory(confidence, seed, **options)

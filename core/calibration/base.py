@@ -1,21 +1,31 @@
-"""The Calibrator contract and its on-disk format.
+"""The Calibrator contract, its state pattern and its on-disk format.
 
 A calibrator turns per-site descriptors, species and force errors into per-site
 half-widths w (eV/Å) such that e <= w holds with probability ``confidence``
 (METHOD §3). Every calibrator::
 
     cal.fit(sites, *, target=None, reference=None, callback=None) -> cal
-    cal.predict(sites) -> (n,) widths, eV/Å
+    cal.predict(sites) -> (n,) widths, eV/Å          # pure: never changes cal
     cal.predict_levels(sites, levels) -> (n, k) widths, one column per level
+    cal.update(new_sites, *, fine_tune=0) -> cal     # recalibrate on labels of a new domain
+    cal.get_params() -> dict; cal.clone() -> unfitted copy; cal.copy() -> fitted copy
+    cal.get_state() -> (meta, arrays); Calibrator.from_state(meta, arrays)
     cal.save(path) -> Path          # one .npz
     load_calibrator(path)           # any kind
 
+State pattern (shared with heuristics and weight schemes): ``get_state()`` returns
+a JSON-serialisable ``meta`` dict and a dict of plain numeric arrays;
+``from_state(meta, arrays)`` rebuilds the fitted object. Nested strategies (a
+calibrator's heuristic or weight scheme, a rescaled calibrator's base) store their
+arrays under a ``"<part>__"`` prefix (:func:`nest_arrays` / :func:`nested_arrays`).
+Strategies given to a constructor are cloned at ``fit``, never fitted in place.
+
 File format: a single ``.npz`` written with ``allow_pickle=False``. Entry
 ``__meta__`` is a JSON string ``{"format": "flexcal.Calibrator", "kind": ...,
-"version": ..., "name": ..., "params": {...}, "state": {...}}``; every other
-entry is a plain numeric array. :func:`load_calibrator` dispatches on ``kind``
-and never unpickles; an unreadable or foreign file raises ``ValueError`` naming
-the path.
+"version": ..., "name": ..., "params": {...}, "state": {...}, "update": {...}}``;
+every other entry is a plain numeric array. :func:`load_calibrator` dispatches on
+``kind`` (:data:`_KINDS`) and never unpickles; an unreadable or foreign file raises
+``ValueError`` naming the path.
 """
 
 from __future__ import annotations
@@ -28,8 +38,21 @@ from typing import Any
 import numpy as np
 
 from core.sites import SiteTable
+from core.validation import check_confidence, check_int, check_levels
 
-__all__ = ["Calibrator", "FORMAT", "FORMAT_VERSION", "check_confidence", "check_levels", "load_calibrator"]
+__all__ = [
+    "Calibrator",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "calibrator_from_state",
+    "check_confidence",
+    "check_labelled",
+    "check_levels",
+    "check_sites",
+    "load_calibrator",
+    "nest_arrays",
+    "nested_arrays",
+]
 
 FORMAT = "flexcal.Calibrator"
 FORMAT_VERSION = 1
@@ -38,47 +61,42 @@ FORMAT_VERSION = 1
 _KINDS: dict[str, str] = {
     "split_conformal": "core.calibration.conformal:SplitConformal",
     "flexible_quantile": "core.calibration.flexible:FlexibleQuantile",
+    "rescaled": "core.calibration.rescaled:RescaledCalibrator",
 }
 
 
-def check_confidence(confidence: Any, name: str = "confidence") -> float:
-    """``confidence`` as a float in the open interval (0, 1); ValueError otherwise."""
-    if isinstance(confidence, (bool, np.bool_)) or not isinstance(confidence, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name}: expected a number in (0, 1), e.g. 0.9, got {confidence!r}")
-    value = float(confidence)
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{name}: expected a number in (0, 1), e.g. 0.9, got {confidence!r}")
-    return value
-
-
-def check_levels(levels: Any, name: str = "levels") -> np.ndarray:
-    """``levels`` as a non-empty 1-D float64 array with every entry in (0, 1)."""
-    try:
-        arr = np.asarray(levels, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected numbers in (0, 1), got {levels!r}") from None
-    if arr.ndim == 0:
-        arr = arr.reshape(1)
-    if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"{name}: expected a non-empty 1-D sequence of numbers in (0, 1), got shape {arr.shape}")
-    bad = ~((arr > 0.0) & (arr < 1.0))
-    if bad.any():
-        raise ValueError(f"{name}: every level must lie in (0, 1), got {float(arr[bad][0])!r} (in {arr.tolist()[:10]})")
-    return arr
-
-
 def check_sites(sites: Any, name: str = "sites") -> SiteTable:
+    """``sites`` if it is a SiteTable; TypeError naming ``name`` otherwise."""
     if not isinstance(sites, SiteTable):
         raise TypeError(f"{name}: expected a SiteTable, got {type(sites).__name__}")
     return sites
 
 
-class Calibrator:
-    """Base class: confidence validation, fitted check, save/load plumbing.
+def check_labelled(sites: Any, name: str = "sites") -> SiteTable:
+    """``sites`` if it is a SiteTable with reference errors; ValueError for an unlabelled one."""
+    check_sites(sites, name).require_labels(name)
+    return sites
 
-    Subclasses define ``kind`` (the file-format key), ``name``/``label``, the
-    fit/predict methods, and the two state hooks :meth:`_get_state` /
-    :meth:`_set_state`.
+
+def nest_arrays(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` with every key prefixed by ``"<prefix>__"`` (a nested part's state)."""
+    return {f"{prefix}__{k}": v for k, v in arrays.items()}
+
+
+def nested_arrays(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays stored under ``"<prefix>__"``, with the prefix removed (inverse of :func:`nest_arrays`)."""
+    head = f"{prefix}__"
+    return {k[len(head):]: v for k, v in arrays.items() if k.startswith(head)}
+
+
+class Calibrator:
+    """Base class: confidence validation, fitted check, update, state and save/load plumbing.
+
+    Subclasses define ``kind`` (the file-format key, registered in :data:`_KINDS`),
+    ``name``/``label``, ``fit``/``predict``/``predict_levels``, ``get_params`` (JSON
+    constructor parameters), the state hooks :meth:`_get_state` / :meth:`_set_state`
+    and, to support :meth:`update`, the hook :meth:`_update`. Their ``fit`` ends with
+    :meth:`_reset_update` (a fresh fit is not an updated one).
     """
 
     kind: str = ""
@@ -87,6 +105,8 @@ class Calibrator:
 
     def __init__(self, confidence: float = 0.9):
         self.confidence = check_confidence(confidence)
+        self.n_update_sites_ = 0
+        self.n_update_structures_ = 0
 
     # ------------------------------------------------------------- contract
     def fit(self, sites: SiteTable, *, target=None, reference=None, callback=None) -> "Calibrator":
@@ -110,12 +130,91 @@ class Calibrator:
         """Constructor parameters, JSON-serialisable."""
         raise NotImplementedError
 
+    # --------------------------------------------------------------- update
+    def update(self, sites: SiteTable, *, fine_tune: int = 0) -> "Calibrator":
+        """Recalibrate on labelled sites of a new domain; returns ``self`` (must be fitted).
+
+        The conformal factor(s) are re-derived from the scores of ``sites`` alone
+        (the fit's calibration scores are replaced): use it when a few labelled
+        structures of the domain you predict on exist (active learning, a labelling
+        budget, a new functional). Coverage then holds for structures exchangeable
+        with ``sites``. The learned shape (heuristic, q_θ) is kept, unless
+        ``fine_tune`` > 0 epochs of q_θ training are asked for (FlexibleQuantile only).
+        Records ``n_update_sites_`` and ``n_update_structures_`` (0 after a fresh fit).
+
+        Raises
+        ------
+        RuntimeError
+            Not fitted.
+        ValueError
+            ``sites`` unlabelled (errors=None) or unusable by this calibrator; bad ``fine_tune``.
+        """
+        self._check_fitted()
+        check_labelled(sites)
+        fine_tune = check_int("fine_tune", fine_tune, 0)
+        self._update(sites, fine_tune)
+        self.n_update_sites_ = len(sites)
+        self.n_update_structures_ = sites.n_structures
+        return self
+
+    def _update(self, sites: SiteTable, fine_tune: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support update()")
+
+    def _reset_update(self) -> None:
+        self.n_update_sites_ = 0
+        self.n_update_structures_ = 0
+
+    # ---------------------------------------------------------------- state
+    def _clone_params(self) -> dict[str, Any]:
+        """Constructor arguments of an unfitted copy (strategy objects cloned); default: get_params()."""
+        return self.get_params()
+
+    def clone(self) -> "Calibrator":
+        """An unfitted calibrator with the same parameters (strategy objects cloned, not shared)."""
+        return type(self)(**self._clone_params())
+
+    def copy(self) -> "Calibrator":
+        """An independent fitted copy (through :meth:`get_state`, no pickle), e.g. to update one copy."""
+        return type(self).from_state(*self.get_state())
+
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """(JSON-serialisable state, arrays) of a fitted calibrator."""
         raise NotImplementedError
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(meta, arrays) of a fitted calibrator: what :meth:`save` writes and :meth:`from_state` reads.
+
+        ``meta`` = ``{"kind", "name", "params", "state", "update"}`` (JSON); ``arrays`` are
+        plain numeric ndarrays (never dtype object).
+        """
+        self._check_fitted()
+        state, arrays = self._get_state()
+        meta = {
+            "kind": self.kind,
+            "name": self.name,
+            "params": self.get_params(),
+            "state": state,
+            "update": {"n_sites": int(self.n_update_sites_), "n_structures": int(self.n_update_structures_)},
+        }
+        payload = {k: np.asarray(v) for k, v in arrays.items()}
+        for k, v in payload.items():
+            if v.dtype == object:
+                raise TypeError(
+                    f"{type(self).__name__}.save: array {k!r} has dtype object (not saveable without pickle)"
+                )
+        return meta, payload
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "Calibrator":
+        """Rebuild a fitted calibrator of this class from :meth:`get_state` output."""
+        cal = cls._from_saved(meta.get("params", {}), meta.get("state", {}), arrays)
+        update = meta.get("update") or {}
+        cal.n_update_sites_ = int(update.get("n_sites", 0))
+        cal.n_update_structures_ = int(update.get("n_structures", 0))
+        return cal
 
     @classmethod
     def _from_saved(cls, params: dict[str, Any], state: dict[str, Any], arrays: dict[str, np.ndarray]) -> "Calibrator":
@@ -138,26 +237,30 @@ class Calibrator:
         path = Path(path)
         if path.suffix == "":
             path = path.with_suffix(".npz")
-        state, arrays = self._get_state()
-        meta = {
-            "format": FORMAT,
-            "kind": self.kind,
-            "version": FORMAT_VERSION,
-            "name": self.name,
-            "params": self.get_params(),
-            "state": state,
-        }
-        payload = {k: np.asarray(v) for k, v in arrays.items()}
-        for k, v in payload.items():
-            if v.dtype == object:
-                raise TypeError(
-                    f"{type(self).__name__}.save: array {k!r} has dtype object (not saveable without pickle)"
-                )
+        meta, payload = self.get_state()
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, **meta}
         payload["__meta__"] = np.array(json.dumps(meta, allow_nan=True))
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as fh:
             np.savez(fh, **payload)
         return path
+
+
+def calibrator_from_state(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Calibrator:
+    """Rebuild any calibrator from :meth:`Calibrator.get_state` output (dispatch on ``meta["kind"]``).
+
+    Raises ValueError for an unknown kind; other errors of a damaged state propagate
+    (KeyError, TypeError, ValueError, IndexError).
+    """
+    import importlib
+
+    kind = meta.get("kind")
+    target = _KINDS.get(kind)
+    if target is None:
+        raise ValueError(f"unknown calibrator kind {kind!r}; known kinds are {', '.join(_KINDS)}")
+    module_name, cls_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls.from_state(meta, arrays)
 
 
 def load_calibrator(path) -> Calibrator:
@@ -172,8 +275,6 @@ def load_calibrator(path) -> Calibrator:
         format, unknown kind, newer version, missing entries); the message names
         the path.
     """
-    import importlib
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such calibrator file")
@@ -195,13 +296,9 @@ def load_calibrator(path) -> Calibrator:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(f"{path}: calibrator format version {version!r} is newer than this FlexCal ({FORMAT_VERSION})")
     kind = meta.get("kind")
-    target = _KINDS.get(kind)
-    if target is None:
+    if kind not in _KINDS:
         raise ValueError(f"{path}: unknown calibrator kind {kind!r}; known kinds are {', '.join(_KINDS)}")
-    module_name, cls_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
     try:
-        cal = cls._from_saved(meta.get("params", {}), meta.get("state", {}), data)
+        return calibrator_from_state(meta, data)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ValueError(f"{path}: damaged {kind} calibrator ({type(exc).__name__}: {exc})") from None
-    return cal

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from core.calibration.base import Calibrator, check_confidence, check_levels, check_sites
+from core.calibration.base import Calibrator, check_labelled, check_sites, nest_arrays, nested_arrays
 from core.heuristics import Heuristic, heuristic_from_state, make_heuristic
 from core.sites import SiteTable
+from core.validation import check_bool, check_confidence, check_levels
 
 __all__ = ["SplitConformal", "conformal_quantile", "conformal_rank", "weighted_conformal_quantile"]
 
@@ -193,44 +194,49 @@ class SplitConformal(Calibrator):
     Scores s_i = e_i / u(X_i) on the calibration sites, q̂ = their conformal
     quantile at ``confidence``, widths w = q̂ · u(X) (eV/Å). With
     ``mondrian=True`` one q̂ is taken per species; a species absent at fit time
-    falls back to the global q̂ (recorded in ``fallback_species_``). A species
-    with fewer calibration sites than the level needs gets q̂ = +inf (the exact
-    Mondrian answer; listed in ``infinite_species_``).
+    falls back to the global q̂ (:meth:`fallback_species` lists them for a table).
+    A species with fewer calibration sites than the level needs gets q̂ = +inf
+    (the exact Mondrian answer; listed in ``infinite_species_``).
+
+    The heuristic given is cloned at ``fit`` (``heuristic_`` is the fitted clone),
+    so one heuristic instance can configure several calibrators. ``predict`` and
+    ``predict_levels`` never change the calibrator. :meth:`update` replaces the
+    scores by those of labelled sites of a new domain (same heuristic).
 
     Parameters
     ----------
     confidence : float, default 0.9
         Target coverage 1 - α, in (0, 1).
-    heuristic : str or Heuristic, default "constant"
+    heuristic : str or Heuristic, default "constant", keyword-only
         ``"constant"`` (plain split CP), ``"knn"``, ``"gmm"``, ``"force"``, ``"committee"``
-        or an instance (see :mod:`core.heuristics`).
-    mondrian : bool, default False
+        or an instance (see :mod:`core.heuristics`; cloned at fit, never fitted in place).
+    mondrian : bool, default False, keyword-only
         One quantile per species.
 
     Attributes
     ----------
     heuristic_ : Heuristic
-        The fitted heuristic.
+        The fitted heuristic (a clone of ``heuristic``).
     scores_ : ndarray of shape (n_cal,)
-        Calibration scores e / u.
+        Calibration scores e / u (after :meth:`update`: those of the update sites).
     species_ : ndarray of shape (n_cal,)
         Their species (used by Mondrian ``predict_levels``).
     global_quantile_ : float
         Conformal quantile of all scores at ``confidence``.
     quantile_ : float or dict of int -> float
         The fitted q̂ (per species for Mondrian).
-    fallback_species_ : list of int
-        Species met by ``predict`` that were absent at fit (Mondrian only).
+    infinite_species_ : list of int
+        Mondrian species whose q̂ at ``confidence`` is +inf (too few sites).
+    n_update_sites_, n_update_structures_ : int
+        Size of the last :meth:`update` (0 after a fresh fit).
     """
 
     kind = "split_conformal"
 
-    def __init__(self, confidence: float = 0.9, heuristic="constant", mondrian: bool = False):
+    def __init__(self, confidence: float = 0.9, *, heuristic="constant", mondrian: bool = False):
         super().__init__(confidence)
         self.heuristic = make_heuristic(heuristic)
-        if not isinstance(mondrian, (bool, np.bool_)):
-            raise TypeError(f"mondrian: expected True or False, got {mondrian!r}")
-        self.mondrian = bool(mondrian)
+        self.mondrian = check_bool("mondrian", mondrian)
         h = self.heuristic.name
         if h == "constant":
             self.name = "mondrian" if self.mondrian else "split"
@@ -245,10 +251,12 @@ class SplitConformal(Calibrator):
         self.global_quantile_: float | None = None
         self.quantile_: float | dict[int, float] | None = None
         self.infinite_species_: list[int] = []
-        self.fallback_species_: list[int] = []
 
     def get_params(self) -> dict[str, Any]:
         return {"confidence": self.confidence, "heuristic": self.heuristic.name, "mondrian": self.mondrian}
+
+    def _clone_params(self) -> dict[str, Any]:
+        return {"confidence": self.confidence, "heuristic": self.heuristic.clone(), "mondrian": self.mondrian}
 
     @property
     def is_fitted(self) -> bool:
@@ -261,7 +269,7 @@ class SplitConformal(Calibrator):
         Parameters
         ----------
         sites : SiteTable
-            Labelled calibration sites (errors in eV/Å).
+            Labelled calibration sites (errors in eV/Å); unlabelled ones (errors=None) are refused.
         target : SiteTable, optional
             Unused (accepted for the common calibrator interface).
         reference : SiteTable, optional
@@ -270,18 +278,28 @@ class SplitConformal(Calibrator):
         callback : callable, optional
             Unused (no training epochs).
         """
-        check_sites(sites)
+        check_labelled(sites)
         if reference is not None:
             check_sites(reference, "reference")
-        h = self.heuristic
+        h = self.heuristic.clone()
         h.fit(reference if reference is not None else sites)
-        u = h.score(sites)
         self.heuristic_ = h
+        self._set_scores(sites)
+        self._reset_update()
+        return self
+
+    def _set_scores(self, sites: SiteTable) -> None:
+        """Scores e / u of labelled ``sites`` under the fitted heuristic, and their quantiles."""
+        u = self.heuristic_.score(sites)
         self.scores_ = sites.errors / u
         self.species_ = sites.species.copy()
-        self.fallback_species_ = []
         self._derive_quantiles()
-        return self
+
+    def _update(self, sites: SiteTable, fine_tune: int) -> None:
+        """Scores of the new domain's sites replace the calibration scores (heuristic unchanged)."""
+        if fine_tune:
+            raise ValueError(f"fine_tune: {self.label} has no learned quantile to fine-tune; use 0, got {fine_tune}")
+        self._set_scores(sites)
 
     def _derive_quantiles(self) -> None:
         """Global (and per-species, for Mondrian) conformal quantiles of ``scores_``, exactly."""
@@ -297,13 +315,23 @@ class SplitConformal(Calibrator):
             self.infinite_species_ = []
 
     # -------------------------------------------------------------- predict
-    def _site_quantiles(self, species: np.ndarray, table: dict[int, float], default: float) -> np.ndarray:
+    @staticmethod
+    def _site_quantiles(species: np.ndarray, table: dict[int, float], default: float) -> np.ndarray:
         q = np.full(species.shape, default, dtype=np.float64)
         for z in np.unique(species):
             q[species == z] = table.get(int(z), default)
-        unseen = sorted(set(int(z) for z in np.unique(species)) - set(table))
-        self.fallback_species_ = sorted(set(self.fallback_species_) | set(unseen))
         return q
+
+    def fallback_species(self, sites: SiteTable) -> list[int]:
+        """Species of ``sites`` absent from the calibration scores: Mondrian gives them the global q̂.
+
+        Sorted atomic numbers; always [] without ``mondrian``.
+        """
+        self._check_fitted()
+        check_sites(sites)
+        if not self.mondrian:
+            return []
+        return sorted(int(z) for z in np.setdiff1d(np.unique(sites.species), self.species_))
 
     def predict(self, sites: SiteTable) -> np.ndarray:
         """Half-widths w = q̂ · u(X), ndarray (n,), eV/Å (may be +inf, see class notes)."""
@@ -335,7 +363,6 @@ class SplitConformal(Calibrator):
                 q[rows] = _quantiles_at_levels(np.sort(self.scores_[self.species_ == z]), levels)
             else:
                 q[rows] = glob
-                self.fallback_species_ = sorted(set(self.fallback_species_) | {int(z)})
         return u[:, None] * q
 
     # ------------------------------------------------------------------ I/O
@@ -343,12 +370,12 @@ class SplitConformal(Calibrator):
         h_meta, h_arrays = self.heuristic_.get_state()
         state = {"heuristic": h_meta}
         arrays = {"scores": self.scores_, "species": self.species_}
-        arrays.update({f"heuristic__{k}": v for k, v in h_arrays.items()})
+        arrays.update(nest_arrays("heuristic", h_arrays))
         return state, arrays
 
     def _set_state(self, state, arrays):
-        h_arrays = {k[len("heuristic__"):]: v for k, v in arrays.items() if k.startswith("heuristic__")}
-        self.heuristic = self.heuristic_ = heuristic_from_state(state["heuristic"], h_arrays)
+        self.heuristic_ = heuristic_from_state(state["heuristic"], nested_arrays("heuristic", arrays))
+        self.heuristic = self.heuristic_.clone()
         self.scores_ = np.asarray(arrays["scores"], dtype=np.float64)
         self.species_ = np.asarray(arrays["species"], dtype=np.int64)
         if self.scores_.ndim != 1 or self.species_.shape != self.scores_.shape:

@@ -5,6 +5,12 @@ A scheme is a small strategy object::
     scheme = make_weight_scheme("structure")     # or an array, or an instance
     scheme.fit(sites, target=None)               # learns what it needs (shift: a classifier)
     w = scheme.weights(sites)                    # ndarray (n,), >= 0
+    scheme.get_params(); scheme.clone()          # constructor parameters; an unfitted copy
+    meta, arrays = scheme.get_state()            # JSON meta + plain arrays
+    weight_scheme_from_state(meta, arrays)
+
+FlexibleQuantile clones the scheme it is given at ``fit`` (``scheme.clone().fit(...)``),
+so one instance passed to several calibrators is never fitted in place or shared.
 
 ==============  =====================================================================
 name            weight of site i
@@ -28,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from core.sites import SiteTable
+from core.validation import check_float, check_int, check_seed
 
 __all__ = [
     "WEIGHT_SCHEMES",
@@ -79,11 +86,18 @@ def _inverse_group_size(groups: np.ndarray) -> np.ndarray:
 
 
 class WeightScheme:
-    """Base class: ``fit(sites, target=None)``, ``weights(sites) -> (n,)``, state for save/load."""
+    """Base class: ``fit(sites, target=None)``, ``weights(sites) -> (n,)``, state for save/load.
+
+    Subclasses with constructor parameters implement :meth:`get_params`; fitted ones
+    implement :meth:`get_state` / :meth:`from_state` (JSON meta + plain arrays).
+    """
 
     name: str = "weights"
     #: True when the weights are density ratios, so that a test site has its own weight (shift)
     site_dependent_test_weight: bool = False
+    #: True when the weights of a table depend on that table alone (no fitted state, no
+    #: fixed length), so they apply unchanged to new labelled sites (``update``)
+    intrinsic: bool = True
 
     def fit(self, sites: SiteTable, target: SiteTable | None = None) -> "WeightScheme":
         _check_sites(sites)
@@ -95,15 +109,25 @@ class WeightScheme:
     def __call__(self, sites: SiteTable) -> np.ndarray:
         return self.weights(sites)
 
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters (JSON-serialisable)."""
+        return {}
+
+    def clone(self) -> "WeightScheme":
+        """An unfitted scheme with the same parameters (nothing fitted is shared)."""
+        return type(self)(**self.get_params())
+
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return {"name": self.name}, {}
+        """(meta, arrays): JSON meta (``name``, ``params``) and plain arrays of the fitted state."""
+        return {"name": self.name, "params": self.get_params()}, {}
 
     @classmethod
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "WeightScheme":
-        return cls()
+        return cls(**meta.get("params", {}))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
 
 
 class UniformWeights(WeightScheme):
@@ -143,9 +167,13 @@ class ArrayWeights(WeightScheme):
     """
 
     name = "array"
+    intrinsic = False
 
     def __init__(self, values):
         self.values = check_weight_array(values, name="weights")
+
+    def clone(self) -> "ArrayWeights":
+        return ArrayWeights(self.values.copy())
 
     def weights(self, sites):
         _check_sites(sites)
@@ -156,7 +184,7 @@ class ArrayWeights(WeightScheme):
         return self.values.copy()
 
     def get_state(self):
-        return {"name": self.name}, {"values": self.values}
+        return {"name": self.name, "params": {}}, {"values": self.values}
 
     @classmethod
     def from_state(cls, meta, arrays):
@@ -196,25 +224,17 @@ class ShiftWeights(WeightScheme):
 
     name = "shift"
     site_dependent_test_weight = True
+    intrinsic = False
 
-    def __init__(self, clip: float = 20.0, C: float = 1.0, max_samples: int = 20000, seed: int = 0):
-        def number(v):
-            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
-
-        if not (number(clip) and clip > 1):
-            raise ValueError(f"clip: expected a finite number > 1, got {clip!r}")
-        if not (number(C) and C > 0):
-            raise ValueError(f"C: expected a finite number > 0, got {C!r}")
-        if isinstance(max_samples, bool) or not isinstance(max_samples, (int, np.integer)) or max_samples < 2:
-            raise ValueError(f"max_samples: expected an integer >= 2, got {max_samples!r}")
-        self.clip = float(clip)
-        self.C = float(C)
-        self.max_samples = int(max_samples)
-        self.seed = int(seed)
+    def __init__(self, clip: float = 20.0, *, C: float = 1.0, max_samples: int = 20000, seed: int = 0):
+        self.clip = check_float("clip", clip, 1.0, np.inf, lo_open=True, hi_open=True)
+        self.C = check_float("C", C, 0.0, np.inf, lo_open=True, hi_open=True)
+        self.max_samples = check_int("max_samples", max_samples, 2)
+        self.seed = check_seed(seed)
         self.mean_: np.ndarray | None = None
 
-    def __repr__(self) -> str:
-        return f"ShiftWeights(clip={self.clip}, C={self.C}, max_samples={self.max_samples}, seed={self.seed})"
+    def get_params(self) -> dict[str, Any]:
+        return {"clip": self.clip, "C": self.C, "max_samples": self.max_samples, "seed": self.seed}
 
     def fit(self, sites, target=None):
         """Train the domain classifier between ``sites`` (calibration) and ``target`` (unlabelled)."""
@@ -274,8 +294,9 @@ class ShiftWeights(WeightScheme):
         return np.exp(np.clip(out, -lo, lo))
 
     def get_state(self):
-        meta = {"name": self.name, "params": {"clip": self.clip, "C": self.C, "max_samples": self.max_samples,
-                                               "seed": self.seed}}
+        if self.mean_ is None:
+            raise RuntimeError("ShiftWeights is not fitted; call fit(sites, target) first")
+        meta = {"name": self.name, "params": self.get_params()}
         arrays = {"mean": self.mean_, "std": self.std_, "species": self.species_, "coef": self.coef_,
                   "intercept": np.array(self.intercept_), "log_prior": np.array(self.log_prior_)}
         return meta, arrays
@@ -303,6 +324,8 @@ WEIGHT_SCHEMES: dict[str, type[WeightScheme]] = {
 
 def make_weight_scheme(spec) -> WeightScheme:
     """A weight scheme from a name, an array of per-site weights, or an instance.
+
+    An instance is returned as it is; calibrators clone it when they fit.
 
     Raises
     ------

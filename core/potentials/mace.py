@@ -1,20 +1,19 @@
 """MACE as a FlexCal potential: one forward pass -> energies, forces, descriptors.
 
-``load_potential`` accepts
+Models come from :func:`core.potentials.load_potential` (the one resolver), which routes
 
-* a foundation-model name (``FOUNDATION_MODELS``; default ``"mace-mp-0b3-medium"``),
-  resolved with mace-torch's own functions (``mace_mp`` / ``mace_off`` download
-  logic and cache directory, ``~/.cache/mace`` or ``$XDG_CACHE_HOME/mace``).
-  Without network access a model that is not cached raises
-  :class:`FoundationModelUnavailable` naming the URL to download and the exact
-  cache path to save it to (or: pass the file's path instead of the name);
-* a local ``.model`` file written by ``mace_run_train`` / ``torch.save``;
-* a committee: extra model files (or names) in ``committee=``.
+* a foundation-model name (``FOUNDATION_MODELS``, see :mod:`core.potentials.mace_foundation`),
+* ``"demo"`` / ``"demo:<family>"`` (the embedded demo models),
+* a local ``.model`` file written by ``mace_run_train`` / ``torch.save``,
+* a committee (extra names or files in ``committee=``)
 
-Trust: ``.model`` files are Python pickles and ``torch.load`` executes code from
-them. Paths the user chooses on their own machine are trusted here; deciding
-whether an *uploaded* file may be loaded is the app's job (its trust gate), not
-this module's.
+to :func:`load_mace`. :meth:`MACEPotential.from_calculator` wraps the models of an existing
+``MACECalculator`` (what ``CalibratedCalculator`` does with one).
+
+Trust: ``.model`` files are Python pickles and ``torch.load`` executes code from them.
+``load_potential(path, trusted=False)`` refuses them before reading; this module loads what
+it is given. Importing mace sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``; every import and
+load here restores the variable afterwards (:func:`core.potentials.base.restored_environ`).
 
 Descriptors are exactly what ``MACECalculator.get_descriptors(invariants_only=True)``
 returns: the scalar (L=0) channels of the node features of every interaction
@@ -31,7 +30,8 @@ forces over all M models (primary included)::
 
 i.e. the Euclidean norm of the per-component standard deviations, in eV/Å
 (the square root of the trace of the force covariance; the same variance
-``MACECalculator`` reports as ``forces_var``).
+``MACECalculator`` reports as ``forces_var``). A potential made by ``from_calculator``
+predicts the committee *mean* instead, as ``MACECalculator`` does.
 """
 
 from __future__ import annotations
@@ -44,39 +44,26 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from core.potentials.base import PotentialOutput, check_elements
+from core.potentials.base import (
+    PotentialOutput,
+    check_elements,
+    check_structures,
+    resolve_device,
+    restored_environ,
+    sha256_file,
+    sha256_state_dict,
+)
+from core.potentials.mace_foundation import (  # noqa: F401  (re-exported)
+    DEFAULT_MODEL,
+    FOUNDATION_MODELS,
+    FoundationModelUnavailable,
+    foundation_model_path,
+    foundation_model_source,
+    mace_modules,
+)
 
-DEFAULT_MODEL = "mace-mp-0b3-medium"
-
-#: FlexCal name -> (mace-torch family, the ``model=`` key of ``mace_mp`` / ``mace_off``)
-FOUNDATION_MODELS: dict[str, tuple[str, str]] = {
-    "mace-mp-0b3-medium": ("mp", "medium-0b3"),
-    "mace-mp-0-small": ("mp", "small"),
-    "mace-mp-0-medium": ("mp", "medium"),
-    "mace-mp-0-large": ("mp", "large"),
-    "mace-mpa-0-medium": ("mp", "medium-mpa-0"),
-    "mace-omat-0-small": ("mp", "small-omat-0"),
-    "mace-omat-0-medium": ("mp", "medium-omat-0"),
-    "mace-off23-small": ("off", "small"),
-    "mace-off23-medium": ("off", "medium"),
-    "mace-off23-large": ("off", "large"),
-}
 DTYPES = ("float64", "float32")
 _HASH_VERSION = "flexcal-mace-v1"
-
-
-class FoundationModelUnavailable(RuntimeError):
-    """A foundation model is not cached and could not be downloaded."""
-
-
-# ------------------------------------------------------------------ imports
-def _mace():
-    """Import mace before e3nn: mace sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, which
-    e3nn's pickled constants need under torch >= 2.6."""
-    import mace.calculators  # noqa: F401  (sets the environment variable)
-    import mace.calculators.foundations_models as foundations_models
-
-    return foundations_models
 
 
 @contextlib.contextmanager
@@ -91,86 +78,29 @@ def _default_dtype(dtype: str):
         torch.set_default_dtype(old)
 
 
-# -------------------------------------------------------- foundation models
-def foundation_model_source(name: str) -> tuple[str, Path]:
-    """(download URL, cache path) mace-torch uses for a foundation model.
-
-    The cache path follows mace-torch exactly (``mace.tools.utils.get_cache_dir()``,
-    ``$XDG_CACHE_HOME/mace`` or ``~/.cache/mace``): for ``mace_mp`` models the
-    URL's file name with everything but letters, digits and ``_`` removed; for
-    ``mace_off`` models the URL's file name as is.
-    """
-    if name not in FOUNDATION_MODELS:
-        raise ValueError(f"unknown foundation model {name!r}; known: {', '.join(FOUNDATION_MODELS)}")
-    fm = _mace()
-    family, key = FOUNDATION_MODELS[name]
-    cache_dir = Path(fm.get_cache_dir())
-    if family == "mp":
-        url = fm.mace_mp_urls[key]
-        fname = "".join(c for c in os.path.basename(url) if c.isalnum() or c in "_")
-    else:
-        url = fm.mace_off_urls[key]
-        fname = os.path.basename(url).split("?")[0]
-    return url, cache_dir / fname
-
-
-def foundation_model_path(name: str) -> Path:
-    """Local path of a foundation model, downloading it with mace-torch if needed.
-
-    Raises
-    ------
-    FoundationModelUnavailable
-        Not cached and the download failed (e.g. offline). The message names
-        the URL and the cache path to put the file at.
-    """
-    url, cache_path = foundation_model_source(name)
-    fm = _mace()
-    family, key = FOUNDATION_MODELS[name]
-    if family == "mp" and key == "medium-mpa-0" and os.path.isfile(fm.local_model_path):
-        return Path(fm.local_model_path)
-    if cache_path.is_file():
-        return cache_path
-    try:
-        if family == "mp":
-            path = Path(fm.download_mace_mp_checkpoint(key))
-        else:
-            fm.mace_off(model=key, device="cpu", return_raw_model=True)
-            path = cache_path
-    except Exception as exc:  # URLError, OSError, RuntimeError from mace's wrappers, ...
-        cause = exc.__cause__ or exc
-        raise FoundationModelUnavailable(
-            f"foundation model {name!r} is not cached and could not be downloaded "
-            f"({type(cause).__name__}: {cause}). Download {url} and save it as {cache_path} "
-            f"(mace-torch's cache; set XDG_CACHE_HOME to move it), or pass the path of a "
-            f"local .model file instead of the name."
-        ) from exc
-    if not path.is_file():
-        raise FoundationModelUnavailable(
-            f"foundation model {name!r}: mace-torch reported no file at {path}. "
-            f"Download {url} and save it as {cache_path}, or pass a local .model path."
-        )
-    return path
-
-
 # -------------------------------------------------------------- model files
-def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
+def is_mace_file(spec) -> bool:
+    """Whether ``spec`` is an existing file to load as a MACE model: a ``.model`` suffix, or a
+    torch archive whose pickle references ``mace.*`` classes (read without unpickling)."""
+    from core.potentials.registry import existing_file, sniff_torch_file
+
+    path = existing_file(spec)
+    if path is None:
+        return False
+    if path.suffix == ".model":
+        return True
+    sniffed = sniff_torch_file(path)
+    return bool(sniffed) and any(g.startswith("mace.") for g in sniffed["globals"])
 
 
 def _load_model_file(path: Path, device: str):
     """torch.load a pickled MACE model (trusted local file) onto ``device``."""
-    _mace()
+    mace_modules()
     import torch
 
     try:
-        model = torch.load(str(path), map_location=device, weights_only=False)
+        with restored_environ():
+            model = torch.load(str(path), map_location=device, weights_only=False)
     except Exception as exc:
         raise ValueError(
             f"{path}: not a loadable MACE .model file ({type(exc).__name__}: {exc}). "
@@ -191,32 +121,26 @@ def _load_model_file(path: Path, device: str):
     return model
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    device = str(device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available; use 'cpu' or 'auto'")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device: 'mps' requested but the MPS backend is not available; use 'cpu' or 'auto'")
-    return device
-
-
 def _resolve_model(spec) -> tuple[str, Path]:
-    """(display name, local file) for a foundation name or a path."""
+    """(display name, local file) for a foundation name, a demo name or a path."""
     if isinstance(spec, str) and spec in FOUNDATION_MODELS:
         return spec, foundation_model_path(spec)
+    if isinstance(spec, str) and (spec == "demo" or spec.startswith("demo:")):
+        from core.demo import demo_model_path
+
+        path = Path(demo_model_path(spec.partition(":")[2] or None))
+        return path.stem, path
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"model: expected a foundation-model name or a path, got {type(spec).__name__}")
     path = Path(spec).expanduser()
     if path.is_file():
         return path.stem, path
+    if path.is_dir():
+        raise ValueError(f"model: {str(path)!r} is a directory, not a model file; pass the .model file inside it")
     if isinstance(spec, str) and os.sep not in spec and not spec.endswith(".model"):
         raise ValueError(
-            f"model: {spec!r} is neither a known foundation model nor an existing file; "
-            f"known names: {', '.join(FOUNDATION_MODELS)}"
+            f"model: {spec!r} is neither a known model name nor an existing file; "
+            f"known MACE names: {', '.join(FOUNDATION_MODELS)}"
         )
     raise FileNotFoundError(f"model file {str(path)!r} does not exist")
 
