@@ -49,6 +49,7 @@ W_STRUCT_TAB = "w_structures_tab"
 W_EXPORT_METHOD = "w_export_method"
 # not persisted on purpose: re-confirm trust whenever the page is drawn again
 W_TRUST = "w_trust_model_file"
+W_TRUST_PATH = "w_trust_model_path"
 W_DATA_UPLOAD = "w_data_upload"
 W_MODEL_UPLOAD = "w_model_upload"
 
@@ -65,9 +66,11 @@ SPLIT_FILE = "As marked in the file (split = calibration / test)"
 SPLIT_RANDOM = "Random by structure"
 SPLIT_CONFIG = "By config_type"
 SPLIT_MODES = MappingProxyType({SPLIT_FILE: "file", SPLIT_RANDOM: "random", SPLIT_CONFIG: "config_type"})
-MODEL_KINDS = ("Demo model", "Foundation model by name", "Local model file", "Upload a model file")
-DEFAULT_METHODS = ("flexible", "split", "knn")
-DEFAULT_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+MODEL_KINDS = ("Demo model", "Named model (CHGNet, MACE foundation)", "Local model file", "Upload a model file")
+# the Calibrate page pre-selects the registry's recommended method plus these baselines; when
+# the recommended method cannot be built here, FALLBACK_METHOD takes its place
+BASELINE_METHODS = ("split", "knn")
+FALLBACK_METHOD = "flexible"
 
 # read-only views: the defaults are shared by every session and must never change
 WIDGET_DEFAULTS = MappingProxyType({
@@ -79,11 +82,11 @@ WIDGET_DEFAULTS = MappingProxyType({
     W_CAL_TYPES: (),
     W_TEST_TYPES: (),
     W_MODEL_KIND: MODEL_KINDS[0],
-    W_FOUNDATION: "mace-mp-0b3-medium",
+    W_FOUNDATION: None,
     W_MODEL_PATH: "",
-    W_METHODS: DEFAULT_METHODS,
+    W_METHODS: None,                     # the Calibrate page fills it from the method registry
     W_CONFIDENCE: 0.9,
-    W_LEVELS: DEFAULT_LEVELS,
+    W_LEVELS: None,                      # the Calibrate page fills it with q_θ's default levels
     W_HIDDEN: "64, 64",
     W_WEIGHTS: "uniform",
     W_CONFORMAL: True,
@@ -118,6 +121,7 @@ SELECTED = "selected_site"         # {"structure_id": int, "atom_index": int | N
 OPEN_STRUCTURE = "open_structure"  # a plot point was picked: switch to the Structures page
 QUICKSTART = "quickstart"          # True while the one-click demo walks the pages
 URL_DEMO_DONE = "url_demo_done"    # the ?demo=NAME query parameter was applied (once per session)
+DROPPED = "results_dropped"        # why the last results were discarded (dataset or model changed)
 
 DATA_DEFAULTS = MappingProxyType({
     DATASET: None,
@@ -137,6 +141,7 @@ DATA_DEFAULTS = MappingProxyType({
     OPEN_STRUCTURE: False,
     QUICKSTART: False,
     URL_DEMO_DONE: False,
+    DROPPED: None,
 })
 
 
@@ -160,13 +165,14 @@ def put(key: str, value: Any) -> None:
     st.session_state[key] = value
 
 
-def set_dataset(dataset, key: str, label: str, origin: tuple[str, str], file_split: bool = False) -> None:
-    """A new dataset: drop features, results and selection derived from the old one.
+def set_dataset(dataset, key: str, label: str, origin: tuple[str, str]) -> None:
+    """A new dataset: drop features, results, the structure shown and selection derived from the old one.
 
-    Call before the Data page draws its split widgets (it resets their values).
-    ``file_split``: the file marks its own calibration/test frames (offered as a split; the
-    default stays a random split by structure, whose test part is exchangeable with the
-    calibration part, because a file's test part may hold environments never calibrated on).
+    Call before the Data page draws its split widgets (it resets their values). The split
+    goes back to random by structure (whose test part is exchangeable with the calibration
+    part), even when the file marks its own calibration/test frames: a file's test part may
+    hold environments never calibrated on. An upload leaves the demo model and the one-click
+    demo behind (the demo models know only the demo elements).
     """
     ss = st.session_state
     ss[DATASET] = dataset
@@ -177,34 +183,43 @@ def set_dataset(dataset, key: str, label: str, origin: tuple[str, str], file_spl
     ss[W_CAL_TYPES] = []
     ss[W_TEST_TYPES] = []
     ss[W_SPLIT_MODE] = SPLIT_RANDOM
-    clear_sites()
+    for key in (W_STRUCTURE, W_VIEW_METHOD, W_DIAG_METHOD, W_EXPORT_METHOD):
+        ss.pop(key, None)  # the previous dataset's structure and methods
+    if origin[0] == "upload":
+        ss[QUICKSTART] = False  # the one-click demo is for the demos
+        if ss.get(W_MODEL_KIND) == MODEL_KINDS[0]:
+            ss[W_MODEL_KIND] = MODEL_KINDS[2]  # an uploaded dataset comes with its own model
+    clear_sites("the dataset changed")
 
 
-def clear_sites() -> None:
+def clear_sites(reason: str | None = None) -> None:
     ss = st.session_state
     ss[SITES] = None
     ss[SITES_KEY] = None
-    clear_results()
+    clear_results(reason)
 
 
 def set_sites(sites, key, potential_label: str) -> None:
     ss = st.session_state
     if ss.get(SITES_KEY) != key:
-        clear_results()
+        clear_results("the model or its features changed")
     ss[SITES] = sites
     ss[SITES_KEY] = key
     ss[POTENTIAL_LABEL] = potential_label
     ss[MODEL_ERROR] = None
 
 
-def clear_results() -> None:
+def clear_results(reason: str | None = None) -> None:
+    """Drop the results (and stop a running job); ``reason`` is shown where they were."""
     ss = st.session_state
     job = ss.get(JOB)
     if job is not None:
-        job.stop()
+        job.cancel()
+    had = ss.get(RESULTS) is not None or job is not None
     ss[JOB] = None
     ss[RESULTS] = None
     ss[SELECTED] = None
+    ss[DROPPED] = reason if (had and reason) else None
 
 
 def collect_finished_job() -> bool:
@@ -218,6 +233,7 @@ def collect_finished_job() -> bool:
         ss[RESULTS] = job.run
         ss[TRAIN_ERROR] = None
         ss[SELECTED] = None
+        ss[DROPPED] = None
     else:
         ss[TRAIN_ERROR] = job.error
         ss[QUICKSTART] = False
@@ -228,3 +244,30 @@ def select_site(structure_id: int, atom_index: int | None) -> None:
     st.session_state[SELECTED] = {"structure_id": int(structure_id),
                                   "atom_index": None if atom_index is None else int(atom_index)}
     st.session_state[W_STRUCTURE] = int(structure_id)
+
+
+# ------------------------------------------------------------------- staleness
+def current_settings() -> dict:
+    """What a calibration depends on, as the widgets say now (compared by :func:`stale_reasons`).
+
+    Keys starting with "_" are content hashes (dataset bytes, model identity), named but not
+    shown when they change.
+    """
+    mode = SPLIT_MODES.get(get(W_SPLIT_MODE), "random")
+    out = {"_dataset": get(DATASET_KEY), "_model": repr(get(SITES_KEY)), "split": get(W_SPLIT_MODE)}
+    if mode == "random":
+        out["test fraction"] = float(get(W_TEST_FRACTION))
+        out["split seed"] = int(get(W_SPLIT_SEED))
+    elif mode == "config_type":
+        out["calibrate on"] = sorted(get(W_CAL_TYPES) or [])
+        out["test on"] = sorted(get(W_TEST_TYPES) or [])
+    out["methods"] = list(get(W_METHODS) or [])
+    out["confidence"] = float(get(W_CONFIDENCE))
+    return out
+
+
+def stale_reasons(run) -> list[str]:
+    """What changed since ``run`` was calibrated ([] when it is up to date)."""
+    from app.notices import stale_reasons as diff
+
+    return diff(run.settings, current_settings()) if run is not None else []

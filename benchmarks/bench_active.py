@@ -18,7 +18,10 @@ outside the repository (it inlines the 4.8 MB plotly.js bundle).
 
 Run: ``.venv/bin/python -m benchmarks.bench_active [--seeds 0,1] [--rounds 3] [--picks 5]``
 (about 15 min per seed on two busy cores); ``--from-csv FILE...`` rebuilds the report from
-saved curves.
+saved curves. Quickest smoke run (a minute or two; writes outside the repository)::
+
+    .venv/bin/python -m benchmarks.bench_active --seeds 0 --strategies calibrated,random --rounds 1 \\
+        --picks 2 --md-steps 10 --n-initial 6 --n-calibration 8 --n-test 4 --epochs 1 --output-dir /tmp/al
 """
 
 from __future__ import annotations
@@ -51,6 +54,18 @@ def _strided(frames, n):
     return [frames[i] for i in idx]
 
 
+def make_config(seed: int, args):
+    """The loop's settings for one seed (:class:`core.active.ActiveLearningConfig`)."""
+    from core.active import ActiveLearningConfig
+
+    return ActiveLearningConfig(
+        strategies=tuple(args.strategies.split(",")), n_rounds=args.rounds, picks_per_round=args.picks,
+        md_steps=args.md_steps, sample_every=args.sample_every, temperature_K=args.temperature, timestep_fs=0.5,
+        seed=seed, calibrator="flexible", heuristic="knn", refit=args.refit,
+        update_calibrator=not args.no_update, train_kwargs=dict(TRAIN_KWARGS, max_num_epochs=args.epochs),
+    )
+
+
 def run_one(seed: int, args, workdir: Path):
     from core import demo
     from core.active import run_active_learning
@@ -64,13 +79,9 @@ def run_one(seed: int, args, workdir: Path):
     start = cal_frames[0]
     t0 = time.perf_counter()
     res = run_active_learning(
-        initial, start, "gfn2-xtb",
-        strategies=tuple(args.strategies.split(",")),
-        n_rounds=args.rounds, picks_per_round=args.picks, md_steps=args.md_steps, sample_every=args.sample_every,
-        temperature_K=args.temperature, timestep_fs=0.5, seed=seed, workdir=workdir / f"seed{seed}",
-        test_set=_strided(test_frames, args.n_test), calibrate_on=_strided(cal_frames, args.n_calibration),
-        calibrator="flexible", heuristic="knn", refit=args.refit,
-        train_kwargs=dict(TRAIN_KWARGS, max_num_epochs=args.epochs), progress=True,
+        initial, start, "gfn2-xtb", make_config(seed, args),
+        test_set=_strided(test_frames, args.n_test), calibration_set=_strided(cal_frames, args.n_calibration),
+        workdir=workdir / f"seed{seed}", progress=True,
     )
     res.curves.insert(0, "seed", seed)
     return res, time.perf_counter() - t0
@@ -90,21 +101,24 @@ def _table(df, cols) -> list[str]:
     return lines
 
 
-def report(curves, args, seeds, load_start: float, out: Path) -> str:
-    """Write active.md, active_curves.csv and active_learning.html from the learning curves."""
+#: learning-curve columns averaged over seeds (those present: CSVs of older runs lack the update columns)
+MEAN_COLUMNS = ["n_labels", "force_mae", "force_rmse", "coverage", "mean_width", "spearman", "structure_spearman",
+                "pick_force_mae", "coverage_before_update", "coverage_after_update"]
+SEED_COLUMNS = ["strategy", "round", "n_labels", "force_mae", "force_rmse", "coverage", "mean_width", "spearman",
+                "structure_spearman", "coverage_before_update", "coverage_after_update", "n_candidates",
+                "md_stopped_early", "pick_force_mae", "pick_error_max"]
+
+
+def _reach_tables(curves, args, seeds, strategies):
+    """(per-seed labels-to-target table, over-seeds summary) for each target fraction."""
     import pandas as pd
-    import torch
 
     from core.active import labels_to_reach
-    from core.figures import figures_to_html, plot_learning_curve
 
-    out.mkdir(parents=True, exist_ok=True)
-    curves.to_csv(out / "active_curves.csv", index=False)
-    fractions = [float(t) for t in args.target_fractions.split(",")]
-    strategies = list(dict.fromkeys(curves["strategy"]))
     initial = curves[curves["round"] == 0].groupby("seed")["force_mae"].first()
+    budget = int(curves["n_labels"].max()) + args.picks
     reach_rows, summary_rows = [], []
-    for frac in fractions:
+    for frac in (float(t) for t in args.target_fractions.split(",")):
         row = {"target (× initial MAE)": f"{frac:.2f}"}
         summ = {"target (× initial MAE)": f"{frac:.2f}"}
         for strategy in strategies:
@@ -112,21 +126,15 @@ def report(curves, args, seeds, load_start: float, out: Path) -> str:
             row[strategy] = " / ".join("–" if h is None else str(h) for h in hits)
             got = [h for h in hits if h is not None]
             # a seed that never reaches the target counts with the budget + one round (a lower bound)
-            budget = int(curves["n_labels"].max()) + args.picks
             summ[strategy] = (f"{len(got)}/{len(hits)} seeds; mean ≥ "
                               f"{np.mean([h if h is not None else budget for h in hits]):.1f}")
         reach_rows.append(row)
         summary_rows.append(summ)
-    reach = pd.DataFrame(reach_rows)
-    summary = pd.DataFrame(summary_rows)
-    mean = (curves.groupby(["strategy", "round"], sort=False)
-            [["n_labels", "force_mae", "force_rmse", "coverage", "mean_width", "spearman", "pick_force_mae"]]
-            .mean().reset_index())
-    mean["n_labels"] = mean["n_labels"].round().astype(int)
-    rel = curves.assign(rel=curves["force_mae"] / curves["seed"].map(initial))
-    rel_table = rel.pivot_table(index="round", columns="strategy", values="rel", aggfunc="mean")[strategies]
-    rel_table = rel_table.reset_index()
-    # wins: per seed and round >= 1, which strategy has the lowest test force MAE
+    return pd.DataFrame(reach_rows), pd.DataFrame(summary_rows)
+
+
+def _wins(curves) -> tuple[str, str]:
+    """Which strategy has the lowest test force MAE per (seed, round >= 1): overall and per round."""
     later = curves[curves["round"] > 0]
     best = later.loc[later.groupby(["seed", "round"])["force_mae"].idxmin(), "strategy"].value_counts()
     n_cmp = int(later.groupby(["seed", "round"]).ngroups)
@@ -134,30 +142,37 @@ def report(curves, args, seeds, load_start: float, out: Path) -> str:
     for r, part in later.groupby("round"):
         counts = part.loc[part.groupby("seed")["force_mae"].idxmin(), "strategy"].value_counts()
         by_round.append(f"round {r}: " + ", ".join(f"{k} {int(v)}" for k, v in counts.items()))
+    overall = ", ".join(f"{k} {int(v)}" for k, v in best.items()) + f" (of {n_cmp})"
+    return overall, "; ".join(by_round)
+
+
+def _figures(mean) -> list:
+    from core.figures import plot_learning_curve
 
     figs = []
     for col, ylabel in (("force_mae", "test force MAE (eV/Å)"),
                         ("pick_force_mae", "force MAE of the previous model on the picked frames (eV/Å)"),
                         ("coverage", "test coverage of the q_θ widths (target 0.9)"),
+                        ("coverage_after_update", "test coverage after update() with the round's picks"),
                         ("spearman", "Spearman ρ(width, error), test sites")):
         data = {}
         for strategy, part in mean.groupby("strategy", sort=False):
-            part = part.dropna(subset=[col])
+            part = part.dropna(subset=[col]) if col in part else part.iloc[:0]
             if len(part):
                 data[str(strategy)] = (part["n_labels"].to_numpy(float), part[col].to_numpy(float))
         if data:
             figs.append((ylabel + " — mean over seeds", plot_learning_curve(data, ylabel)))
-    html = figures_to_html(figs, [("mean over seeds", mean), ("test force MAE / initial model's, mean over seeds", rel_table),
-                                  ("labels to reach a target (per seed)", reach)],
-                           title="FlexCal: active learning in MD (demo ethanol, GFN2-xTB)")
+    return figs
+
+
+def _save_pngs(figs, out: Path) -> list[tuple[str, str]]:
+    """The first two figures as PNGs through headless chromium (as bench_demo_studies does)."""
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    html_path = Path(tempfile.gettempdir()) / "flexcal_active_learning.html"
-    html_path.write_text(html)
-    pngs = []  # PNGs through headless chromium (no kaleido here), as bench_demo_studies does
     try:
         from benchmarks.bench_demo_studies import save_png
     except ImportError:  # pragma: no cover - the other benchmark is absent
         save_png = None
+    pngs = []
     for k, (title, fig) in enumerate(figs[:2]):
         name = ("active_force_mae.png", "active_pick_error.png")[k]
         problem = save_png(fig, out / "figures" / name) if save_png is not None else "no PNG renderer"
@@ -165,15 +180,19 @@ def report(curves, args, seeds, load_start: float, out: Path) -> str:
             pngs.append((title, name))
         else:
             print(f"[bench_active] {name}: {problem}", file=sys.stderr)
+    return pngs
 
-    cols = ["strategy", "round", "n_labels", "force_mae", "force_rmse", "coverage", "mean_width", "spearman",
-            "structure_spearman", "n_candidates", "md_stopped_early", "pick_force_mae", "pick_error_max"]
+
+def _header(args, seeds, load_start: float) -> list[str]:
+    import torch
+
     train = {k: v for k, v in TRAIN_KWARGS.items() if k != "num_threads"} | {"max_num_epochs": args.epochs}
-    lines = [
+    return [
         "# Active learning in MD: calibrated vs heuristic vs random",
         "",
         f"`python -m benchmarks.bench_active --seeds {','.join(map(str, seeds))} --rounds {args.rounds} --picks {args.picks} "
-        f"--md-steps {args.md_steps} --temperature {args.temperature:g} --epochs {args.epochs} --refit {args.refit}` · "
+        f"--md-steps {args.md_steps} --temperature {args.temperature:g} --epochs {args.epochs} --refit {args.refit}"
+        f"{' --no-update' if args.no_update else ''}` · "
         f"{platform.machine()}, {os.cpu_count()} CPU cores visible (shared with other jobs; 1-min load average "
         f"{load_start:.1f} when the report was written), torch {torch.__version__}, 1 thread; training subprocesses "
         "1 thread each.",
@@ -190,38 +209,63 @@ def report(curves, args, seeds, load_start: float, out: Path) -> str:
         "the shared initial model.",
         "",
         "Columns: `force_mae`, `force_rmse` over test force components (eV/Å); `coverage`, `mean_width` (eV/Å), "
-        "`spearman` of the q_θ widths on the test sites (calibrated at 300 K, tested at 600 K: a shifted "
-        "distribution); `pick_force_mae`: the *previous* model's force MAE on the frames picked in that round "
-        "(how informative the picks were).",
-        "",
-        "## Labels needed to reach a test force-MAE target",
-        "",
-        "Targets are fractions of each seed's initial (shared) model's test force MAE. Cell = smallest number of "
-        "training labels (initial + picked) at which that seed's curve is at or below the target (– = not "
-        "reached within the budget; no interpolation between rounds).",
-        "",
-        f"Per seed ({' / '.join(map(str, seeds))}):",
+        "`spearman`, `structure_spearman` of the q_θ widths on the test sites (calibrated at 300 K, tested at "
+        "600 K: a shifted distribution); `pick_force_mae`: the *previous* model's force MAE on the frames picked "
+        "in that round (how informative the picks were); `coverage_before_update` / `coverage_after_update`: "
+        "the previous model's test coverage before and after `calibrator.update()` with that round's picks "
+        "(labelled 600 K frames it never trained on; recalibration from new labels).",
         "",
     ]
+
+
+def report(curves, args, seeds, load_start: float, out: Path) -> str:
+    """Write active.md, active_curves.csv and active_learning.html from the learning curves."""
+    from core.figures import figures_to_html
+
+    out.mkdir(parents=True, exist_ok=True)
+    curves.to_csv(out / "active_curves.csv", index=False)
+    strategies = list(dict.fromkeys(curves["strategy"]))
+    reach, summary = _reach_tables(curves, args, seeds, strategies)
+    mean_cols = [c for c in MEAN_COLUMNS if c in curves.columns]
+    mean = curves.groupby(["strategy", "round"], sort=False)[mean_cols].mean().reset_index()
+    mean["n_labels"] = mean["n_labels"].round().astype(int)
+    initial = curves[curves["round"] == 0].groupby("seed")["force_mae"].first()
+    rel = curves.assign(rel=curves["force_mae"] / curves["seed"].map(initial))
+    rel_table = rel.pivot_table(index="round", columns="strategy", values="rel", aggfunc="mean")[strategies]
+    rel_table = rel_table.reset_index()
+    overall, by_round = _wins(curves)
+    figs = _figures(mean)
+    html = figures_to_html(figs, [("mean over seeds", mean), ("test force MAE / initial model's, mean over seeds", rel_table),
+                                  ("labels to reach a target (per seed)", reach)],
+                           title="FlexCal: active learning in MD (demo ethanol, GFN2-xTB)")
+    html_path = Path(tempfile.gettempdir()) / "flexcal_active_learning.html"
+    html_path.write_text(html)
+    pngs = _save_pngs(figs, out)
+    lines = _header(args, seeds, load_start)
+    lines += ["## Labels needed to reach a test force-MAE target", "",
+              "Targets are fractions of each seed's initial (shared) model's test force MAE. Cell = smallest number of "
+              "training labels (initial + picked) at which that seed's curve is at or below the target (– = not "
+              "reached within the budget; no interpolation between rounds).", "",
+              f"Per seed ({' / '.join(map(str, seeds))}):", ""]
     lines += _table(reach, list(reach.columns))
     lines += ["", "Over seeds (a seed that never reaches the target counts as budget + one round, so the mean is "
               "a lower bound):", ""]
     lines += _table(summary, list(summary.columns))
     lines += ["", "Test force MAE relative to the initial model, mean over seeds (lower is better):", ""]
     lines += _table(rel_table, list(rel_table.columns))
-    lines += ["", "Lowest test force MAE among the strategies, counted over (seed, round ≥ 1): "
-              + ", ".join(f"{k} {int(v)}" for k, v in best.items()) + f" (of {n_cmp}); per round, seeds won: "
-              + "; ".join(by_round) + ".", ""]
+    lines += ["", f"Lowest test force MAE among the strategies, counted over (seed, round ≥ 1): {overall}; "
+              f"per round, seeds won: {by_round}.", ""]
     lines += ["## Mean over seeds", ""]
     lines += _table(mean, list(mean.columns))
+    seed_cols = [c for c in SEED_COLUMNS if c in curves.columns]
     for seed in seeds:
         part = curves[curves["seed"] == seed]
         minutes = float(part["seconds"].sum()) / 60
         lines += ["", f"## Seed {seed} (rounds took {minutes:.1f} min in all, on the shared machine)", ""]
-        lines += _table(part, cols)
+        lines += _table(part, seed_cols)
     lines += ["", "## Figures", ""]
     lines += [f"![{title}](figures/{name})" for title, name in pngs]
-    lines += ["", "The interactive plotly report (all four curves of the mean over seeds) is written to the "
+    lines += ["", "The interactive plotly report (all curves of the mean over seeds) is written to the "
               "system temp folder as `flexcal_active_learning.html` when the benchmark runs. "
               "All rows: [active_curves.csv](active_curves.csv).", ""]
     text = "\n".join(lines)
@@ -243,6 +287,8 @@ def main(argv=None) -> int:
     parser.add_argument("--n-test", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=TRAIN_KWARGS["max_num_epochs"])
     parser.add_argument("--refit", default="retrain", choices=("retrain", "finetune"))
+    parser.add_argument("--no-update", action="store_true",
+                        help="skip calibrator.update() with each round's picks (the coverage_*_update columns)")
     parser.add_argument("--target-fractions", default="0.55,0.5,0.45,0.4",
                         help="force-MAE targets as fractions of each seed's initial model's test MAE")
     parser.add_argument("--from-csv", type=Path, nargs="*", default=None,

@@ -295,11 +295,11 @@ def apptest_bench(demo: str, repeats: int) -> dict:
     """Server-side script time per page once everything is cached (no browser)."""
     from streamlit.testing.v1 import AppTest
 
-    from app import services, state
+    from app import catalog, state
     from app.pages_index import PAGES, page
 
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=TIMEOUT).run()
-    label = next(lab for lab, (kind, name) in services.demo_choices().items() if demo in (kind, name))
+    label = next(lab for lab, (kind, name) in catalog.demo_choices().items() if demo in (kind, name))
     at.selectbox(key=state.W_DEMO_NAME).set_value(label).run()
     at.switch_page(page("model")).run()
     t = time.perf_counter()
@@ -347,10 +347,10 @@ def _fmt(v) -> str:
 def _pick_demo(wanted: str) -> str:
     if wanted != "auto":
         return wanted
-    from app import services
+    from app import catalog
 
-    for _label, (kind, name) in services.demo_choices().items():
-        if kind == services.DEMO and services.demo_model_available(name):
+    for _label, (kind, name) in catalog.demo_choices().items():
+        if kind == catalog.DEMO and catalog.demo_model_available(name):
             return name
     return "synthetic"
 

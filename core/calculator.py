@@ -19,17 +19,16 @@ method and overwrite ``results["forces"]`` in place.
 
 Backends (chosen from the type of ``potential_or_calc``):
 
-``FlexCal Potential`` (``core.potentials``; anything with ``compute``)
+``FlexCal Potential`` (``core.potentials``; anything with ``compute``), or a model spec
     ``Potential.compute([atoms])``: one forward pass for energy, forces, descriptors and,
-    for committees, the per-atom force spread.
-``mace.calculators.MACECalculator``
-    The calculator's own models are called once per step with mace's own batching
-    (``_atoms_to_batch``), and the invariant descriptors are extracted from that pass's
-    ``node_feats`` exactly as ``MACECalculator.get_descriptors(invariants_only=True)``
-    does. Energies and forces are averaged over the calculator's models like
-    ``MACECalculator.calculate`` averages them. If these internals are missing (another
-    mace-torch version), it falls back to the two-pass route below and says so in
-    :attr:`CalibratedCalculator.mode`.
+    for committees, the per-atom force spread. A ``str``/``Path`` is loaded with
+    ``core.potentials.load_potential`` (MACE, CHGNet, demo names, model files).
+an ASE calculator a potentials backend knows (``MACECalculator``, ``CHGNetCalculator``)
+    ``core.potentials.potential_from_calculator`` wraps the calculator's own model(s) into a
+    one-pass Potential (a MACECalculator's energies and forces stay the mean over its
+    models, as it reports them); :attr:`CalibratedCalculator.mode` is then
+    ``"<backend>-one-pass"``. Calculators that route cannot reproduce (compiled or padded
+    MACE graphs, unit conversions) fall back to the two-pass route below.
 any other ASE calculator with ``get_descriptors(atoms)``
     Two passes per step: ``calculate`` for energy and forces, ``get_descriptors`` for
     the descriptors (correct but roughly twice as slow).
@@ -91,8 +90,9 @@ class CalibratedCalculator(Calculator):
 
     Parameters
     ----------
-    potential_or_calc : Potential, MACECalculator, ASE Calculator with ``get_descriptors``, or path
-        The potential. A ``str``/``Path`` is loaded with ``core.potentials.load_potential``.
+    potential_or_calc : Potential, model spec, MACECalculator/CHGNetCalculator, or ASE Calculator with ``get_descriptors``
+        The potential. A ``str``/``Path`` (``"chgnet-0.3.0"``, ``"demo:licl"``, a model
+        file) is loaded with ``core.potentials.load_potential``.
     calibrator : Calibrator or path
         A fitted calibrator (``core.calibration``) with ``predict(SiteTable) -> (n,)``;
         a ``str``/``Path`` is read with ``core.calibration.load_calibrator``.
@@ -111,8 +111,9 @@ class CalibratedCalculator(Calculator):
     Attributes
     ----------
     mode : str
-        ``"potential"`` (FlexCal Potential, one pass), ``"mace-one-pass"``
-        (MACECalculator, one pass) or ``"two-pass"`` (calculate + get_descriptors).
+        ``"potential"`` (FlexCal Potential, one pass), ``"mace-one-pass"`` /
+        ``"chgnet-one-pass"`` (an MLIP's own ASE calculator, one pass through its
+        model) or ``"two-pass"`` (calculate + get_descriptors).
     n_calls : int
         Number of structures evaluated.
     threshold_events : list of dict
@@ -207,18 +208,17 @@ def _resolve_calibrator(calibrator):
 
 
 def _make_backend(obj) -> "_Backend":
-    if isinstance(obj, (str, Path)):
-        from core.potentials import load_potential
+    from core.potentials import load_potential, potential_from_calculator
 
+    if isinstance(obj, (str, Path)):
         obj = load_potential(obj)
     if callable(getattr(obj, "compute", None)):
         return _PotentialBackend(obj)
     if isinstance(obj, Calculator):
-        if _is_mace_calculator(obj):
-            try:
-                return _MACEOnePassBackend(obj)
-            except _Unsupported:
-                pass
+        potential = potential_from_calculator(obj)
+        if potential is not None:
+            family = type(obj).__module__.split(".")[0]
+            return _PotentialBackend(potential, mode=f"{family}-one-pass")
         if callable(getattr(obj, "get_descriptors", None)):
             return _TwoPassBackend(obj)
         raise TypeError(
@@ -231,14 +231,6 @@ def _make_backend(obj) -> "_Backend":
     )
 
 
-def _is_mace_calculator(calc) -> bool:
-    return any(c.__name__ == "MACECalculator" and c.__module__.startswith("mace.") for c in type(calc).__mro__)
-
-
-class _Unsupported(Exception):
-    pass
-
-
 class _Backend:
     mode = "?"
 
@@ -248,10 +240,9 @@ class _Backend:
 
 
 class _PotentialBackend(_Backend):
-    mode = "potential"
-
-    def __init__(self, potential):
+    def __init__(self, potential, mode: str = "potential"):
         self.potential = potential
+        self.mode = mode
 
     def __call__(self, atoms):
         out = self.potential.compute([atoms])
@@ -279,64 +270,13 @@ class _TwoPassBackend(_Backend):
         return energy, forces, desc, std
 
 
-class _MACEOnePassBackend(_Backend):
-    """Energy, forces and invariant descriptors of a MACECalculator in one model call."""
-
-    mode = "mace-one-pass"
-
-    def __init__(self, calc):
-        needed = ("models", "_atoms_to_batch", "_clone_batch", "energy_units_to_eV", "length_units_to_A")
-        if not all(hasattr(calc, a) for a in needed) or getattr(calc, "model_type", "MACE") != "MACE":
-            raise _Unsupported
-        if getattr(calc, "use_compile", False) or getattr(calc, "pad_num_atoms", 0) or getattr(calc, "pad_num_edges", 0):
-            raise _Unsupported  # compiled / padded graphs: leave it to the calculator itself
-        from e3nn import o3
-
-        self.calc = calc
-        model = calc.models[0]
-        self.num_layers = int(model.num_interactions)
-        irreps_out = o3.Irreps(str(model.products[0].linear.irreps_out))
-        self.l_max = irreps_out.lmax
-        self.num_features = irreps_out.dim // (self.l_max + 1) ** 2
-
-    def __call__(self, atoms):
-        import torch
-        from mace.modules.utils import extract_invariant
-
-        calc = self.calc
-        batch_base = calc._atoms_to_batch(atoms)
-        energies, forces, desc = [], [], None
-        for i, model in enumerate(calc.models):
-            batch = calc._clone_batch(batch_base)
-            dtype = next(model.parameters()).dtype
-            for key in batch.keys:
-                value = batch[key]
-                if torch.is_tensor(value) and torch.is_floating_point(value):
-                    batch[key] = value.to(dtype=dtype)
-            out = model(batch.to_dict(), compute_force=True, compute_stress=False, training=False)
-            energies.append(out["energy"].detach())
-            forces.append(out["forces"].detach())
-            if i == 0:
-                feats = extract_invariant(
-                    out["node_feats"], num_layers=self.num_layers, num_features=self.num_features, l_max=self.l_max
-                )
-                desc = feats.detach().cpu().numpy()
-        e_conv = calc.energy_units_to_eV
-        f_conv = calc.energy_units_to_eV / calc.length_units_to_A
-        f_all = torch.stack(forces)
-        energy = torch.mean(torch.stack(energies), dim=0).cpu().item() * e_conv
-        f_mean = torch.mean(f_all, dim=0).cpu().numpy() * f_conv
-        std = _committee_std(f_all.cpu().numpy() * f_conv) if len(calc.models) > 1 else None
-        return energy, f_mean, desc, std
-
-
 def _one_structure_sites(atoms, descriptors, forces, committee_std) -> SiteTable:
     """The SiteTable of one structure, built without ``from_arrays``' validation.
 
     The arrays come straight from the potential with known shapes, and this runs every MD
     step, where the generic checks cost as much as the calibrator itself; only finiteness
-    (a blown-up trajectory) is checked. Errors are unknown at run time: zeros, which
-    calibrators never read in ``predict``.
+    (a blown-up trajectory) is checked. Errors are unknown at run time: ``errors=None``
+    (an unlabelled table; calibrators never read errors in ``predict``).
     """
     n = len(atoms)
     descriptors = np.asarray(descriptors)
@@ -354,7 +294,7 @@ def _one_structure_sites(atoms, descriptors, forces, committee_std) -> SiteTable
         structure_ids=np.zeros(n, dtype=np.int64),
         atom_index=np.arange(n, dtype=np.int64),
         species=np.asarray(atoms.numbers, dtype=np.int64),
-        errors=np.zeros(n),
+        errors=None,
         descriptors=descriptors,
         forces_pred=forces,
         committee_std=committee_std,

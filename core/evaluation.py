@@ -114,6 +114,7 @@ class Evaluation:
     widths_at_levels: dict[tuple[str, str], np.ndarray | None] = field(default_factory=dict)
     reference_widths: dict[str, np.ndarray] = field(default_factory=dict)
     ood: dict[str, np.ndarray | None] = field(default_factory=dict)
+    domain: Any = None  # the fitted core.domain.DomainScore behind ``ood`` (structure flags, any sites)
     reports: dict[tuple[str, str], dict] = field(default_factory=dict)
 
     @property
@@ -260,7 +261,7 @@ def evaluate(
     say = log or (lambda message: None)
     reference_cal = _fit_one(Variant("split", "split"), calibration, confidence, seed, {}, rescale_on)
     ev.reference_widths = {name: np.asarray(reference_cal.predict(t), dtype=np.float64) for name, t in tests.items()}
-    ev.ood = _domain_flags(calibration, tests, reference)
+    ev.domain, ev.ood = _domain_flags(calibration, tests, reference)
     fit_kwargs = {"reference": reference, "target": target}
     if epoch_callback is not None:
         fit_kwargs["callback"] = epoch_callback
@@ -308,7 +309,7 @@ def score(calibrators: Mapping[str, Any], calibration: SiteTable, tests: Mapping
                     calibrators=dict(calibrators))
     reference_cal = _fit_one(Variant("split", "split"), calibration, confidence, ev.seed, {}, None)
     ev.reference_widths = {name: np.asarray(reference_cal.predict(t), dtype=np.float64) for name, t in tests.items()}
-    ev.ood = _domain_flags(calibration, tests, reference)
+    ev.domain, ev.ood = _domain_flags(calibration, tests, reference)
     _score_all(ev, check_int("bootstrap", bootstrap, 0))
     return ev
 
@@ -341,14 +342,14 @@ def _fit_one(v: Variant, calibration: SiteTable, confidence: float, seed: int, f
     return cal
 
 
-def _domain_flags(calibration: SiteTable, tests: Mapping[str, SiteTable], reference) -> dict[str, np.ndarray | None]:
-    """Per-site out-of-domain flags of each test split (None when the domain score cannot be fitted)."""
+def _domain_flags(calibration: SiteTable, tests: Mapping[str, SiteTable], reference):
+    """(the fitted DomainScore, per-site out-of-domain flags of each test split); (None, None flags) without one."""
     try:
         from core.domain import DomainScore
     except ImportError:
-        return {name: None for name in tests}
+        return None, {name: None for name in tests}
     domain = DomainScore().fit(calibration)
-    return {name: np.asarray(domain.flags(t), dtype=bool) for name, t in tests.items()}
+    return domain, {name: np.asarray(domain.flags(t), dtype=bool) for name, t in tests.items()}
 
 
 def _grid_columns(levels: np.ndarray) -> np.ndarray | None:

@@ -1,7 +1,16 @@
 """Exports of calibrated results: per-site tables, annotated extxyz, calibrator, HTML report.
 
 Pure functions returning bytes/str so that the app (download buttons), notebooks
-and the CLI can all write them. Units: errors and widths in eV/Å, energies in eV.
+and the CLI can all write them (write files with :mod:`core.io`, atomically). Units:
+errors and widths in eV/Å, energies in eV.
+
+* :func:`site_frame` / :func:`evaluation_frame` — one row per site (the latter with each
+  method of an :class:`core.evaluation.Evaluation` and the part every site was in);
+  :func:`table_bytes` as CSV or Parquet.
+* :func:`annotated_extxyz` — structures with per-atom ``flexcal_width`` / ``flexcal_error``.
+* :func:`calibrator_bytes` — a fitted calibrator's pickle-free ``.npz``.
+* :func:`provenance_frame` + :func:`html_report` — a self-contained HTML page that records
+  what produced it (dataset, model, split, seed, methods, date, FlexCal version).
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ import numpy as np
 
 WIDTH_ARRAY = "flexcal_width"
 ERROR_ARRAY = "flexcal_error"
+TABLE_FORMATS = ("csv", "parquet")
+UNUSED = "unused"
 
 
 def _check_per_site(name: str, values, n: int) -> np.ndarray:
@@ -78,6 +89,52 @@ def site_frame(sites, widths: Mapping[str, np.ndarray] | None = None, *, confide
         for j in range(sites.n_descriptors):
             cols[f"d_{j}"] = sites.descriptors[:, j]
     return pd.DataFrame(cols)
+
+
+def site_parts(sites, parts: Mapping[str, object], default: str = UNUSED) -> np.ndarray:
+    """The part each site belongs to, (n,) str: the name of the SiteTable in ``parts`` holding its structure.
+
+    ``parts``: e.g. ``{"calibration": cal_sites, "test": test_sites}`` (disjoint structures);
+    sites of structures in none of them get ``default``.
+    """
+    out = np.full(len(sites), default, dtype=object)
+    for name, part in parts.items():
+        out[np.isin(sites.structure_ids, part.unique_structures)] = str(name)
+    return out.astype(str)
+
+
+def evaluation_frame(evaluation, sites=None, *, include_descriptors: bool = False):
+    """Every site with its part (calibration / test split / unused) and each fitted method's width.
+
+    Parameters
+    ----------
+    evaluation : core.evaluation.Evaluation
+        Fitted calibrators (``evaluation.calibrators``) and the parts they were fitted and
+        scored on.
+    sites : core.sites.SiteTable, optional
+        The sites to describe (e.g. the whole dataset); default: the calibration sites.
+        Each calibrator predicts on them (calibration-part widths are in-sample).
+
+    Returns
+    -------
+    pandas.DataFrame
+        :func:`site_frame` columns with ``split`` and ``width_<label>`` / ``covered_<label>``.
+    """
+    sites = evaluation.calibration if sites is None else sites
+    parts = {"calibration": evaluation.calibration, **evaluation.tests}
+    widths = {lab: np.asarray(evaluation.calibrators[lab].predict(sites), dtype=np.float64)
+              for lab in evaluation.labels}
+    return site_frame(sites, widths, confidence=evaluation.confidence, split=site_parts(sites, parts),
+                      include_descriptors=include_descriptors)
+
+
+def table_bytes(frame, fmt: str) -> bytes:
+    """A DataFrame as ``"csv"`` or ``"parquet"`` bytes; ValueError naming ``fmt`` otherwise."""
+    if fmt == "csv":
+        return csv_bytes(frame)
+    if fmt == "parquet":
+        return parquet_bytes(frame)
+    raise ValueError(f"fmt: expected one of {TABLE_FORMATS}, got {fmt!r}")
 
 
 def csv_bytes(frame) -> bytes:
@@ -162,6 +219,31 @@ def calibrator_bytes(calibrator) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = calibrator.save(Path(tmp) / "calibrator.npz")
         return Path(path).read_bytes()
+
+
+def provenance_frame(fields: Mapping[str, object], *, now=None):
+    """What produced a result, as a (field, value) table: ``fields`` then the date and FlexCal version.
+
+    ``fields``: e.g. dataset, model, split, seed, methods, confidence; values are shown as
+    text (lists joined by ", "; None as "—"). ``now``: a ``datetime`` (default: now, UTC).
+    """
+    import datetime
+
+    import pandas as pd
+
+    from core import __version__
+
+    def text(value) -> str:
+        if value is None:
+            return "—"
+        if isinstance(value, (list, tuple)):
+            return ", ".join(str(v) for v in value)
+        return str(value)
+
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    rows = [(str(k), text(v)) for k, v in fields.items()]
+    rows += [("date", now.strftime("%Y-%m-%d %H:%M %Z").strip()), ("FlexCal version", str(__version__))]
+    return pd.DataFrame(rows, columns=["field", "value"]).set_index("field")
 
 
 def html_report(figures: Sequence[tuple[str, object]], tables: Sequence[tuple[str, object]],

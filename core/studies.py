@@ -269,7 +269,11 @@ def run_active_learning_study(
     * ``n_initial`` frames (seeded) start the training set; the first of them
       starts the exploration MD.
     * ``train_epochs`` caps every MACE refit (``max_num_epochs``).
-    * Other keyword arguments go to ``run_active_learning`` unchanged.
+    * Other keyword arguments go to ``run_active_learning`` unchanged: any
+      :class:`core.active.ActiveLearningConfig` field (``calibrator``,
+      ``temperature_K``, ``update_calibrator``, ...) or its keywords
+      (``calibration_set``, ``initial_model``, ``train_fn``, ``load_fn``).
+    * ``progress``: None, True or ``callable(done, total)`` (:mod:`core.progress`).
 
     Returns
     -------
@@ -279,11 +283,14 @@ def run_active_learning_study(
         width, spearman, ...), and the full result.
     """
     from core.active import run_active_learning
+    from core.validation import check_int
 
-    rng = np.random.default_rng(seed)
+    n_initial = check_int("n_initial", n_initial, 3)
+    test_size = check_int("test_size", test_size, 1)
+    rng = np.random.default_rng(check_seed(seed))
     label, frames, test_set, ref = _al_inputs(dataset, reference, test_size, rng)
-    if len(frames) < max(3, n_initial):
-        raise ValueError(f"dataset: {len(frames)} training-pool frames, need at least {max(3, n_initial)} (n_initial)")
+    if len(frames) < n_initial:
+        raise ValueError(f"dataset: {len(frames)} training-pool frames, need at least n_initial={n_initial}")
     pick = np.sort(rng.choice(len(frames), size=n_initial, replace=False))
     initial = [frames[i] for i in pick]
     if workdir is None:

@@ -8,6 +8,7 @@ import pytest
 from core.active import (
     CURVE_COLUMNS,
     STRATEGIES,
+    ActiveLearningConfig,
     labels_to_reach,
     run_active_learning,
     select_frames,
@@ -93,6 +94,87 @@ def test_labels_to_reach():
     })
     assert labels_to_reach(curves, 0.2) == {"a": 15, "b": None}
     assert labels_to_reach(curves, 0.3) == {"a": 10, "b": 10}
+
+
+def test_is_sane_limits():
+    from ase import Atoms
+
+    from core.active.md import is_sane
+
+    a = Atoms("H2", positions=[[0, 0, 0], [0, 0, 1.0]])
+    f = np.zeros((2, 3))
+    assert is_sane(a, f, max_force=10.0, min_distance=0.5)
+    assert not is_sane(a, f, max_force=10.0, min_distance=1.5)  # atoms closer than min_distance
+    f[0, 0] = 11.0
+    assert not is_sane(a, f, max_force=10.0, min_distance=0.5)  # force above max_force
+    f[0, 0] = np.nan
+    assert not is_sane(a, f, max_force=10.0, min_distance=0.5)
+
+
+# ------------------------------------------------------------------ the config
+@pytest.mark.parametrize("field, value, error, message", [
+    ("n_rounds", -1, ValueError, "n_rounds: expected an integer >= 0, got -1"),
+    ("picks_per_round", 2.0, ValueError, "picks_per_round: expected an integer >= 1, got 2.0"),
+    ("md_steps", True, ValueError, "md_steps: expected an integer >= 1, got True"),
+    ("sample_every", 0, ValueError, "sample_every: expected an integer >= 1, got 0"),
+    ("test_size", 0, ValueError, "test_size: expected an integer >= 1, got 0"),
+    ("batch_size", "8", ValueError, "batch_size: expected an integer >= 1, got '8'"),
+    ("min_gap", -2, ValueError, "min_gap: expected an integer >= 0, got -2"),
+    ("temperature_K", 0.0, ValueError, r"temperature_K: expected a number in \(0, inf\), got 0.0"),
+    ("timestep_fs", float("nan"), ValueError, "timestep_fs: expected a number .* got nan"),
+    ("friction_per_fs", -0.1, ValueError, "friction_per_fs: expected a number .* got -0.1"),
+    ("max_force", "big", ValueError, "max_force: expected a number .* got 'big'"),
+    ("min_distance", -1.0, ValueError, r"min_distance: expected a number in \[0, inf\), got -1.0"),
+    ("seed", -3, ValueError, "seed: expected an integer >= 0, got -3"),
+    ("confidence", 1.0, ValueError, r"confidence: expected a number in \(0, 1\), e.g. 0.9, got 1.0"),
+    ("calibration_fraction", 0.0, ValueError, r"calibration_fraction: expected a number in \(0, 1\), got 0.0"),
+    ("calibrate_on", "test", ValueError, "calibrate_on: expected one of holdout, train, got 'test'"),
+    ("calibrate_on", [1, 2], ValueError, r"calibrate_on: .* got a list .*calibration_set="),
+    ("reduce", "median", ValueError, "reduce: expected one of max, mean, got 'median'"),
+    ("refit", "scratch", ValueError, "refit: expected one of retrain, finetune, got 'scratch'"),
+    ("update_calibrator", 1, TypeError, "update_calibrator: expected True or False, got 1"),
+    ("strategies", (), ValueError, r"strategies: need at least one of .* got \[\]"),
+    ("strategies", ("random", "random"), ValueError, r"strategies: expected distinct values .* got \['random', 'random'\]"),
+    ("calibrator", "best", ValueError, "calibrator: .*unknown calibration method 'best'"),
+    ("calibrator", 3, TypeError, "calibrator: expected a make_calibrator method name, .* got int"),
+    ("calibrator_options", {"max_epochs": 0}, ValueError, r"calibrator_options: max_epochs: .* got 0"),
+    ("calibrator_options", ["x"], TypeError, "calibrator_options: expected a dict, got list"),
+    ("heuristic", "far", ValueError, "heuristic: unknown name 'far'"),
+    ("train_kwargs", "epochs=3", TypeError, "train_kwargs: expected a dict, got str"),
+])
+def test_config_validation_names_field_and_value(field, value, error, message):
+    with pytest.raises(error, match=message):
+        ActiveLearningConfig(**{field: value})
+
+
+def test_config_defaults_replace_and_json():
+    import json
+
+    config = ActiveLearningConfig()
+    assert config.strategies == STRATEGIES and config.n_rounds == 3 and config.update_calibrator is True
+    changed = config.replace(n_rounds=1, strategies=["random"], calibrator_options={"max_epochs": 5})
+    assert (changed.n_rounds, changed.strategies, config.n_rounds) == (1, ("random",), 3)
+    assert changed.calibrator_options == {"max_epochs": 5}
+    with pytest.raises(ValueError, match="n_rounds: expected an integer >= 0, got -1"):
+        config.replace(n_rounds=-1)  # replace validates too
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['rounds'\]; valid settings: strategies, n_rounds"):
+        config.replace(rounds=2)
+    with pytest.raises(TypeError):
+        ActiveLearningConfig(3)  # keyword-only
+    with pytest.raises(AttributeError):
+        config.n_rounds = 5  # frozen
+    d = json.loads(json.dumps(config.to_dict()))
+    assert d["strategies"] == list(STRATEGIES) and d["calibrator"] == "flexible"
+    assert list(d) == list(ActiveLearningConfig.field_names())
+    # objects and factories are cloned / called per model, never shared
+    from core.calibration import make_calibrator
+
+    proto = make_calibrator("knn", confidence=0.8)
+    by_object = ActiveLearningConfig(calibrator=proto, confidence=0.8)
+    assert by_object.make_calibrator() is not proto and by_object.make_calibrator() is not by_object.make_calibrator()
+    by_factory = ActiveLearningConfig(calibrator=lambda: make_calibrator("split"))
+    assert by_factory.make_calibrator().name == "split"
+    assert "function" in by_factory.to_dict()["calibrator"]
 
 
 # ------------------------------------------------------- statistical selection test
@@ -213,6 +295,89 @@ def test_loop_end_to_end_with_stub_trainer(cu_model, cu_cluster, tmp_path):
     assert again.curves[cols].equals(df[cols])
 
 
+def test_loop_updates_calibrator_with_each_rounds_picks(cu_model, cu_cluster, tmp_path):
+    """Issue 15: after each round's picks are labelled, a copy of the current model's calibrator
+    is updated with their sites; the curves carry the test coverage before/after. The stub
+    trainer returns one model, so every number can be recomputed here by hand."""
+    from ase.calculators.emt import EMT
+
+    from core.calibration import make_calibrator
+    from core.featurize import featurize
+    from core.metrics import coverage, mean_width
+    from core.potentials import load_potential
+    from core.sites import split_structure_ids
+
+    potential = load_potential(cu_model, device="cpu")
+    config = ActiveLearningConfig(strategies=("calibrated", "random"), n_rounds=2, picks_per_round=2, md_steps=8,
+                                  sample_every=2, timestep_fs=1.0, seed=0, test_size=3, calibrator="knn")
+    calls = []
+    initial = _rattled(cu_cluster, 8, 0)
+    res = run_active_learning(initial, cu_cluster, EMT(), config, initial_model=potential, workdir=tmp_path,
+                              train_fn=lambda train, valid, workdir, **kw: potential,
+                              progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(k, 6) for k in range(1, 7)]  # test set, initial model, 2 strategies x 2 rounds
+    df = res.curves
+    assert list(df.columns) == CURVE_COLUMNS
+    first = df[df["round"] == 0]
+    assert first[["coverage_before_update", "coverage_after_update", "mean_width_after_update"]].isna().all().all()
+    assert (first["n_update_sites"] == 0).all()
+    later = df[df["round"] > 0]
+    assert (later["n_update_sites"] == 2 * 13).all()  # two picked Cu13 frames per round
+    assert later[["coverage_before_update", "coverage_after_update", "mean_width_after_update"]].notna().all().all()
+    # "before" is the previous model's test coverage: the previous row's
+    for s in ("calibrated", "random"):
+        part = df[df["strategy"] == s].reset_index(drop=True)
+        np.testing.assert_array_equal(part["coverage_before_update"][1:].to_numpy(), part["coverage"][:-1].to_numpy())
+
+    # recompute round 1 of "calibrated": knn-CP fitted on the holdout, updated with the round-1 picks
+    from core.reference import label_structures
+
+    sites = lambda frames: featurize(frames, potential, labelled=True)  # noqa: E731
+    initial = label_structures(initial, "emt")
+    tr, ca = split_structure_ids(np.arange(8), 0.3, 0)
+    cal = make_calibrator("knn", confidence=0.9, seed=0).fit(sites([initial[i] for i in ca]),
+                                                           reference=sites([initial[i] for i in tr]))
+    test = sites(res.test_set)
+    row = df[(df["strategy"] == "calibrated") & (df["round"] == 1)].iloc[0]
+    assert row["coverage_before_update"] == pytest.approx(coverage(test.errors, cal.predict(test)))
+    updated = cal.copy().update(sites(res.picked["calibrated"][0]))
+    assert row["coverage_after_update"] == pytest.approx(coverage(test.errors, updated.predict(test)))
+    assert row["mean_width_after_update"] == pytest.approx(mean_width(updated.predict(test)))
+    assert row["mean_width_after_update"] != pytest.approx(mean_width(cal.predict(test)))  # the update changed it
+    # the state's own calibrator was not touched: round 0 reads the same for both strategies
+    assert first["mean_width"].nunique() == 1
+    assert res.settings["update_calibrator"] is True and res.settings["n_rounds"] == 2
+
+
+def test_loop_without_update_and_with_a_calibrator_that_cannot_update(cu_model, cu_cluster, tmp_path):
+    from ase.calculators.emt import EMT
+
+    from core.calibration import make_calibrator
+    from core.potentials import load_potential
+
+    potential = load_potential(cu_model, device="cpu")
+    kwargs = dict(strategies=("random",), n_rounds=1, picks_per_round=1, md_steps=4, sample_every=2, timestep_fs=1.0,
+                  test_size=2, calibrator="split", initial_model=potential, train_fn=lambda *a, **k: potential)
+    res = run_active_learning(_rattled(cu_cluster, 6, 0), cu_cluster, EMT(), workdir=tmp_path, update_calibrator=False,
+                              **kwargs)
+    assert res.curves["coverage_after_update"].isna().all() and (res.curves["n_update_sites"] == 0).all()
+
+    class NoUpdate:  # a calibrator of another library: the Calibrator contract without update()/copy()
+        def __init__(self):
+            self.inner = make_calibrator("split")
+
+        def __getattr__(self, name):
+            if name in ("update", "copy"):
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+    with pytest.raises(TypeError, match=r"update_calibrator: the calibrator NoUpdate has no update\(\) or copy\(\)"):
+        run_active_learning(_rattled(cu_cluster, 6, 0), cu_cluster, EMT(), workdir=tmp_path, **{**kwargs, "calibrator": NoUpdate})
+    res = run_active_learning(_rattled(cu_cluster, 6, 0), cu_cluster, EMT(), workdir=tmp_path,
+                              **{**kwargs, "calibrator": NoUpdate, "update_calibrator": False})
+    assert np.isfinite(res.curves["coverage"]).all()
+
+
 @pytest.mark.slow
 def test_loop_end_to_end_with_train_mace(cu_model, cu_cluster, tmp_path):
     """The real refit: two tiny train_mace runs (one per strategy), calibrated vs random."""
@@ -264,3 +429,18 @@ def test_loop_bad_arguments(cu_cluster, tmp_path):
         run_active_learning(frames, cu_cluster, 7, workdir=tmp_path)
     with pytest.raises(ValueError, match="refit: expected one of .* got 'scratch'"):
         run_active_learning(frames, cu_cluster, EMT(), refit="scratch", workdir=tmp_path)
+    with pytest.raises(TypeError, match=r"run_active_learning: unknown keyword argument\(s\) \['rounds'\]"):
+        run_active_learning(frames, cu_cluster, EMT(), rounds=2, workdir=tmp_path)
+    with pytest.raises(TypeError, match="config: expected an ActiveLearningConfig or None, got dict"):
+        run_active_learning(frames, cu_cluster, EMT(), {"n_rounds": 2}, workdir=tmp_path)
+    with pytest.raises(TypeError, match="initial_train: expected a non-empty list of ase.Atoms, got list"):
+        run_active_learning([], cu_cluster, EMT(), workdir=tmp_path)
+    with pytest.raises(ValueError, match="initial_model: refit='finetune' needs a .model path"):
+        run_active_learning(frames, cu_cluster, EMT(), refit="finetune", initial_model=EMT(), workdir=tmp_path)
+    with pytest.raises(ValueError, match="calibrate_on: labelled frames given both"):
+        run_active_learning(frames, cu_cluster, EMT(), calibrate_on=frames, calibration_set=frames, workdir=tmp_path)
+    unlabelled_li = [cu_cluster.copy()]
+    unlabelled_li[0].symbols[0] = "Li"  # EMT has no Li
+    with pytest.raises(ValueError, match=r"test_set\[0\]: unlabelled and the reference calculator failed on it"):
+        run_active_learning(frames, cu_cluster, EMT(), test_set=unlabelled_li, n_rounds=0, calibrator="split",
+                            initial_model=object(), workdir=tmp_path)

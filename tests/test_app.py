@@ -1,9 +1,12 @@
-"""The Streamlit app under ``streamlit.testing.v1.AppTest``: every page, the demo flow, uploads, trust gate.
+"""The Streamlit app under ``streamlit.testing.v1.AppTest``: every page, the demo flow, uploads, trust gate,
+honest numbers (expected coverage spread, out-of-domain banner, one miscalibration area) and the
+"results out of date" badge.
 
 The flow runs on the generated synthetic demo (48 Cu–Au structures, ~1500 sites, a
 mock potential), so it needs no model file and takes seconds. One module-scoped
 app goes Data -> Model (featurize) -> Calibrate (train) and is then inspected by
-the Diagnose / Structures / Export tests.
+the Diagnose / Structures / Export tests. A second one calibrates on the ``cold``
+config type and tests on ``hot``/``vacancy`` (off the calibration domain).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from app import services, state  # noqa: E402
+from app import catalog, figures_catalogue, notices, services, state, widgets  # noqa: E402
 from app.pages_index import PAGES, page  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,10 +47,10 @@ def _synthetic(at) -> AppTest:
     """Open the app on the synthetic demo dataset."""
     at.run()
     _no_exception(at)
-    if at.session_state[state.DATASET_LABEL] != services.SYNTHETIC_LABEL:
-        at.selectbox(key=state.W_DEMO_NAME).set_value(services.SYNTHETIC_LABEL).run()
+    if at.session_state[state.DATASET_LABEL] != catalog.SYNTHETIC_LABEL:
+        at.selectbox(key=state.W_DEMO_NAME).set_value(catalog.SYNTHETIC_LABEL).run()
     _no_exception(at)
-    assert at.session_state[state.DATASET_LABEL] == services.SYNTHETIC_LABEL
+    assert at.session_state[state.DATASET_LABEL] == catalog.SYNTHETIC_LABEL
     return at
 
 
@@ -57,7 +60,10 @@ def _featurize(at) -> AppTest:
     at.button(key="btn_featurize").click().run()
     _no_exception(at)
     assert not _errors(at), _errors(at)
-    assert at.session_state[state.SITES] is not None
+    sites = at.session_state[state.SITES]
+    assert sites is not None
+    # the sidebar is drawn after the page: it already shows the features of this run
+    assert any(f"{len(sites)} sites" in m.value for m in at.sidebar.markdown), [m.value for m in at.sidebar.markdown]
     return at
 
 
@@ -168,6 +174,26 @@ def test_diagnose_page_draws_every_figure(trained):
     _open_tab(at, "Calibration")
 
 
+def test_one_miscalibration_area_in_legend_card_and_table(trained):
+    """The area in the plot legends is the report's (0.05..0.95 grid), the metric card's and the table's."""
+    at = trained
+    at.switch_page(page("diagnose")).run()
+    _open_tab(at, "Calibration")
+    run = at.session_state[state.RESULTS]
+    figs = services.method_figures(run, "flexible")
+    for lab in run.labels:
+        area = run.reports[lab]["miscalibration_area"]
+        assert area is not None and 0 <= area < 0.5
+        legend = [t.name for t in figs["coverage_curve"].data if t.name.startswith(lab + " (")]
+        assert legend == [f"{lab} (area {area:.3f})"], legend
+        levels, _observed = figures_catalogue.grid_curve(run, lab)
+        assert len(levels) == 19 and levels[0] == pytest.approx(0.05) and levels[-1] == pytest.approx(0.95)
+    note = [a.text for a in figs["calibration_curve"].layout.annotations]
+    assert note == [f"miscalibration area = {run.reports['flexible']['miscalibration_area']:.3f}"]
+    card = next(m for m in at.metric if m.label == "miscalibration area")
+    assert card.value == f"{run.reports['flexible']['miscalibration_area']:.3f}"
+
+
 def test_teaching_slider_moves_both_bands_without_refit(trained):
     at = trained
     at.switch_page(page("diagnose")).run()
@@ -188,7 +214,7 @@ def test_teaching_slider_moves_both_bands_without_refit(trained):
             at.select_slider(key=state.W_TEACH_LEVEL).set_value(level).run()
             _no_exception(at)
             assert at.session_state[state.W_TEACH_LEVEL] == level
-            fig = services.teaching_figure(run, level)
+            fig = figures_catalogue.teaching_figure(run, level)
             band, cp = fig.data[0], fig.data[1]
             k = run.level_index(level)
             assert np.allclose(np.sort(band.y), np.sort(run.widths_levels["flexible"][:, k]))
@@ -209,7 +235,7 @@ def test_structures_page_views_the_selected_atom(trained):
     atom = int(run.test.atom_index[5])
     # what a click in a parity/scatter plot hands to the callback
     event = {"selection": {"points": [{"customdata": [sid, atom, 0], "point_index": 15}]}}
-    assert services.selected_site(event) == (sid, atom)
+    assert figures_catalogue.selected_site(event) == (sid, atom)
     at.session_state[state.SELECTED] = {"structure_id": sid, "atom_index": atom}
     at.session_state[state.W_STRUCTURE] = sid
     at.switch_page(page("structures")).run()
@@ -248,18 +274,23 @@ def test_export_page_and_files(trained, tmp_path):
 
     import pandas as pd
 
-    csv = pd.read_csv(io.BytesIO(services.export_table(run, sites, "csv")))
+    from core import export
+
+    frame = export.evaluation_frame(run.evaluation, sites)
+    csv = pd.read_csv(io.BytesIO(export.table_bytes(frame, "csv")))
     assert len(csv) == len(sites)
     assert {"width_flexible", "width_split", "covered_flexible", "split", "error"} <= set(csv.columns)
     test_rows = csv["split"] == "test"
     assert np.allclose(np.sort(csv.loc[test_rows, "width_flexible"]), np.sort(run.widths["flexible"]))
-    pq = pd.read_parquet(io.BytesIO(services.export_table(run, sites, "parquet")))
+    assert (csv["split"] == "calibration").sum() == len(run.cal)
+    pq = pd.read_parquet(io.BytesIO(export.table_bytes(frame, "parquet")))
     assert pq.shape == csv.shape
 
     from ase.io import read
 
     path = tmp_path / "out.extxyz"
-    path.write_bytes(services.export_extxyz(run, dataset, sites, "flexible"))
+    path.write_bytes(export.annotated_extxyz(dataset.structures, sites, run.calibrators["flexible"].predict(sites),
+                                             method="flexible", confidence=run.confidence))
     frames = read(path, index=":")
     assert len(frames) == len(dataset)
     assert "flexcal_width" in frames[0].arrays and "flexcal_error" in frames[0].arrays
@@ -269,14 +300,17 @@ def test_export_page_and_files(trained, tmp_path):
     from core.calibration import load_calibrator
 
     cpath = tmp_path / "cal.npz"
-    cpath.write_bytes(services.export_calibrator(run, "flexible"))
+    cpath.write_bytes(export.calibrator_bytes(run.calibrators["flexible"]))
     loaded = load_calibrator(cpath)
     assert np.allclose(loaded.predict(run.test), run.widths["flexible"])
 
-    html = services.export_report(run, "flexible")
+    html = figures_catalogue.run_report_html(run, "flexible", services.method_figures(run, "flexible"))
     assert html.startswith("<!DOCTYPE html>") and "plotly" in html.lower()
     assert "Metrics on the test part" in html
     assert '<script src="http' not in html  # plotly.js inlined: works offline
+    # the report records what produced it
+    assert "What produced this report" in html and "split seed" in html and "FlexCal version" in html
+    assert catalog.SYNTHETIC_LABEL.split(" (")[0] in html and "flexible, split, knn" in html
 
 
 def test_stop_button_stops_training_and_keeps_a_model(cache_dir):
@@ -379,6 +413,9 @@ def test_unreadable_format_is_a_plain_error():
 def test_uploaded_model_is_never_loaded_without_trust(monkeypatch, cache_dir):
     import torch
 
+    from core.potentials.mace_foundation import mace_modules
+
+    mace_modules()  # import mace and e3nn (whose import calls torch.load) before torch.load is faked
     calls = []
 
     def fake_load(*args, **kwargs):
@@ -387,7 +424,7 @@ def test_uploaded_model_is_never_loaded_without_trust(monkeypatch, cache_dir):
 
     monkeypatch.setattr(torch, "load", fake_load)
     # the service refuses before touching the bytes
-    with pytest.raises(services.UntrustedModelFile, match="pickle"):
+    with pytest.raises(catalog.UntrustedModelFile, match="pickle"):
         services.load_uploaded_model(b"\x80\x04evil", "evil.model", trusted=False)
     assert calls == []
 
@@ -466,12 +503,12 @@ def test_every_cache_is_bounded():
 
 
 def test_parse_hidden_sizes():
-    assert services.parse_hidden("64, 64") == (64, 64)
-    assert services.parse_hidden("32 16") == (32, 16)
+    assert catalog.parse_hidden("64, 64") == (64, 64)
+    assert catalog.parse_hidden("32 16") == (32, 16)
     with pytest.raises(ValueError, match="whole numbers"):
-        services.parse_hidden("64, abc")
+        catalog.parse_hidden("64, abc")
     with pytest.raises(ValueError, match="1 to 4096"):
-        services.parse_hidden("0")
+        catalog.parse_hidden("0")
 
 
 # ------------------------------------------------------------------ a real MACE model file
@@ -486,6 +523,11 @@ def test_upload_and_local_model_path_with_a_real_mace_model(tiny_mace_model, tin
     at.switch_page(page("model")).run()
     at.radio(key=state.W_MODEL_KIND).set_value(state.MODEL_KINDS[2]).run()
     at.text_input(key=state.W_MODEL_PATH).input(str(tiny_mace_model)).run()
+    at.button(key="btn_featurize").click().run()  # not trusted yet: a .model file runs code
+    _no_exception(at)
+    assert any("trusted=False" in e or "runs code" in e for e in _errors(at)), _errors(at)
+    assert at.session_state[state.SITES] is None
+    at.checkbox(key=state.W_TRUST_PATH).check().run()
     at.button(key="btn_featurize").click().run()
     _no_exception(at)
     assert not _errors(at), _errors(at)
@@ -523,7 +565,7 @@ def test_a_figure_that_fails_is_a_message_not_a_crash(trained, monkeypatch):
 
     monkeypatch.setattr(core.figures, "plot_species_coverage", broken)
     run = trained.session_state[state.RESULTS]
-    figs = services._build_method_figures(run, "knn")
+    figs = figures_catalogue.build_method_figures(run, "knn")
     assert isinstance(figs["species_coverage"], str) and "no species today" in figs["species_coverage"]
     assert not isinstance(figs["coverage_curve"], str)
     services._method_figures_cached.clear()
@@ -535,3 +577,193 @@ def test_a_figure_that_fails_is_a_message_not_a_crash(trained, monkeypatch):
     assert len(at.get("plotly_chart")) == 1  # the other plot of the tab still draws
     services._method_figures_cached.clear()
     _open_tab(at, "Calibration")
+
+
+# ------------------------------------------------------------------ honest numbers
+@pytest.fixture(scope="module")
+def off_domain(cache_dir):
+    """Calibrated on the ``cold`` structures, tested on ``hot`` and ``vacancy`` ones (off the domain)."""
+    at = _featurize(_synthetic(_new_app()))
+    at.switch_page(page("data")).run()
+    at.radio(key=state.W_SPLIT_MODE).set_value(state.SPLIT_CONFIG).run()
+    at.multiselect(key=state.W_CAL_TYPES).set_value(["cold"])
+    at.multiselect(key=state.W_TEST_TYPES).set_value(["hot", "vacancy"]).run()
+    return _train(at, methods=("flexible", "split"), bootstrap=0)
+
+
+def test_out_of_domain_banner_counts_structures_and_marks_plots(off_domain):
+    at = off_domain
+    run = at.session_state[state.RESULTS]
+    counts = notices.ood_counts(run)
+    assert counts["n_structures"] == run.test.n_structures == 32
+    assert 0 < counts["structures"] <= counts["n_structures"] and counts["sites"] == int(run.ood.sum())
+    rep = run.reports["split"]
+    assert rep["ood_fraction"] == pytest.approx(counts["sites"] / counts["n_sites"])
+    # the Calibrate page: the banner names the structures and the in/out-of-domain coverage
+    banner = [w.value for w in at.warning if "Out of domain" in w.value]
+    assert len(banner) == 1, [w.value for w in at.warning]
+    assert f"{counts['structures']} of 32 test structures" in banner[0]
+    assert f"split: {rep['coverage_in_domain']:.3f} in domain, {rep['coverage_out_of_domain']:.3f} out" in banner[0]
+    table = at.dataframe[0].value
+    assert table.loc["split", "ood_fraction"] == pytest.approx(rep["ood_fraction"])
+    # Diagnose: the same banner; out-of-domain sites circled in the site plots
+    at.switch_page(page("diagnose")).run()
+    _no_exception(at)
+    assert any("Out of domain" in w.value for w in at.warning)
+    figs = services.method_figures(run, "flexible")
+    marked = [t for t in figs["uncertainty_error"].data if t.name.startswith("outside the calibration domain")]
+    assert len(marked) == 1 and len(marked[0].x) == counts["sites"]
+    assert marked[0].name == f"outside the calibration domain ({counts['sites']} sites)"
+    parity = [t for t in figs["force_parity"].data if t.name.startswith("outside the calibration domain")]
+    assert len(parity[0].x) == 3 * counts["sites"]  # three force components per site
+    structs = [t for t in figs["structure_uncertainty"].data if t.name.startswith("outside")]
+    assert len(structs[0].x) == counts["structures"]
+    # Structures: colour the 3D view by the out-of-domain flag
+    sid = int(run.ood_structures[0])
+    at.session_state[state.W_STRUCTURE] = sid
+    at.switch_page(page("structures")).run()
+    _no_exception(at)
+    at.radio(key=state.W_COLOR_BY).set_value("out of domain").run()
+    _no_exception(at)
+    assert "outside the calibration domain" in at.get("iframe")[0].proto.srcdoc
+    assert any(f"Structure #{sid} lies outside the calibration domain" in w.value for w in at.warning)
+    assert "domain score (> 1 = out)" in at.dataframe[0].value.columns
+
+
+def test_coverage_outside_its_expected_spread_is_a_visible_warning(off_domain):
+    at = off_domain
+    at.switch_page(page("calibrate")).run()
+    run = at.session_state[state.RESULTS]
+    rep = run.reports["split"]
+    lo, hi = rep["coverage_expected_lo"], rep["coverage_expected_hi"]
+    assert 0 < lo < run.confidence < hi <= 1
+    assert rep["coverage"] < lo and rep["coverage_outside_expected"] is True  # global CP under-covers hot sites
+    warning = notices.coverage_warning("split", rep, run.cal.n_structures)
+    assert f"observed coverage {rep['coverage']:.3f} (nominal 90%) lies below the range expected {lo:.3f}–{hi:.3f} " \
+           f"for {run.cal.n_structures} calibration structures" in warning.replace("**", "")
+    assert any(w.value == warning for w in at.warning)
+    table = at.dataframe[0].value
+    assert table.loc["split", "coverage_check"] == "below expected"
+    assert table.loc["split", "coverage_expected_lo"] == pytest.approx(lo)
+    # Diagnose: the metric card of split CP carries the range and a red downward delta
+    at.switch_page(page("diagnose")).run()
+    at.selectbox(key=state.W_DIAG_METHOD).set_value("split").run()
+    _no_exception(at)
+    card = next(m for m in at.metric if m.label == "coverage")
+    assert card.value == f"{rep['coverage']:.3f}" and "below the expected range" in card.delta
+    assert any(c.value.startswith(f"expected {lo:.3f}–{hi:.3f}") for c in at.caption)
+    assert any(w.value == warning for w in at.warning)
+
+
+def test_no_warning_inside_the_expected_spread():
+    rep = {"coverage": 0.9, "confidence": 0.9, "coverage_expected_lo": 0.85, "coverage_expected_hi": 0.95}
+    assert notices.coverage_verdict(rep) is None and notices.coverage_warning("x", rep) is None
+    assert notices.coverage_check(rep) == "within expected"
+    assert notices.coverage_check({"coverage": 0.9}) == "—"  # no range known: no verdict either way
+    above = dict(rep, coverage=0.99)
+    assert notices.coverage_verdict(above) == "above" and "conservative" in notices.coverage_warning("x", above)
+    assert notices.fmt(None) == notices.fmt(float("nan")) == "—"
+
+
+def test_results_out_of_date_badge_after_changing_the_split_seed(cache_dir):
+    at = _train(_featurize(_synthetic(_new_app())), methods=("split",), bootstrap=0)
+    run = at.session_state[state.RESULTS]
+    at.switch_page(page("diagnose")).run()
+    assert not [w for w in at.warning if widgets.OUT_OF_DATE in w.value]
+    at.switch_page(page("data")).run()
+    at.number_input(key=state.W_SPLIT_SEED).set_value(3).run()
+    _no_exception(at)
+    for name in ("diagnose", "structures", "export", "calibrate"):
+        at.switch_page(page(name)).run()
+        _no_exception(at)
+        stale = [w.value for w in at.warning if widgets.OUT_OF_DATE in w.value]
+        assert len(stale) == 1 and "split seed: 0 → 3" in stale[0], (name, [w.value for w in at.warning])
+        assert at.session_state[state.RESULTS] is run  # the old results stay, marked
+    # the sidebar badge (st.badge is drawn as ":orange-badge[...]" markdown)
+    assert any(m.value.startswith(":orange-badge[") and widgets.OUT_OF_DATE in m.value for m in at.sidebar.markdown)
+    # recalibrating clears the mark; going back to the old seed would too
+    at.button(key=TRAIN_BUTTON).click().run()
+    assert at.session_state[state.JOB].join(timeout=TIMEOUT)
+    at.run()
+    assert at.session_state[state.RESULTS].settings["split seed"] == 3
+    assert not [w for w in at.warning if widgets.OUT_OF_DATE in w.value]
+    assert not [m for m in at.sidebar.markdown if widgets.OUT_OF_DATE in m.value]
+
+
+def test_stale_reasons_name_what_changed():
+    old = {"_dataset": "a", "split": "Random", "split seed": 0, "methods": ["split"]}
+    new = {"_dataset": "b", "split": "Random", "split seed": 2, "methods": ["split", "knn"]}
+    assert notices.stale_reasons(old, new) == ["the dataset changed", "split seed: 0 → 2",
+                                               "methods: split → split, knn"]
+    assert notices.stale_reasons(old, dict(old)) == []
+
+
+def test_cancel_abandons_the_job_and_keeps_no_results(cache_dir):
+    at = _featurize(_synthetic(_new_app()))
+    at.switch_page(page("calibrate")).run()
+    at.multiselect(key=state.W_METHODS).set_value(["flexible"])
+    at.number_input(key=state.W_MAX_EPOCHS).set_value(2000)
+    at.number_input(key=state.W_BOOTSTRAP).set_value(0)
+    at.button(key=TRAIN_BUTTON).click().run()
+    job = at.session_state[state.JOB]
+    assert job is not None and not job.done
+    at.button(key="btn_cancel_training").click().run()
+    assert job.join(timeout=TIMEOUT) and job.status == "cancelled", job.status
+    assert len(job.history) < 2000
+    at.run()
+    _no_exception(at)
+    assert at.session_state[state.RESULTS] is None
+    assert any("cancelled" in e for e in _errors(at)), _errors(at)
+
+
+# --------------------------------------------------------------- method registry
+def test_method_list_comes_from_the_registry_with_a_toy_method(cache_dir):
+    from core.calibration.registry import MethodSpec, method_spec, register_method, unregister_method
+
+    def toy(confidence, seed, **options):
+        from core.calibration.conformal import SplitConformal
+
+        return SplitConformal(confidence=confidence, mondrian=True)
+
+    register_method(MethodSpec("toy-cp", label="toy CP", color="#117733", help="a toy method for this test",
+                               factory=toy, default=False))
+    services.buildable_methods.clear()
+    try:
+        at = _featurize(_synthetic(_new_app()))
+        at.switch_page(page("calibrate")).run()
+        _no_exception(at)
+        sites = at.session_state[state.SITES]
+        box = at.multiselect(key=state.W_METHODS)
+        assert "toy-cp" in services.usable_methods(sites)
+        assert "committee" not in services.usable_methods(sites)  # these features have no committee spread
+        assert list(box.options) == [f"{m} — {method_spec(m).help}" + (" (recommended)" if method_spec(m).recommended
+                                                                         else "")
+                                     for m in services.usable_methods(sites)]
+        recommended = [m for m in services.usable_methods(sites) if method_spec(m).recommended]
+        assert box.value[: len(recommended) or 1] == (recommended or [state.FALLBACK_METHOD])
+        assert set(state.BASELINE_METHODS) <= set(box.value)
+        at = _train(at, methods=("toy-cp", "split"), bootstrap=0)
+        run = at.session_state[state.RESULTS]
+        assert run.labels == ["toy-cp", "split"] and run.reports["toy-cp"]["coverage"] > 0.8
+    finally:
+        unregister_method("toy-cp")
+        services.buildable_methods.clear()
+
+
+# --------------------------------------------------------------------- stale state
+def test_upload_resets_structure_and_leaves_the_demo_model_behind(cache_dir):
+    from core.synthetic_demo import synthetic_extxyz_bytes
+
+    at = _synthetic(_new_app())
+    at.session_state[state.W_STRUCTURE] = 40
+    assert at.button(key="btn_quickstart") is not None
+    at = _upload(at, "small.extxyz", synthetic_extxyz_bytes(6))
+    assert state.W_STRUCTURE not in at.session_state or at.session_state[state.W_STRUCTURE] != 40
+    assert at.session_state[state.W_MODEL_KIND] == state.MODEL_KINDS[2]
+    assert not [b for b in at.button if b.key == "btn_quickstart"]
+    # a bad file's error goes away with the file
+    at = _upload(at, "junk.xyz", b"not a structure\n")
+    assert _errors(at)
+    at.file_uploader(key=state.W_DATA_UPLOAD).set_value(None).run()
+    _no_exception(at)
+    assert not _errors(at)

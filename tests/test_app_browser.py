@@ -77,10 +77,10 @@ def _pick_demo() -> str:
     wanted = os.environ.get("FLEXCAL_BROWSER_DEMO")
     if wanted:
         return wanted
-    from app import services
+    from app import catalog
 
-    for _label, (kind, name) in services.demo_choices().items():
-        if kind == services.DEMO and services.demo_model_available(name):
+    for _label, (kind, name) in catalog.demo_choices().items():
+        if kind == catalog.DEMO and catalog.demo_model_available(name):
             return name
     return "synthetic"
 

@@ -267,3 +267,69 @@ def test_non_finite_output_is_reported(calibrator):
     atoms.calc = CalibratedCalculator(BrokenPotential(), calibrator)
     with pytest.raises(RuntimeError, match="non-finite forces or descriptors"):
         atoms.get_forces()
+
+
+# ------------------------------------------------------------------ CHGNet
+@pytest.fixture(scope="module")
+def chgnet_potential():
+    pytest.importorskip("chgnet")
+    from core.potentials import load_potential
+
+    return load_potential("chgnet-0.3.0", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def chgnet_calibrator(chgnet_potential):
+    from core.calibration.conformal import SplitConformal
+
+    rng = np.random.default_rng(0)
+    structures = []
+    for seed, name in enumerate(["CH3CH2OH", "H2O", "CH4", "C2H6", "CH3OH", "NH3"] * 2):
+        atoms = molecule(name)
+        atoms.rattle(0.08, seed=seed)
+        atoms.arrays["REF_forces"] = rng.normal(scale=0.3, size=(len(atoms), 3))
+        structures.append(atoms)
+    return SplitConformal(confidence=0.9, heuristic="knn").fit(_sites(chgnet_potential, structures))
+
+
+def test_chgnet_potential_in_calibrated_calculator(chgnet_potential, chgnet_calibrator, ethanol):
+    from core.featurize import featurize
+
+    bare = chgnet_potential.compute([ethanol])
+    atoms = ethanol.copy()
+    calc = CalibratedCalculator(chgnet_potential, chgnet_calibrator, threshold=1e3)
+    atoms.calc = calc
+    assert calc.mode == "potential"
+    assert atoms.get_potential_energy() == pytest.approx(float(bare.energies[0]), abs=0.0)
+    np.testing.assert_array_equal(atoms.get_forces(), bare.forces)
+    widths = calc.get_force_uncertainty(atoms)
+    expected = chgnet_calibrator.predict(featurize([ethanol], chgnet_potential, labelled=False))
+    np.testing.assert_allclose(widths, expected, rtol=1e-6)
+    assert widths.shape == (9,) and np.all(widths > 0) and calc.n_calls == 1
+
+
+def test_chgnet_calculator_is_wrapped_in_one_pass(chgnet_potential, chgnet_calibrator):
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    crystal = bulk("Cu", "fcc", a=3.61, cubic=True)
+    crystal.rattle(0.05, seed=2)
+    own = CHGNetCalculator(model=chgnet_potential.model, use_device="cpu")
+    ref = crystal.copy()
+    ref.calc = own
+    e_ref, f_ref = ref.get_potential_energy(), ref.get_forces()
+    calc = CalibratedCalculator(own, chgnet_calibrator)
+    assert calc.mode == "chgnet-one-pass"
+    crystal.calc = calc
+    assert crystal.get_potential_energy() == pytest.approx(e_ref, rel=1e-6)
+    np.testing.assert_allclose(crystal.get_forces(), f_ref, atol=1e-5)
+    direct = CalibratedCalculator(chgnet_potential, chgnet_calibrator)
+    other = crystal.copy()
+    other.calc = direct
+    np.testing.assert_allclose(calc.get_force_uncertainty(crystal), direct.get_force_uncertainty(other), rtol=1e-6)
+
+
+def test_model_name_is_loaded_through_the_registry(chgnet_potential, chgnet_calibrator, ethanol):
+    calc = CalibratedCalculator("chgnet", chgnet_calibrator)
+    assert calc.mode == "potential" and calc._backend.potential.identity == chgnet_potential.identity
+    ethanol.calc = calc
+    assert calc.get_force_uncertainty(ethanol).shape == (9,)

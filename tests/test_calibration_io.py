@@ -43,7 +43,7 @@ def data():
 
 
 def _fit(method, cal, **extra):
-    options = dict(FAST_FLEXIBLE) if method == "flexible" else {}
+    options = dict(FAST_FLEXIBLE) if method in ("flexible", "flexible-ood") else {}
     options.update(extra)
     if method == "gmm":
         options.setdefault("max_components", 2)
@@ -66,7 +66,7 @@ def test_save_load_gives_identical_predictions(method, data, tmp_path):
         meta = json.loads(str(z["__meta__"]))
         assert all(z[k].dtype != object for k in z.files)
     assert meta["format"] == FORMAT and meta["name"] == cal.name
-    assert meta["kind"] == ("flexible_quantile" if method == "flexible" else "split_conformal")
+    assert meta["kind"] == {"flexible": "flexible_quantile", "flexible-ood": "flexible_ood"}.get(method, "split_conformal")
 
 
 @pytest.mark.parametrize("weights", ["structure", "shift", "array"])
@@ -164,6 +164,7 @@ def test_corrupt_and_foreign_files_raise_valueerror_naming_the_path(data, tmp_pa
 def test_make_calibrator_methods_names_and_labels():
     expected = {
         "flexible": ("flexible", "q_θ (flexible)"),
+        "flexible-ood": ("flexible-ood", "q_θ × distance (flexible-ood)"),
         "split": ("split", "split CP"),
         "knn": ("knn", "kNN-normalised CP"),
         "gmm": ("gmm", "GMM-normalised CP"),
@@ -180,7 +181,7 @@ def test_make_calibrator_methods_names_and_labels():
 
 
 def test_make_calibrator_bad_inputs(data):
-    with pytest.raises(ValueError, match=r"method: unknown calibration method 'bayes'; valid methods are flexible, split, knn, gmm, force, committee, mondrian"):
+    with pytest.raises(ValueError, match=r"method: unknown calibration method 'bayes'; valid methods are flexible, flexible-ood, split, knn, gmm, force, committee, mondrian"):
         make_calibrator("bayes")
     with pytest.raises(ValueError, match=r"confidence: expected a number in \(0, 1\), e\.g\. 0\.9, got 1\.5"):
         make_calibrator("split", confidence=1.5)

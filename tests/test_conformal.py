@@ -173,7 +173,7 @@ def test_mondrian_one_quantile_per_species_and_fallback():
     assert cal.name == "mondrian" and cal.label == "Mondrian CP"
     new = tiny_sites([0.0, 0.0, 0.0], species=[8, 1, 6])
     np.testing.assert_array_equal(cal.predict(new), [20.0, 2.0, 10.0])  # carbon: global fallback
-    assert cal.fallback_species_ == [6]
+    assert cal.fallback_species(new) == [6] and cal.fallback_species(sites) == []
     # levels: per species rank ceil(4 p): p = 0.25 -> 1, 0.75 -> 3; global ceil(7 p): 0.25 -> 2, 0.75 -> 6
     np.testing.assert_array_equal(cal.predict_levels(new, [0.25, 0.75]), [[10.0, 30.0], [1.0, 3.0], [2.0, 30.0]])
 

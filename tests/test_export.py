@@ -13,9 +13,13 @@ from core.export import (
     annotated_extxyz,
     calibrator_bytes,
     csv_bytes,
+    evaluation_frame,
     html_report,
     parquet_bytes,
+    provenance_frame,
     site_frame,
+    site_parts,
+    table_bytes,
 )
 from core.sites import SiteTable
 
@@ -131,6 +135,62 @@ def test_html_report_is_self_contained():
     html = html_report([("a figure", fig)], [("a table", pd.DataFrame({"coverage": [0.9]}))], title="T")
     assert html.startswith("<!DOCTYPE html>") and "a figure" in html and "a table" in html
     assert '<script src="http' not in html
+
+
+def _labelled(n_structures=30, per=10, seed=0):
+    rng = np.random.default_rng(seed)
+    n = n_structures * per
+    return SiteTable.from_arrays(descriptors=rng.normal(size=(n, 3)), errors=rng.gamma(2.0, 0.05, n),
+                                 species=np.full(n, 6), structure_ids=np.repeat(np.arange(n_structures), per))
+
+
+def test_site_parts_names_the_part_of_every_site():
+    sites = _labelled(6, 2)
+    parts = site_parts(sites, {"calibration": sites.select_structures([0, 1]), "test": sites.select_structures([4])})
+    assert parts.tolist() == ["calibration"] * 4 + ["unused"] * 4 + ["test"] * 2 + ["unused"] * 2
+
+
+def test_evaluation_frame_widths_and_parts():
+    from core.evaluation import evaluate
+
+    sites = _labelled()
+    cal, test = sites.select_structures(np.arange(20)), sites.select_structures(np.arange(20, 30))
+    ev = evaluate(cal, {"test": test}, ["split", "mondrian"], confidence=0.8)
+    frame = evaluation_frame(ev, sites)
+    assert len(frame) == len(sites)
+    assert (frame["split"] == "calibration").sum() == len(cal) and (frame["split"] == "test").sum() == len(test)
+    on_test = frame["split"] == "test"
+    assert np.allclose(frame.loc[on_test, "width_split"], ev.widths_of("split"))
+    assert list(frame.loc[on_test, "covered_split"]) == list(test.errors <= ev.widths_of("split"))
+    assert np.allclose(frame["confidence"], 0.8)
+    assert len(evaluation_frame(ev)) == len(cal)  # default: the calibration sites
+
+
+def test_table_bytes_formats_and_bad_format_message():
+    import pandas as pd
+
+    df = site_frame(_sites(), {"split": np.full(5, 0.3)})
+    assert pd.read_csv(io.BytesIO(table_bytes(df, "csv"))).shape == df.shape
+    assert pd.read_parquet(io.BytesIO(table_bytes(df, "parquet"))).equals(df)
+    with pytest.raises(ValueError, match=r"fmt: expected one of \('csv', 'parquet'\), got 'xlsx'"):
+        table_bytes(df, "xlsx")
+
+
+def test_provenance_frame_records_fields_date_and_version():
+    import datetime
+
+    from core import __version__
+
+    when = datetime.datetime(2025, 1, 2, 3, 4, tzinfo=datetime.timezone.utc)
+    table = provenance_frame({"dataset": "data.xyz", "methods": ["flexible", "split"], "seed": 3, "model": None},
+                             now=when)
+    assert table.loc["dataset", "value"] == "data.xyz"
+    assert table.loc["methods", "value"] == "flexible, split"
+    assert table.loc["seed", "value"] == "3" and table.loc["model", "value"] == "—"
+    assert table.loc["date", "value"] == "2025-01-02 03:04 UTC"
+    assert table.loc["FlexCal version", "value"] == str(__version__)
+    html = html_report([], [("What produced this report", table)], title="T")
+    assert "2025-01-02 03:04 UTC" in html and "flexible, split" in html
 
 
 # ------------------------------------------------------------------------ synthetic demo

@@ -166,7 +166,7 @@ def test_unlabelled(pot, tiny_structures):
     with pytest.raises(ValueError, match=r"12 of 12 structures have no reference forces .*pass labelled=False"):
         featurize(tiny_structures, pot)
     t = featurize(tiny_structures, pot, labelled=False)
-    assert t.forces_ref is None and np.all(t.errors == 0) and t.meta["labelled"] is False
+    assert t.forces_ref is None and t.errors is None and not t.labelled and t.meta["labelled"] is False
 
 
 def test_from_dataset_keeps_source_and_indices(pot, tiny_structures, tmp_path):

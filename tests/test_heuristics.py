@@ -173,7 +173,7 @@ def test_make_heuristic():
         make_heuristic("distance")
     with pytest.raises(TypeError, match=r"heuristic: expected a name .* got int"):
         make_heuristic(3)
-    with pytest.raises(ValueError, match=r"k: expected a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"k: expected an integer >= 1, got 0"):
         make_heuristic("knn", k=0)
     with pytest.raises(ValueError, match=r"covariance_type: expected 'full' or 'diag', got 'tied'"):
         GMMHeuristic(covariance_type="tied")

@@ -247,8 +247,10 @@ def _report_inputs():
 
 def test_calibration_report_keys_values_and_json():
     e, w, ids, species, Wl = _report_inputs()
+    ood = np.arange(120) % 4 == 0
     rep = M.calibration_report(
-        e, w, 0.9, species=species, structure_ids=ids, widths_at_levels=Wl, reference_widths=np.full(120, 2.0)
+        e, w, 0.9, species=species, structure_ids=ids, widths_at_levels=Wl, reference_widths=np.full(120, 2.0),
+        n_calibration=40, ood=ood,
     )
     assert list(rep) == M.REPORT_KEYS
     assert rep["n_sites"] == 120 and rep["n_structures"] == 24
@@ -266,8 +268,13 @@ def test_calibration_report_keys_values_and_json():
     assert rep["pinball"] == pytest.approx(M.pinball_loss(e, w, 0.9))
     assert rep["structure_spearman"] == pytest.approx(M.structure_spearman(e, w, ids))
     assert rep["structure_auroc"] == pytest.approx(M.structure_auroc(e, w, ids))
+    assert (rep["coverage_expected_lo"], rep["coverage_expected_hi"]) == M.expected_coverage_interval(40, 0.9, n_test=24)
+    assert rep["coverage_outside_expected"] is (not rep["coverage_expected_lo"] <= rep["coverage"] <= rep["coverage_expected_hi"])
+    assert rep["ood_fraction"] == 0.25
+    assert rep["coverage_in_domain"] == pytest.approx(M.coverage(e[~ood], w[~ood]))
+    assert rep["coverage_out_of_domain"] == pytest.approx(M.coverage(e[ood], w[ood]))
     for k in M.REPORT_COLUMNS:
-        assert type(rep[k]) in (int, float), k
+        assert type(rep[k]) in ((bool,) if k == "coverage_outside_expected" else (int, float)), k
     json.loads(json.dumps(rep, allow_nan=False))
 
 
@@ -276,7 +283,8 @@ def test_calibration_report_optional_parts_are_none():
     assert list(rep) == M.REPORT_KEYS
     for k in ("n_structures", "width_ratio", "miscalibration_area", "species_coverage",
               "worst_species_coverage", "structure_spearman", "structure_auroc", "spearman", "pearson",
-              "spearman_ideal"):
+              "spearman_ideal", "coverage_expected_lo", "coverage_expected_hi", "coverage_outside_expected",
+              "ood_fraction", "coverage_in_domain", "coverage_out_of_domain"):
         assert rep[k] is None, k
     assert "widths are constant" in rep["spearman_note"]
     assert rep["coverage"] == pytest.approx(0.6)  # e <= .3 for .1 .2 .3
@@ -321,7 +329,8 @@ def test_report_table():
         (lambda: M.coverage([0.1, 0.2], [1, np.nan]), r"widths: contains NaN"),
         (lambda: M.coverage([0.1, 0.2], [1, -1]), r"widths: must be >= 0.*-1"),
         (lambda: M.coverage([], []), r"errors: expected at least one value"),
-        (lambda: M.coverage(None, W), r"errors: expected an array, got None"),
+        (lambda: M.coverage(None, W), r"errors: these sites carry no reference labels \(errors=None\)"),
+        (lambda: M.coverage(E, None), r"widths: expected an array, got None"),
         (lambda: M.coverage(["a"], W), r"errors: expected a numeric array"),
         (lambda: M.coverage_gap(E, W, 1.5), r"confidence: expected a number in \(0, 1\), got 1.5"),
         (lambda: M.coverage_gap(E, W, True), r"confidence: .*got True"),

@@ -147,7 +147,8 @@ def test_ase_calculator_matches_compute(pot, tiny_structures):
 def test_bad_arguments(tiny_mace_model, tmp_path):
     with pytest.raises(ValueError, match=r"dtype: expected one of \('float64', 'float32'\), got 'float16'"):
         load_potential(tiny_mace_model, dtype="float16")
-    with pytest.raises(ValueError, match=r"'not-a-model' is neither a known foundation model nor an existing file; known names: mace-mp-0b3-medium"):
+    with pytest.raises(ValueError, match=r"model: 'not-a-model' is neither a known model name nor an existing file; "
+                                         r"known names: demo:licl, .*chgnet-0\.3\.0, .*mace-mp-0b3-medium"):
         load_potential("not-a-model")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_potential(tmp_path / "missing.model")
@@ -163,6 +164,120 @@ def test_bad_arguments(tiny_mace_model, tmp_path):
         load_potential(sd)
     with pytest.raises(ValueError, match=r"head: 'nope' is not a head of this model; heads: \['Default'\]"):
         load_potential(tiny_mace_model, head="nope")
+    with pytest.raises(TypeError, match=r"descriptors: not an option of the MACE backend; its options: .*head"):
+        load_potential(tiny_mace_model, descriptors="all")
+
+
+def test_directory_and_device_errors_name_the_culprit(tiny_mace_model, tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"model: '.*models' is a directory, not a model file"):
+        load_potential(folder)
+    with pytest.raises(ValueError, match=r"model: '.*models' is a directory, not a model file"):
+        load_potential(str(folder) + "/")
+    # the device is checked before the model is touched, and the message blames the device
+    with pytest.raises(ValueError, match=r"^device: 'tpu' is not a device FlexCal can use; expected 'auto', 'cpu'"):
+        load_potential(tiny_mace_model, device="tpu")
+    with pytest.raises(ValueError, match=r"^device: 'tpu' is not a device"):
+        load_potential("no-such-model", device="tpu")
+    with pytest.raises(ValueError, match=r"^device: 'cuda:x' is not a device"):
+        load_potential(tiny_mace_model, device="cuda:x")
+    with pytest.raises(TypeError, match=r"^device: expected one of .* got int 3"):
+        load_potential(tiny_mace_model, device=3)
+    unknown = tmp_path / "weights.bin"
+    unknown.write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match=r"weights.bin' is not a model file FlexCal recognises: expected a MACE .model"):
+        load_potential(unknown)
+
+
+def test_untrusted_model_file_is_refused_before_reading(tiny_mace_model, tmp_path, monkeypatch):
+    from core.potentials import UntrustedModelError
+
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
+    with pytest.raises(UntrustedModelError, match=r"refusing to load '.*tiny_seed0.model' with trusted=False: "
+                                                  r"a MACE model file is a Python pickle and loading it runs code"):
+        load_potential(tiny_mace_model, trusted=False)
+    with pytest.raises(UntrustedModelError, match="refusing to load"):
+        load_potential("demo:licl", committee=[tiny_mace_model], trusted=False)
+    with pytest.raises(TypeError, match=r"trusted: expected True or False, got 'yes'"):
+        load_potential(tiny_mace_model, trusted="yes")
+    assert calls == []
+
+
+def test_mace_import_and_load_leave_the_environment_alone(tiny_mace_model):
+    """mace sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 at import; load_potential puts it back (fresh process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, pickle, torch\n"
+        "from core.potentials import load_potential\n"
+        "assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ\n"
+        f"p = load_potential({str(tiny_mace_model)!r}, device='cpu')\n"
+        "assert p.n_descriptors == 16\n"
+        "print('after:', os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'))\n"
+        "class Evil:\n"
+        "    def __reduce__(self): return (print, ('code ran',))\n"
+        "torch.save(Evil(), '/dev/null') if False else None\n"
+        "import io; buf = io.BytesIO(); torch.save({'x': Evil()}, buf); buf.seek(0)\n"
+        "try:\n"
+        "    torch.load(buf)\n"
+        "    print('unsafe load allowed')\n"
+        "except pickle.UnpicklingError:\n"
+        "    print('weights-only default kept')\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    env["OMP_NUM_THREADS"] = "1"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "after: None" in res.stdout
+    assert "weights-only default kept" in res.stdout and "code ran" not in res.stdout
+
+
+def test_restored_environ_restores_set_and_unset(monkeypatch):
+    import os
+
+    from core.potentials import restored_environ
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0")
+    with restored_environ():
+        os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "0"
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    with pytest.raises(RuntimeError):
+        with restored_environ():
+            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+            raise RuntimeError("load failed")
+    assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
+
+
+def test_from_calculator_matches_calculator_and_compute(pot, tiny_mace_committee, tiny_structures):
+    from mace.calculators import MACECalculator
+
+    calc = pot.ase_calculator()
+    wrapped = MACEPotential.from_calculator(calc)
+    out, ref = wrapped.compute(tiny_structures[:4]), pot.compute(tiny_structures[:4])
+    np.testing.assert_allclose(out.forces, ref.forces, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out.descriptors, ref.descriptors, rtol=0, atol=1e-12)
+    assert wrapped.identity != pot.identity and len(wrapped.identity) == 64
+    # a committee calculator: mean energy/forces as MACECalculator reports them, and the spread
+    members = [load_potential(p, device="cpu") for p in tiny_mace_committee]
+    ccalc = MACECalculator(models=[m.models[0] for m in members], device="cpu", default_dtype="float64")
+    cpot = MACEPotential.from_calculator(ccalc)
+    atoms = tiny_structures[7].copy()
+    atoms.calc = ccalc
+    res = cpot.compute([atoms])
+    np.testing.assert_allclose(res.energies[0], atoms.get_potential_energy(), rtol=1e-12)
+    np.testing.assert_allclose(res.forces, atoms.get_forces(), rtol=1e-10, atol=1e-12)
+    F = np.stack([m.compute([atoms]).forces for m in members])
+    np.testing.assert_allclose(res.committee_std, np.sqrt(F.var(axis=0).sum(axis=1)), rtol=1e-10)
+    ccalc.energy_units_to_eV = 2.0
+    with pytest.raises(ValueError, match="unit conversions"):
+        MACEPotential.from_calculator(ccalc)
 
 
 def test_foundation_names_map_to_mace_urls_and_cache(monkeypatch, tmp_path):

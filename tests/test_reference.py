@@ -9,8 +9,11 @@ from core.reference import (
     REFERENCE_METHODS,
     LabellingError,
     canonical_name,
+    is_labelled,
+    label_structure,
     label_structures,
     reference_calculator,
+    resolve_reference,
 )
 
 pytest.importorskip("tblite")
@@ -100,3 +103,60 @@ def test_unsupported_element_names_the_frame():
 def test_rejects_non_atoms():
     with pytest.raises(TypeError, match=r"structures\[0\]"):
         label_structures(["not atoms"], "emt")
+
+
+def test_resolve_reference_names_and_calculators():
+    from ase.calculators.emt import EMT
+
+    assert isinstance(resolve_reference("EMT"), EMT)
+    calc = EMT()
+    assert resolve_reference(calc) is calc
+    with pytest.raises(TypeError, match=r"reference: expected a name \(gfn2-xtb, gfn1-xtb, emt\) or an ASE calculator, got int"):
+        resolve_reference(7)
+    with pytest.raises(ValueError, match=r"options: \['accuracy'\] only apply to a reference method name"):
+        resolve_reference(calc, accuracy=1.0)
+    with pytest.raises(ValueError, match="'dft'"):
+        resolve_reference("dft")
+
+
+def test_label_structure_with_a_calculator_keeps_raw_forces_and_detaches():
+    from ase.calculators.emt import EMT
+    from ase.constraints import FixAtoms
+
+    a = bulk("Cu", "fcc", a=3.6, cubic=True)
+    a.rattle(0.05, seed=1)
+    a.set_constraint(FixAtoms(indices=[0]))  # constraints must not zero reference forces
+    calc = EMT()
+    out = label_structure(a, calc, energy_key="E", forces_key="F", index=4)
+    assert out.calc is None and a.calc is None and "E" not in a.info and is_labelled(out, "E", "F")
+    ref = a.copy()
+    ref.set_constraint()
+    ref.calc = EMT()
+    np.testing.assert_allclose(out.arrays["F"], ref.get_forces(), atol=1e-12)
+    assert np.abs(out.arrays["F"][0]).max() > 1e-3
+    with pytest.raises(LabellingError, match=r"EMT failed on structure 4 \(Li2\)") as info:
+        label_structure(Atoms("Li2", positions=[[0, 0, 0], [0, 0, 2.7]]), calc, index=4)
+    assert info.value.index == 4
+    with pytest.raises(TypeError, match=r"structures\[2\]: expected ase.Atoms, got str"):
+        label_structure("Cu", calc, index=2)
+
+
+def test_label_structures_missing_only_with_a_calculator_instance():
+    from ase.calculators.emt import EMT
+
+    frames = [bulk("Cu", "fcc", a=3.6, cubic=True) for _ in range(3)]
+    for k, a in enumerate(frames):
+        a.rattle(0.05, seed=k)
+    frames[1].info["REF_energy"] = 123.0  # already labelled: kept as it is
+    frames[1].arrays["REF_forces"] = np.ones((4, 3))
+    frames[2].info["REF_energy"] = 5.0  # energy only: not labelled, recomputed
+    out = label_structures(frames, EMT(), missing_only=True)
+    assert [is_labelled(a) for a in out] == [True, True, True]
+    assert out[1].info["REF_energy"] == 123.0 and out[1] is not frames[1]
+    np.testing.assert_array_equal(out[1].arrays["REF_forces"], np.ones((4, 3)))
+    assert out[2].info["REF_energy"] != 5.0
+    again = label_structures(frames, EMT())  # without missing_only every frame is recomputed
+    assert again[1].info["REF_energy"] == pytest.approx(out[0].info["REF_energy"], abs=1.0)
+    assert again[1].info["REF_energy"] != 123.0
+    with pytest.raises(TypeError, match=r"structures\[1\]: expected ase.Atoms, got str"):
+        label_structures([frames[0], "x"], EMT(), missing_only=True)

@@ -60,9 +60,29 @@ def test_validation_messages_name_argument_and_value(change, match):
         SiteTable.from_arrays(**args)
 
 
-def test_errors_none_without_forces_is_rejected():
-    with pytest.raises(ValueError, match="errors: None is only allowed"):
-        SiteTable.from_arrays(descriptors=np.zeros((1, 1)), errors=None, species=[1], structure_ids=[0])
+def test_errors_none_without_reference_forces_is_an_unlabelled_table(tmp_path):
+    """Regression (issue 9): unlabelled tables carry errors=None, not fake zeros, through every operation."""
+    t = SiteTable.from_arrays(descriptors=np.arange(6.0)[:, None], errors=None, species=[1, 1, 8, 8, 1, 8],
+                              structure_ids=[0, 0, 1, 1, 2, 2], forces_pred=np.ones((6, 3)))
+    assert t.errors is None and not t.labelled and len(t) == 6 and "unlabelled" in repr(t)
+    with pytest.raises(ValueError, match=r"^sites: these sites carry no reference labels \(errors=None\); "):
+        t.require_labels()
+    with pytest.raises(ValueError, match=r"^target: these sites carry no reference labels"):
+        t.require_labels("target")
+    assert t.select(t.species == 8).errors is None and len(t.select(t.species == 8)) == 3
+    a, b = t.split(0.5, seed=0)
+    assert a.errors is None and b.errors is None and len(a) + len(b) == 6
+    assert "error" not in t.to_dataframe().columns
+    u = SiteTable.load(t.save(tmp_path / "unlabelled.npz"))
+    assert u.errors is None and not u.labelled
+    np.testing.assert_array_equal(u.descriptors, t.descriptors)
+    with np.load(tmp_path / "unlabelled.npz", allow_pickle=False) as z:
+        assert "errors" not in z.files
+    labelled = make_table()
+    assert labelled.labelled and labelled.require_labels() is labelled.errors
+    # stacking a labelled and an unlabelled table gives an unlabelled one
+    other = SiteTable.from_arrays(descriptors=np.zeros((2, 4)), errors=None, species=[1, 1], structure_ids=[50, 50])
+    assert concatenate([labelled, other]).errors is None
 
 
 def test_split_is_by_structure_disjoint_and_seeded():

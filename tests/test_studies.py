@@ -208,7 +208,7 @@ def test_forces_from_file_maps_frames_and_atoms(tmp_path):
 
 
 def test_bad_inputs_name_the_problem(sites):
-    with pytest.raises(ValueError, match="unknown method 'bogus'; valid methods are flexible, split"):
+    with pytest.raises(ValueError, match="unknown method 'bogus'; valid methods are flexible, flexible-ood, split"):
         studies.run_in_domain(sites, ["split", "bogus"])
     with pytest.raises(ValueError, match="'committee' needs a committee force spread"):
         studies.run_in_domain(sites, ["committee"])

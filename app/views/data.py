@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import services, state
+from app import catalog, services, state
 from app.pages_index import page
 
 st.title("Data")
@@ -14,20 +14,20 @@ st.caption("Structures with reference forces (and usually energies). Extended XY
 
 
 def _apply_demo(label: str) -> None:
-    kind, name = services.demo_choices()[label]
+    kind, name = catalog.demo_choices()[label]
     try:
         with st.spinner(f"Reading {label} ..."):
             dataset, key = services.load_demo(kind, name)
     except Exception as exc:  # previous dataset kept
-        state.put(state.DATA_ERROR, f"Could not read the demo dataset {label}: {services.describe_error(exc)}")
+        state.put(state.DATA_ERROR, f"Could not read the demo dataset {label}: {catalog.describe_error(exc)}")
         return
     if state.get(state.DATASET_KEY) != key:
-        state.set_dataset(dataset, key, label, (kind, name), services.has_file_split(dataset))
+        state.set_dataset(dataset, key, label, (kind, name))
 
 
 def handle_upload(name: str, data: bytes) -> bool:
     """Read an upload into the session; on error keep the previous dataset and record why."""
-    key = "upload:" + services.digest(data)
+    key = "upload:" + catalog.digest(data)
     if state.get(state.DATASET_KEY) == key:
         return True
     if state.get(state.UPLOAD_DIGEST) == key and state.get(state.DATA_ERROR):
@@ -36,13 +36,13 @@ def handle_upload(name: str, data: bytes) -> bool:
     try:
         dataset = services.read_upload(data, name)
     except Exception as exc:
-        state.put(state.DATA_ERROR, f"Could not use {name}: {services.describe_error(exc)}")
+        state.put(state.DATA_ERROR, f"Could not use {name}: {catalog.describe_error(exc)}")
         return False
-    state.set_dataset(dataset, key, name, ("upload", name), services.has_file_split(dataset))
+    state.set_dataset(dataset, key, name, ("upload", name))
     return True
 
 
-choices = services.demo_choices()
+choices = catalog.demo_choices()
 if not state.get(state.URL_DEMO_DONE):  # ?demo=synthetic or ?demo=<family> preselects a demo (shareable links)
     state.put(state.URL_DEMO_DONE, True)
     wanted = st.query_params.get("demo")
@@ -57,9 +57,9 @@ source = st.radio("Source", ["Demo dataset", "Upload a file"], key=state.W_DATA_
 if source == "Demo dataset":
     label = st.selectbox("Demo dataset", list(choices), key=state.W_DEMO_NAME)
     kind, name = choices[label]
-    if kind == services.DEMO:
-        st.caption(services.demo_description(name))
-    if services.SYNTHETIC_LABEL == label:
+    if kind == catalog.DEMO:
+        st.caption(catalog.demo_description(name))
+    if catalog.SYNTHETIC_LABEL == label:
         st.info(
             "This is a **synthetic demo** generated on the fly: Cu–Au crystals labelled with ASE's EMT and a "
             "*mock* potential whose errors grow with local distortion. It needs no model file. "
@@ -71,11 +71,14 @@ if source == "Demo dataset":
 else:
     up = st.file_uploader(
         f"Upload a dataset (limit {services.max_upload_mb():.0f} MB)",
-        type=list(services.DATA_TYPES), key=state.W_DATA_UPLOAD,
+        type=list(catalog.DATA_TYPES), key=state.W_DATA_UPLOAD,
         help="Reference labels under REF_energy/REF_forces, energy/forces, or DFT_energy/DFT_forces.",
     )
     if up is not None:
         handle_upload(up.name, up.getvalue())
+    elif state.get(state.UPLOAD_DIGEST) is not None:  # the file was removed: so is its error
+        state.put(state.UPLOAD_DIGEST, None)
+        state.put(state.DATA_ERROR, None)
 
 err = state.get(state.DATA_ERROR)
 if err:
@@ -89,25 +92,26 @@ if dataset is None:
     st.stop()
 
 st.subheader(f"Summary — {state.get(state.DATASET_LABEL)}")
-rows = services.dataset_summary_rows(dataset)
+rows = catalog.dataset_summary_rows(dataset)
 st.dataframe(pd.DataFrame(rows, columns=["field", "value"]).set_index("field"), width="stretch")
 for msg in dataset.messages:
     st.caption(f":material/info: {msg}")
 
 st.subheader("Calibration / test split (always by structure)")
-file_split = services.has_file_split(dataset)
+file_split = catalog.has_file_split(dataset)
 modes = [state.SPLIT_RANDOM, state.SPLIT_CONFIG] + ([state.SPLIT_FILE] if file_split else [])
 if state.get(state.W_SPLIT_MODE) not in modes:
     state.put(state.W_SPLIT_MODE, modes[0])
 mode = st.radio("Split", modes, key=state.W_SPLIT_MODE, horizontal=True,
                 help="Atoms of one structure are correlated, so a structure is never split between the parts.")
-parts = services.file_split_labels(dataset)
-n_training = int(np.isin(parts, services.TRAINING_PARTS).sum())
+parts = catalog.file_split_labels(dataset)
+training = catalog.training_frames(dataset)
+n_training = int(training.sum())
 if n_training:
     st.caption(f":material/info: {n_training} frames are marked split = train/valid: the potential was trained on "
                "them, so they "
                "are never used for calibration or testing (their sites serve as the knn/gmm reference).")
-usable_types = [t for t, p in zip(dataset.config_types, parts) if p not in services.TRAINING_PARTS]
+usable_types = [t for t, is_training in zip(dataset.config_types, training) if not is_training]
 types = sorted(set(usable_types))
 if mode == state.SPLIT_FILE:
     st.caption(f"Calibration: {int((parts == 'calibration').sum())} frames; test: {int((parts == 'test').sum())} "
@@ -135,7 +139,12 @@ st.divider()
 c1, c2 = st.columns([1, 2])
 if c1.button("Next: choose a model →", key="btn_to_model"):
     st.switch_page(page("model"))
-if c2.button("Run the whole demo (featurize, calibrate, diagnose)", key="btn_quickstart", type="primary"):
-    state.clear_results()  # calibrate again with the current settings
-    state.put(state.QUICKSTART, True)
-    st.switch_page(page("model"))
+origin = state.get(state.DATASET_ORIGIN) or ("upload", "")
+if origin[0] in (catalog.DEMO, catalog.SYNTHETIC):  # the one-click path needs the demo's own model
+    if c2.button("Run the whole demo (featurize, calibrate, diagnose)", key="btn_quickstart", type="primary"):
+        state.put(state.W_MODEL_KIND, state.MODEL_KINDS[0])
+        state.clear_results()  # calibrate again with the current settings
+        state.put(state.QUICKSTART, True)
+        st.switch_page(page("model"))
+else:
+    c2.caption("Uploaded data: choose its model on the Model page (the demo models know only the demo elements).")

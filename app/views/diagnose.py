@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import services, state
+from app import notices, services, state, widgets
+from app.figures_catalogue import FIGURE_TITLES, selected_site, teaching_figure
 from app.pages_index import page
 
 st.title("Diagnose")
 run = state.get(state.RESULTS)
 if run is None:
+    widgets.dropped_note()
     st.warning("Calibrate first (Calibrate page).")
     if st.button("← Calibrate"):
         st.switch_page(page("calibrate"))
@@ -23,7 +25,7 @@ if state.get(state.OPEN_STRUCTURE):
 
 def _on_select(chart_key: str) -> None:
     """A point was clicked or boxed: remember the site and open it on the Structures page."""
-    picked = services.selected_site(st.session_state.get(chart_key))
+    picked = selected_site(st.session_state.get(chart_key))
     if picked is not None:
         state.select_site(*picked)
         state.put(state.OPEN_STRUCTURE, True)
@@ -33,25 +35,21 @@ if state.get(state.W_DIAG_METHOD) not in run.labels:
     state.put(state.W_DIAG_METHOD, run.flexible_label() or run.labels[0])
 label = st.selectbox("Method shown in the per-method plots", run.labels, key=state.W_DIAG_METHOD)
 rep = run.reports.get(label, {})
-
-
-def _fmt(x, digits=3):
-    return "—" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
-
+widgets.honest_header(run)
 
 c = st.columns(5)
-c[0].metric("coverage", _fmt(rep.get("coverage")), delta=_fmt(rep.get("coverage_gap")), delta_color="off",
-            help=f"nominal {run.confidence:.0%}")
-c[1].metric("mean width (eV/Å)", _fmt(rep.get("mean_width"), 4))
-c[2].metric("width ratio vs split CP", _fmt(rep.get("width_ratio")))
-c[3].metric("Spearman ρ (width, error)", _fmt(rep.get("spearman")), help=rep.get("spearman_note") or None)
-c[4].metric("miscalibration area", _fmt(rep.get("miscalibration_area")))
+widgets.coverage_metric(c[0], rep, run.cal.n_structures)
+c[1].metric("mean width (eV/Å)", notices.fmt(rep.get("mean_width"), 4))
+c[2].metric("width ratio vs split CP", notices.fmt(rep.get("width_ratio")))
+c[3].metric("Spearman ρ (width, error)", notices.fmt(rep.get("spearman")), help=rep.get("spearman_note") or None)
+c[4].metric("miscalibration area", notices.fmt(rep.get("miscalibration_area")),
+            help="Mean |observed − nominal coverage| over the levels 0.05, 0.10, …, 0.95 — the number in the "
+                 "calibration plots' legends.")
 st.caption("Click or box-select points in the parity, scatter or structure plots to open that structure "
            "with the atom highlighted.")
 
 figs = services.method_figures(run, label)
 SELECTABLE = {"force_parity", "energy_parity", "uncertainty_error", "structure_uncertainty"}
-titles = services.figure_titles()
 
 
 def _draw(name: str) -> None:
@@ -59,12 +57,31 @@ def _draw(name: str) -> None:
         return
     key = f"fig_{name}"
     if isinstance(figs[name], str):  # could not be drawn: say why
-        st.warning(f"**{titles.get(name, name)}** — {figs[name]}")
+        st.warning(f"**{FIGURE_TITLES.get(name, name)}** — {figs[name]}")
     elif name in SELECTABLE:
         st.plotly_chart(figs[name], key=key, on_select=lambda k=key: _on_select(k),
                         selection_mode=("points", "box", "lasso"))
     else:
         st.plotly_chart(figs[name], key=key)
+
+
+def _band_caption(level: float) -> None:
+    """The coverages at this level with the range expected at the run's confidence."""
+    k = run.level_index(level)
+    lab = run.flexible_label()
+    cov_q = float(np.mean(run.test.errors <= run.widths_levels[lab][:, k]))
+    cov_g = float(np.mean(run.test.errors <= run.reference_levels[:, k]))
+    rep_q = run.reports[lab]
+    text = f"At {run.levels[k]:.0%}: {lab} covers {cov_q:.3f}, global CP {cov_g:.3f}."
+    if abs(run.levels[k] - run.confidence) < 1e-9:
+        text += f" At the calibrated confidence, {notices.expected_text(rep_q, run.cal.n_structures)}."
+        warning = notices.coverage_warning(lab, rep_q, run.cal.n_structures)
+        if warning:
+            st.warning(warning, icon=":material/warning:")
+    else:
+        text += (" The expected spread is computed at the calibrated confidence "
+                 f"({run.confidence:.0%}); other levels scatter by a similar amount.")
+    st.caption(text)
 
 
 @st.fragment
@@ -73,18 +90,19 @@ def teaching_view() -> None:
     st.caption("The slider moves the global split-CP cutoff (one width for every site) and the learned q_θ band "
                "together, from the stored predictions at each level — nothing is refitted.")
     if run.flexible_label() is None:
-        st.info("Include the **flexible** method on the Calibrate page to compare its band with global CP.")
+        st.info("Include a q_θ method (flexible) on the Calibrate page to compare its band with global CP.")
         return
     levels = [float(x) for x in np.round(run.levels, 2)]
     if state.get(state.W_TEACH_LEVEL) not in levels:
         state.put(state.W_TEACH_LEVEL, min(levels, key=lambda x: abs(x - run.confidence)))
     level = st.select_slider("Confidence", options=levels, key=state.W_TEACH_LEVEL,
                              format_func=lambda x: f"{x:.0%}")
-    fig = services.teaching_figure(run, level)
+    fig = teaching_figure(run, level)
     if fig is None:
-        st.info("The flexible method gives no widths at other levels here.")
+        st.info("The q_θ method gives no widths at other levels here.")
         return
     st.plotly_chart(fig, key="fig_teaching")
+    _band_caption(level)
 
 
 # Tabs render only the open one (on_change="rerun"): a click redraws two plots, not nine.

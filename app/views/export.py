@@ -4,41 +4,55 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import services, state
+from app import services, state, widgets
+from app.figures_catalogue import run_report_html
 
 st.title("Export")
 run = state.get(state.RESULTS)
 sites = state.get(state.SITES)
 dataset = state.get(state.DATASET)
 if run is None or sites is None or dataset is None:
+    widgets.dropped_note()
     st.warning("Calibrate first: exports need fitted methods.")
     st.stop()
 
+from core import export  # noqa: E402
+
+widgets.stale_badge(run)
 if state.get(state.W_EXPORT_METHOD) not in run.labels:
     state.put(state.W_EXPORT_METHOD, run.flexible_label() or run.labels[0])
 label = st.selectbox("Method for the extxyz widths, the calibrator file and the report's per-method plots",
                      run.labels, key=state.W_EXPORT_METHOD)
 stem = "flexcal-" + "".join(ch if ch.isalnum() else "_" for ch in label)
 st.caption("Files are built when you click (nothing is written on the server). Widths are half-widths in eV/Å at "
-           f"confidence {run.confidence:.0%}; calibration-part widths are in-sample.")
+           f"confidence {run.confidence:.0%}; calibration-part widths are in-sample. The report records the "
+           "dataset, model, split, seed, methods, date and FlexCal version, and repeats every warning.")
+
+
+def _table(fmt: str) -> bytes:
+    return export.table_bytes(export.evaluation_frame(run.evaluation, sites), fmt)
+
+
+def _extxyz() -> bytes:
+    widths = run.calibrators[label].predict(sites)
+    return export.annotated_extxyz(dataset.structures, sites, widths, method=label, confidence=run.confidence)
+
 
 c1, c2 = st.columns(2)
 with c1:
     st.markdown("**Per-site table** — every site, its split part, error and each method's width")
-    st.download_button("sites.csv", lambda: services.export_table(run, sites, "csv"), file_name="flexcal-sites.csv",
+    st.download_button("sites.csv", lambda: _table("csv"), file_name="flexcal-sites.csv",
                        mime="text/csv", on_click="ignore", key="dl_csv")
-    st.download_button("sites.parquet", lambda: services.export_table(run, sites, "parquet"),
-                       file_name="flexcal-sites.parquet", mime="application/vnd.apache.parquet", on_click="ignore",
-                       key="dl_parquet")
+    st.download_button("sites.parquet", lambda: _table("parquet"), file_name="flexcal-sites.parquet",
+                       mime="application/vnd.apache.parquet", on_click="ignore", key="dl_parquet")
     st.markdown("**Structures** — extxyz with per-atom `flexcal_width` and `flexcal_error` arrays")
-    st.download_button("structures.extxyz", lambda: services.export_extxyz(run, dataset, sites, label),
-                       file_name=f"{stem}-structures.extxyz", mime="chemical/x-extxyz", on_click="ignore",
-                       key="dl_extxyz")
+    st.download_button("structures.extxyz", _extxyz, file_name=f"{stem}-structures.extxyz",
+                       mime="chemical/x-extxyz", on_click="ignore", key="dl_extxyz")
 with c2:
     st.markdown("**Fitted calibrator** — one pickle-free `.npz`; load with `core.load_calibrator(path)`")
-    st.download_button(f"{label} calibrator (.npz)", lambda: services.export_calibrator(run, label),
+    st.download_button(f"{label} calibrator (.npz)", lambda: export.calibrator_bytes(run.calibrators[label]),
                        file_name=f"{stem}-calibrator.npz", mime="application/octet-stream", on_click="ignore",
                        key="dl_calibrator")
     st.markdown("**Report** — self-contained HTML (plotly inlined, works offline) of the figures and tables")
-    st.download_button("report.html", lambda: services.export_report(run, label),
+    st.download_button("report.html", lambda: run_report_html(run, label, services.method_figures(run, label)),
                        file_name=f"{stem}-report.html", mime="text/html", on_click="ignore", key="dl_report")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import services, state
+from app import catalog, services, state
 from app.pages_index import page
 
 st.title("Model")
@@ -16,8 +16,8 @@ if dataset is None:
     st.stop()
 
 origin_kind, origin_name = state.get(state.DATASET_ORIGIN) or ("upload", "")
-synthetic = origin_kind == services.SYNTHETIC
-family = origin_name if origin_kind == services.DEMO else None
+synthetic = origin_kind == catalog.SYNTHETIC
+family = origin_name if origin_kind == catalog.DEMO else None
 st.caption(f"Dataset: **{state.get(state.DATASET_LABEL)}** — {len(dataset)} structures")
 
 kind = st.radio("Potential", list(state.MODEL_KINDS), key=state.W_MODEL_KIND, horizontal=True)
@@ -27,26 +27,32 @@ if kind == state.MODEL_KINDS[0]:
     if synthetic:
         st.info("The synthetic demo dataset goes with its **mock potential** (EMT + environment-dependent noise); "
                 "it is not a MACE model.")
-        spec = (services.SYNTHETIC, "")
-    elif services.demo_model_available(family):
+        spec = (catalog.SYNTHETIC, "")
+    elif catalog.demo_model_available(family):
         st.info(f"The embedded demo MACE model of the **{family or 'default'}** family (small, trained on that "
                 "family's train frames; float64).")
-        spec = (services.DEMO, family or "")
+        spec = (catalog.DEMO, family or "")
     else:
         st.error("The embedded demo MACE model is not installed. Pick the synthetic demo dataset, a foundation "
                  "model, or a local model file.")
 elif kind == state.MODEL_KINDS[1]:
-    name = st.selectbox("Foundation model", services.FOUNDATION_MODELS, key=state.W_FOUNDATION)
-    st.caption("Loaded through mace-torch from its cache (~/.cache/mace). Offline, FlexCal tells you which file to "
-               "download and where to put it — or use *Local model file* with the downloaded path.")
-    spec = ("foundation", name)
+    names = catalog.named_models()
+    if state.get(state.W_FOUNDATION) not in names:
+        state.put(state.W_FOUNDATION, next(iter(names)))
+    name = st.selectbox("Model", list(names), key=state.W_FOUNDATION, format_func=lambda n: names[n])
+    st.caption("CHGNet weights ship with its package (offline). MACE foundation models load through mace-torch from "
+               "its cache (~/.cache/mace); offline, FlexCal tells you which file to download and where to put it "
+               "— or use *Local model file* with the downloaded path.")
+    spec = ("named", name)
 elif kind == state.MODEL_KINDS[2]:
-    path = st.text_input("Path to a .model file on this machine", key=state.W_MODEL_PATH,
+    path = st.text_input("Path to a model file on this machine (.model, CHGNet .pth.tar)", key=state.W_MODEL_PATH,
                          placeholder="/path/to/model.model")
+    st.checkbox("I trust this file: a MACE .model file runs code when loaded", key=state.W_TRUST_PATH,
+                help=catalog.TRUST_REASON)
     spec = ("path", path.strip()) if path.strip() else None
 else:
-    st.warning("**Model files are pickles.** " + services.TRUST_REASON, icon=":material/warning:")
-    upload = st.file_uploader("Upload a model file", type=list(services.MODEL_TYPES), key=state.W_MODEL_UPLOAD)
+    st.warning("**Model files are pickles.** " + catalog.TRUST_REASON, icon=":material/warning:")
+    upload = st.file_uploader("Upload a model file", type=list(catalog.MODEL_TYPES), key=state.W_MODEL_UPLOAD)
     trusted = st.checkbox("I trust this file: I made it or got it from a source I trust", key=state.W_TRUST)
     if upload is not None and not trusted:
         st.info("Tick the box above to load the uploaded file. Until then it is not opened.")
@@ -59,9 +65,9 @@ def _load_potential():
             return services.load_uploaded_model(upload.getvalue(), upload.name, bool(state.get(state.W_TRUST)))
         if spec is None:
             raise ValueError("choose a model first")
-        return services.load_model(*spec)
+        return services.load_model(*spec, bool(state.get(state.W_TRUST_PATH)) if spec[0] == "path" else False)
     except Exception as exc:
-        state.put(state.MODEL_ERROR, services.describe_error(exc))
+        state.put(state.MODEL_ERROR, catalog.describe_error(exc))
         return None
 
 
@@ -80,7 +86,7 @@ def _featurize() -> bool:
         sites, key = services.featurize_dataset(dataset, state.get(state.DATASET_KEY), potential, progress)
     except Exception as exc:
         bar.empty()
-        state.put(state.MODEL_ERROR, services.describe_error(exc))
+        state.put(state.MODEL_ERROR, catalog.describe_error(exc))
         return False
     bar.progress(1.0, text=f"Done: {len(sites)} sites")
     state.set_sites(sites, key, getattr(potential, "name", str(potential)))

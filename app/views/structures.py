@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import services, state
+from app import catalog, notices, state, widgets
+from app.figures_catalogue import selected_site, site_ids
 
 st.title("Structures")
 sites = state.get(state.SITES)
@@ -16,6 +17,8 @@ if sites is None or dataset is None:
     st.stop()
 state.put(state.OPEN_STRUCTURE, False)
 run = state.get(state.RESULTS)
+if run is not None:
+    widgets.stale_badge(run)
 
 # ---------------------------------------------------------------- per-structure overview
 sids = sites.unique_structures
@@ -31,8 +34,13 @@ max_err = np.maximum.reduceat(err_sorted, starts)
 ctype = info["config_type"].astype(str) if "config_type" in info else np.full(len(sids), "default")
 
 
+ood_ids = set(run.ood_structures.tolist()) if run is not None else set()
+
+
 def _part(sid: int) -> str:
-    return "test" if sid in test_ids else ("calibration" if sid in cal_ids else "—")
+    if sid in test_ids:
+        return "test, out of domain" if sid in ood_ids else "test"
+    return "calibration" if sid in cal_ids else "—"
 
 
 labels = run.labels if run is not None else []
@@ -62,7 +70,15 @@ if labels:
 else:
     label = None
     c2.info("Calibrate to colour by width.")
-color_by = c3.radio("Colour by", ["width", "error"] if labels else ["error"], key=state.W_COLOR_BY)
+OOD = "out of domain"
+colour_options = ["width", "error"] if labels else ["error"]
+if run is not None and run.domain is not None:
+    colour_options.append(OOD)
+if state.get(state.W_COLOR_BY) not in colour_options:
+    state.put(state.W_COLOR_BY, colour_options[0])
+color_by = c3.radio("Colour by", colour_options, key=state.W_COLOR_BY,
+                    help="out of domain: 1 = the atom's environment lies outside the calibration domain "
+                         "(its out-of-domain score is above 1).")
 arrows_on = c4.checkbox("Error arrows", key=state.W_ARROWS)
 
 sub = sites.select_structures([sid])
@@ -73,7 +89,7 @@ errors[sub.atom_index] = sub.errors
 widths = None
 if label is not None:
     widths = np.zeros(n_atoms)
-    widths[sub.atom_index] = services.structure_widths(run, sub, label)
+    widths[sub.atom_index] = run.calibrators[label].predict(sub)
 arrows = None
 if arrows_on and sub.forces_pred is not None and sub.forces_ref is not None:
     arrows = np.zeros((n_atoms, 3))
@@ -83,9 +99,25 @@ highlight = selected["atom_index"] if selected and selected["structure_id"] == s
 if highlight is not None and not 0 <= highlight < n_atoms:
     highlight = None
 
+ood_atoms, ood_score, struct_flag = None, None, False
+if run is not None and run.domain is not None:
+    from core.domain import THRESHOLD
+
+    ood_score = np.zeros(n_atoms)
+    ood_score[sub.atom_index] = run.site_domain_scores(sub)
+    ood_atoms = (ood_score > THRESHOLD).astype(float)
+    struct_flag = bool(run.domain.structure_flags(sub)[1][0])
 use_width = color_by == "width" and widths is not None
-values = widths if use_width else errors
-vlabel = f"{label} width at {run.confidence:.0%} (eV/Å)" if use_width else "force error ‖ΔF‖ (eV/Å)"
+if color_by == OOD and ood_atoms is not None:
+    values, vlabel, vrange = ood_atoms, "outside the calibration domain (1 = yes)", (0.0, 1.0)
+elif use_width:
+    values, vlabel, vrange = widths, f"{label} width at {run.confidence:.0%} (eV/Å)", (None, None)
+else:
+    values, vlabel, vrange = errors, "force error ‖ΔF‖ (eV/Å)", (None, None)
+note = notices.structure_ood_text(run, int(sid), struct_flag,
+                                  int(np.count_nonzero(ood_atoms)) if ood_atoms is not None else 0, n_atoms)
+if note:
+    st.warning(note, icon=":material/explore_off:")
 
 left, right = st.columns([3, 2])
 with left:
@@ -93,18 +125,20 @@ with left:
 
     try:
         html = structure_view_html(atoms, values=values, label=vlabel, highlight=highlight, arrows=arrows,
-                                   width=560, height=420)
+                                   vmin=vrange[0], vmax=vrange[1], width=560, height=420)
         st.iframe(html, height=580)
     except FileNotFoundError as exc:
         st.error(f"The 3D viewer needs 3Dmol.js installed locally: {exc}")
     except ValueError as exc:  # e.g. infinite widths (too few calibration sites for this confidence)
-        st.error(f"Cannot colour this structure: {services.describe_error(exc)}")
+        st.error(f"Cannot colour this structure: {catalog.describe_error(exc)}")
 with right:
     table = pd.DataFrame({"atom": np.arange(n_atoms), "element": atoms.get_chemical_symbols(),
                           "error (eV/Å)": errors})
     if widths is not None:
         table["width (eV/Å)"] = widths
         table["covered"] = errors <= widths
+    if ood_score is not None:
+        table["domain score (> 1 = out)"] = ood_score
     st.caption(f"Atoms of structure #{sid} ({_part(sid)} part). Select a row to highlight the atom.")
 
     def _pick_atom() -> None:
@@ -129,6 +163,8 @@ me, mw = structure_maxima(run.test.errors, run.widths[label], run.test.structure
 tids = np.unique(run.test.structure_ids)
 worst = pd.DataFrame({"structure": tids, "config_type": [ctype[pos_of[int(s)]] for s in tids],
                       "max error (eV/Å)": me, "max width (eV/Å)": mw, "max error / max width": me / mw})
+if run.ood is not None:
+    worst["out of domain"] = np.isin(tids, run.ood_structures)
 worst = worst.sort_values("max error (eV/Å)", ascending=False).head(20).reset_index(drop=True)
 
 
@@ -139,7 +175,7 @@ def _pick_structure() -> None:
 
 
 def _pick_point() -> None:
-    picked = services.selected_site(st.session_state.get("pick_scatter"))
+    picked = selected_site(st.session_state.get("pick_scatter"))
     if picked is not None:
         state.select_site(*picked)
 
@@ -153,12 +189,12 @@ if worst_tab.open:
         st.dataframe(worst, hide_index=True, key="worst_table", on_select=_pick_structure,
                      selection_mode="single-row",
                      column_config={c: st.column_config.NumberColumn(format="%.4f") for c in worst.columns
-                                    if c not in ("structure", "config_type")})
+                                    if c not in ("structure", "config_type", "out of domain")})
 if scatter_tab.open:
     from core.figures import plot_uncertainty_error
 
     with scatter_tab:
         st.caption("Test sites: click or box-select a point to open its structure with the atom highlighted.")
         st.plotly_chart(plot_uncertainty_error(run.test.errors, run.widths[label], label=label,
-                                               ids=services.site_ids(run.test)),
+                                               ids=site_ids(run.test)),
                         key="pick_scatter", on_select=_pick_point, selection_mode=("points", "box", "lasso"))

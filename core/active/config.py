@@ -147,12 +147,11 @@ class ActiveLearningConfig:
                              f"{sorted(self.calibrator_options)} with a {type(self.calibrator).__name__}")
         # fail now on a bad name, option or object, not after the first refit
         if isinstance(self.calibrator, str):
-            self.make_calibrator()
+            _check_method(self.calibrator, self.confidence, self.seed, self.calibrator_options)
         else:
             _check_spec("calibrator", self.calibrator, "predict", _CALIBRATOR_KINDS)
         if isinstance(self.heuristic, str):
-            if "heuristic" in self.strategies:
-                self.make_heuristic()
+            self.make_heuristic()
         else:
             _check_spec("heuristic", self.heuristic, "score", _HEURISTIC_KINDS)
 
@@ -223,6 +222,20 @@ def _check_dict(name: str, value) -> dict:
     return dict(value)
 
 
+def _check_method(method: str, confidence: float, seed: int, options: dict) -> None:
+    """Build the calibrator once, so a bad name or option fails now and names the field."""
+    from core.calibration import make_calibrator
+
+    try:
+        make_calibrator(method, confidence=confidence, seed=seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"calibrator: {exc}") from None
+    try:
+        make_calibrator(method, confidence=confidence, seed=seed, **options)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"calibrator_options: {exc} (got {options!r})") from None
+
+
 _CALIBRATOR_KINDS = "a make_calibrator method name, an unfitted Calibrator or a callable returning a fresh one"
 _HEURISTIC_KINDS = "a make_heuristic name, an unfitted Heuristic or a callable returning a fresh one"
 
@@ -234,7 +247,7 @@ def _check_spec(name: str, spec, method: str, kinds: str) -> None:
 
 def _fresh(name: str, spec, method: str):
     """A fresh strategy object from an instance (deep copy: never share fitted state) or a factory."""
-    if hasattr(spec, method):
+    if hasattr(spec, method) and not isinstance(spec, type):  # an instance; a class is a factory
         return copy.deepcopy(spec)
     made = spec()
     if not hasattr(made, method):

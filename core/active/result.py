@@ -11,7 +11,7 @@ __all__ = ["CURVE_COLUMNS", "ActiveLearningResult", "labels_to_reach"]
 #: Columns of :attr:`ActiveLearningResult.curves`, in order. One row per (strategy, round);
 #: round r > 0 describes the model refitted after round r's picks. The calibration columns
 #: (``coverage`` to ``structure_spearman``) are ``core.metrics.calibration_report`` on the
-#: test sites (one metric definition for the whole library).
+#: test sites, through the evaluation engine ``core.evaluation.score`` (one metric definition).
 CURVE_COLUMNS = [
     "strategy",  # str
     "round",  # int, 0 = the shared initial model

@@ -1,13 +1,12 @@
 """One model of the loop: its potential, fitted calibrator (and heuristic), and its test metrics.
 
-The per-round calibration metrics come from ``core.metrics.calibration_report`` on the
-test sites (the library's one metric definition); force and energy errors are the
-potential's own accuracy.
+The per-round calibration metrics come from the evaluation engine (``core.evaluation.score``,
+i.e. ``core.metrics.calibration_report`` on the test sites: the library's one metric
+definition); force and energy errors are the potential's own accuracy.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -52,17 +51,19 @@ def accuracy_metrics(sites: SiteTable) -> dict[str, float]:
     }
 
 
-def calibration_metrics(sites: SiteTable, calibrator, confidence: float) -> dict[str, float]:
-    """Coverage, mean width (eV/Å), site and structure Spearman ρ of ``calibrator`` on ``sites``.
+def calibration_metrics(calibrator, calibration: SiteTable, test: SiteTable, *, confidence: float,
+                        reference: SiteTable | None = None) -> dict[str, float]:
+    """Coverage, mean width (eV/Å), site and structure Spearman ρ of a fitted ``calibrator`` on ``test``.
 
-    Computed by ``core.metrics.calibration_report``; an undefined ρ becomes NaN.
+    Scored by the library's evaluation engine (``core.evaluation.score``: predict, then
+    ``core.metrics.calibration_report``) with ``calibration`` (the labelled sites the
+    calibrator was fitted on) as its split-CP reference; an undefined ρ becomes NaN.
     """
-    from core.metrics import calibration_report
+    from core.evaluation import score
 
-    widths = np.asarray(calibrator.predict(sites), dtype=np.float64)
-    report = calibration_report(sites.errors, widths, confidence, species=sites.species,
-                                structure_ids=sites.structure_ids)
-    return {key: np.nan if report[key] is None else float(report[key])
+    ev = score({"calibrated": calibrator}, calibration, {"test": test}, confidence=confidence, reference=reference)
+    report = ev.report("calibrated", "test")
+    return {key: np.nan if report.get(key) is None else float(report[key])
             for key in ("coverage", "mean_width", "spearman", "structure_spearman")}
 
 
@@ -79,11 +80,12 @@ def pick_metrics(sites: SiteTable | None, uncertainties, strategy: str) -> dict[
 
 
 def check_updatable(calibrator) -> None:
-    """TypeError unless ``calibrator`` has ``update(sites)`` (the recalibration contract)."""
-    if not callable(getattr(calibrator, "update", None)):
+    """TypeError unless ``calibrator`` has ``update(sites)`` and ``copy()`` (the recalibration contract)."""
+    missing = [m for m in ("update", "copy") if not callable(getattr(calibrator, m, None))]
+    if missing:
         raise TypeError(
-            f"update_calibrator: the calibrator {type(calibrator).__name__} has no update(new_sites) method; "
-            "use a calibrator that has one or set update_calibrator=False"
+            f"update_calibrator: the calibrator {type(calibrator).__name__} has no "
+            f"{' or '.join(m + '()' for m in missing)} method; use a core.calibration calibrator or set update_calibrator=False"
         )
 
 
@@ -98,9 +100,9 @@ class ModelState:
     potential : Potential
     calibrator : Calibrator
         Fitted on the calibration sites (or the training sites with ``calibrate_on="train"``).
-    train_sites, test_sites : SiteTable
-        The training set's sites (reference of knn/gmm normalisation, METHOD §2) and the
-        test set's, both under this model.
+    train_sites, calibration_sites, test_sites : SiteTable
+        The training set's sites (reference of knn/gmm normalisation, METHOD §2), the
+        calibration sites the calibrator was fitted on, and the test set's, all under this model.
     metrics : dict
         :func:`accuracy_metrics` + :func:`calibration_metrics` on the test sites, and
         ``n_calibration``.
@@ -112,6 +114,7 @@ class ModelState:
     potential: Any
     calibrator: Any
     train_sites: SiteTable
+    calibration_sites: SiteTable
     test_sites: SiteTable
     metrics: dict = field(default_factory=dict)
     heuristic: Any = None
@@ -129,9 +132,10 @@ class ModelState:
         calibrator.fit(cal_sites, reference=train_sites)
         test_sites = featurize_frames(test_set, potential, config.batch_size, labelled=True)
         metrics = accuracy_metrics(test_sites)
-        metrics.update(calibration_metrics(test_sites, calibrator, config.confidence))
+        metrics.update(calibration_metrics(calibrator, cal_sites, test_sites, confidence=config.confidence,
+                                           reference=train_sites))
         metrics["n_calibration"] = len(train if calibration is None else calibration)
-        return cls(model, potential, calibrator, train_sites, test_sites, metrics)
+        return cls(model, potential, calibrator, train_sites, cal_sites, test_sites, metrics)
 
     def with_heuristic(self, config) -> "ModelState":
         """A copy whose heuristic (``config.make_heuristic()``) is fitted on the training sites."""
@@ -147,17 +151,17 @@ class ModelState:
         return frame_scores(strategy, sites, len(frames), calibrator=self.calibrator,
                             heuristic=self.heuristic, reduce=config.reduce)
 
-    def recalibrated(self, new_sites: SiteTable | None, confidence: float) -> dict[str, float]:
+    def recalibrated(self, new_sites: SiteTable | None) -> dict[str, float]:
         """Test coverage before and after ``update(new_sites)`` on a copy of this model's calibrator.
 
         ``new_sites``: labelled sites this model never trained on (the round's picks). The
-        state's own calibrator is left as it is (it may be shared between strategies).
+        state's own calibrator is left as it is (it is shared between strategies in round 0).
         """
         if new_sites is None or len(new_sites) == 0:
             return dict(_NO_UPDATE)
-        calibrator = copy.deepcopy(self.calibrator)
-        updated = calibrator.update(new_sites)
-        after = calibration_metrics(self.test_sites, calibrator if updated is None else updated, confidence)
+        updated = self.calibrator.copy().update(new_sites)
+        after = calibration_metrics(updated, self.calibration_sites, self.test_sites,
+                                    confidence=float(updated.confidence), reference=self.train_sites)
         return {
             "coverage_before_update": self.metrics["coverage"],
             "coverage_after_update": after["coverage"],

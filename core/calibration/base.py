@@ -30,7 +30,9 @@ every other entry is a plain numeric array. :func:`load_calibrator` dispatches o
 
 from __future__ import annotations
 
+import functools
 import json
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from core.validation import check_confidence, check_int, check_levels
 
 __all__ = [
     "Calibrator",
+    "LayoutWarning",
     "FORMAT",
     "FORMAT_VERSION",
     "calibrator_from_state",
@@ -62,6 +65,7 @@ _KINDS: dict[str, str] = {
     "split_conformal": "core.calibration.conformal:SplitConformal",
     "flexible_quantile": "core.calibration.flexible:FlexibleQuantile",
     "rescaled": "core.calibration.rescaled:RescaledCalibrator",
+    "flexible_ood": "core.calibration.ood:FlexibleOOD",
 }
 
 
@@ -89,6 +93,41 @@ def nested_arrays(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.nd
     return {k[len(head):]: v for k, v in arrays.items() if k.startswith(head)}
 
 
+class LayoutWarning(UserWarning):
+    """Sites come from another model than the one a calibrator was fitted with (same descriptor width)."""
+
+
+def _recording_layout(fit):
+    """Wrap a subclass's ``fit`` so that every successful fit records the sites' layout."""
+    if getattr(fit, "_records_layout", False):
+        return fit
+
+    @functools.wraps(fit)
+    def fit_and_record(self, sites, *args, **kwargs):
+        out = fit(self, sites, *args, **kwargs)
+        self._record_layout(sites)
+        return out
+
+    fit_and_record._records_layout = True
+    return fit_and_record
+
+
+def _checked_layout(layout: Any) -> dict[str, Any] | None:
+    """A saved ``layout`` entry validated (None for files written before layouts were recorded)."""
+    if layout is None:
+        return None
+    if not isinstance(layout, dict):
+        raise ValueError(f"layout: expected a JSON object or null, got {type(layout).__name__}")
+    n = layout.get("n_descriptors")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"layout.n_descriptors: expected an integer >= 1, got {n!r}")
+    for key in ("potential", "potential_identity"):
+        if layout.get(key) is not None and not isinstance(layout[key], str):
+            raise ValueError(f"layout.{key}: expected a string or null, got {layout[key]!r}")
+    return {"potential": layout.get("potential"), "potential_identity": layout.get("potential_identity"),
+            "n_descriptors": n}
+
+
 class Calibrator:
     """Base class: confidence validation, fitted check, update, state and save/load plumbing.
 
@@ -96,17 +135,30 @@ class Calibrator:
     ``name``/``label``, ``fit``/``predict``/``predict_levels``, ``get_params`` (JSON
     constructor parameters), the state hooks :meth:`_get_state` / :meth:`_set_state`
     and, to support :meth:`update`, the hook :meth:`_update`. Their ``fit`` ends with
-    :meth:`_reset_update` (a fresh fit is not an updated one).
+    :meth:`_reset_update` (a fresh fit is not an updated one), and ``fit``/``_update`` set
+    ``n_calibration_structures_``: the number of structures whose scores define the
+    conformal factor (the effective calibration size of METHOD §6; None when there is no
+    conformal factor), e.g. for ``calibration_report(..., n_calibration=...)``.
     """
 
     kind: str = ""
     name: str = "calibrator"
     label: str = "calibrator"
+    #: {"potential", "potential_identity", "n_descriptors"} of the fitted sites (None before fit or
+    #: for files written before layouts were recorded); set after every subclass ``fit`` (see
+    #: ``__init_subclass__``), saved and restored with the state. :meth:`check_layout` reads it.
+    layout_: dict[str, Any] | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "fit" in cls.__dict__:  # one wrapper for every calibrator: fit records the layout
+            cls.fit = _recording_layout(cls.__dict__["fit"])
 
     def __init__(self, confidence: float = 0.9):
         self.confidence = check_confidence(confidence)
         self.n_update_sites_ = 0
         self.n_update_structures_ = 0
+        self.n_calibration_structures_: int | None = None
 
     # ------------------------------------------------------------- contract
     def fit(self, sites: SiteTable, *, target=None, reference=None, callback=None) -> "Calibrator":
@@ -129,6 +181,45 @@ class Calibrator:
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters, JSON-serialisable."""
         raise NotImplementedError
+
+    # --------------------------------------------------------------- layout
+    def _record_layout(self, sites: SiteTable) -> None:
+        """Remember which model and descriptor width the fitted sites came from (``layout_``)."""
+        meta = getattr(sites, "meta", None) or {}
+        name, ident = meta.get("potential"), meta.get("potential_identity")
+        self.layout_ = {"potential": None if name is None else str(name),
+                        "potential_identity": None if ident is None else str(ident),
+                        "n_descriptors": int(sites.n_descriptors)}
+
+    def check_layout(self, sites: SiteTable, *, strict: bool = False) -> None:
+        """Check that ``sites`` come from the model and descriptor layout this calibrator was fitted on.
+
+        A different descriptor width raises ValueError; the same width from a model with another
+        identity (``sites.meta["potential_identity"]``) warns (:class:`LayoutWarning`), or raises
+        ValueError with ``strict=True``. Nothing is checked where the layout or the identity is
+        unknown (a calibrator saved before layouts were recorded, sites built without metadata).
+        """
+        check_sites(sites)
+        fitted = self.layout_
+        if fitted is None:
+            return
+        meta = sites.meta or {}
+        ident = meta.get("potential_identity")
+
+        def describe(name, identity):
+            return f"model {name or 'unknown'}" + (f" (identity {str(identity)[:12]}…)" if identity else "")
+
+        was = (f"calibrator was fitted on {fitted['n_descriptors']} descriptor columns from "
+               f"{describe(fitted.get('potential'), fitted.get('potential_identity'))}")
+        now = f"{sites.n_descriptors} from {describe(meta.get('potential'), ident)}"
+        if sites.n_descriptors != fitted["n_descriptors"]:
+            raise ValueError(f"sites: {was}; these sites have {now}")
+        if ident and fitted.get("potential_identity") and str(ident) != fitted["potential_identity"]:
+            msg = (f"sites: {was}; these sites have {now}: widths from another model's descriptors "
+                   "are not calibrated")
+            if strict:
+                raise ValueError(msg)
+            warnings.warn(msg, LayoutWarning, stacklevel=2)
 
     # --------------------------------------------------------------- update
     def update(self, sites: SiteTable, *, fine_tune: int = 0) -> "Calibrator":
@@ -198,6 +289,8 @@ class Calibrator:
             "params": self.get_params(),
             "state": state,
             "update": {"n_sites": int(self.n_update_sites_), "n_structures": int(self.n_update_structures_)},
+            "n_calibration_structures": self.n_calibration_structures_,
+            "layout": self.layout_,
         }
         payload = {k: np.asarray(v) for k, v in arrays.items()}
         for k, v in payload.items():
@@ -214,6 +307,9 @@ class Calibrator:
         update = meta.get("update") or {}
         cal.n_update_sites_ = int(update.get("n_sites", 0))
         cal.n_update_structures_ = int(update.get("n_structures", 0))
+        n_cal = meta.get("n_calibration_structures")
+        cal.n_calibration_structures_ = None if n_cal is None else int(n_cal)
+        cal.layout_ = _checked_layout(meta.get("layout"))
         return cal
 
     @classmethod

@@ -293,6 +293,7 @@ class SplitConformal(Calibrator):
         u = self.heuristic_.score(sites)
         self.scores_ = sites.errors / u
         self.species_ = sites.species.copy()
+        self.n_calibration_structures_ = sites.n_structures
         self._derive_quantiles()
 
     def _update(self, sites: SiteTable, fine_tune: int) -> None:

@@ -46,6 +46,7 @@ __all__ = [
     "raw_quantiles",
     "robust_moments",
     "species_index",
+    "structure_parts",
     "train_quantile_model",
 ]
 
@@ -124,6 +125,35 @@ def species_index(species_table: np.ndarray, species: np.ndarray):
     z = np.minimum(np.searchsorted(species_table, species), species_table.size - 1)
     z = np.where(species_table[z] == species, z, species_table.size).astype(np.int64)
     return torch.from_numpy(z)
+
+
+def structure_parts(sites, holdout_fraction: float, validation_fraction: float,
+                    seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean masks (n,) (training, validation, holdout) of ``sites``, split by structure (seeded).
+
+    ``holdout_fraction`` of the structures go to the conformal holdout (0: none), then
+    ``validation_fraction`` of the rest to validation (0: none); ValueError when there are
+    too few structures for every requested part.
+    """
+    from core.sites import split_structure_ids
+
+    ids = sites.unique_structures
+    holdout, validation = holdout_fraction > 0, validation_fraction > 0
+    need = 1 + int(holdout) + int(validation)
+    if ids.size < need:
+        parts = ["training"] + ["validation"] * validation + ["conformal holdout"] * holdout
+        raise ValueError(
+            f"sites: FlexibleQuantile splits by structure into {need} parts ({', '.join(parts)})"
+            f" and needs at least {need} structures, got {ids.size}"
+        )
+    hold_ids = val_ids = np.array([], dtype=np.int64)
+    train_ids = ids
+    if holdout:
+        train_ids, hold_ids = split_structure_ids(ids, holdout_fraction, seed)
+    if validation:
+        train_ids, val_ids = split_structure_ids(train_ids, validation_fraction, seed + 1)
+    sid = sites.structure_ids
+    return np.isin(sid, train_ids), np.isin(sid, val_ids), np.isin(sid, hold_ids)
 
 
 def build_quantile_model(n_descriptors: int, n_species: int, hidden: tuple[int, ...], levels: np.ndarray,

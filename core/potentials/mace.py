@@ -152,7 +152,8 @@ class MACEPotential:
     Parameters
     ----------
     model : str or path
-        Foundation-model name (see ``FOUNDATION_MODELS``) or a ``.model`` file.
+        Foundation-model name (see ``FOUNDATION_MODELS``), ``"demo[:<family>]"`` or a
+        ``.model`` file (a pickle: loading it runs code from it).
     committee : iterable of str or path, optional
         Further models; with them ``compute`` also returns ``committee_std``.
     device : {"auto", "cpu", "cuda", "cuda:N", "mps"}
@@ -175,10 +176,13 @@ class MACEPotential:
     Attributes
     ----------
     name, identity, atomic_numbers : see ``Potential``
-    model_paths : list of Path
+    model_paths : list of Path (empty for :meth:`from_calculator`)
     r_max : float, cutoff in Å
     heads : list of str; head : str
     n_descriptors : int, descriptor width d
+    predictions : {"primary", "mean"}
+        Whose energies/forces ``compute`` returns: the first model's, or the committee
+        mean (``from_calculator``, as MACECalculator reports them).
     """
 
     def __init__(self, model, committee: Iterable = (), *, device: str = "auto", dtype: str = "float64",
@@ -187,42 +191,89 @@ class MACEPotential:
             raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
         if isinstance(committee, (str, os.PathLike)):
             committee = [committee]
-        specs = [model, *list(committee)]
-        self.device = _resolve_device(device)
-        self.dtype = dtype
-        self.jit_optimize = bool(jit_optimize)
-        resolved = [_resolve_model(s) for s in specs]
-        self.model_paths = [p for _, p in resolved]
+        device = resolve_device(device)
+        resolved = [_resolve_model(s) for s in [model, *list(committee)]]
+        paths = [p for _, p in resolved]
         n_extra = len(resolved) - 1
-        self.name = name or (resolved[0][0] + (f" (+{n_extra} committee)" if n_extra else ""))
-
         import torch
 
         tdtype = torch.float64 if dtype == "float64" else torch.float32
-        self.models = []
-        for path in self.model_paths:
-            m = _load_model_file(path, self.device).to(device=self.device, dtype=tdtype)
+        models = [_load_model_file(p, device).to(device=device, dtype=tdtype) for p in paths]
+        self.model_paths = paths
+        self._setup(
+            models, labels=[str(p) for p in paths], hashes=[sha256_file(p) for p in paths], device=device,
+            dtype=dtype, head=head, jit_optimize=jit_optimize,
+            name=name or (resolved[0][0] + (f" (+{n_extra} committee)" if n_extra else "")),
+        )
+
+    @classmethod
+    def from_calculator(cls, calc, *, name: str | None = None) -> "MACEPotential":
+        """A potential over the models of a ``mace.calculators.MACECalculator`` (no copy).
+
+        ``compute`` then gives what the calculator gives: energy and forces averaged over its
+        models (``predictions="mean"``), from graphs built with its key specification and
+        head; descriptors of its first model; ``committee_std`` when it holds several
+        models. The identity hashes the models' weights (not a file).
+
+        Raises
+        ------
+        ValueError
+            The calculator is not a plain MACE calculator this route reproduces: another
+            model type, compiled or padded graphs, or energy/length unit conversions.
+        """
+        needed = ("models", "default_dtype", "head", "device", "info_keys", "arrays_keys")
+        missing = [a for a in needed if not hasattr(calc, a)]
+        if missing or getattr(calc, "model_type", "MACE") != "MACE":
+            raise ValueError(f"calc: not a plain MACECalculator (model_type {getattr(calc, 'model_type', '?')!r}, "
+                             f"lacking {missing or 'nothing'})")
+        if getattr(calc, "use_compile", False) or getattr(calc, "pad_num_atoms", 0) or getattr(calc, "pad_num_edges", 0):
+            raise ValueError("calc: compiled or padded MACE graphs are left to the calculator itself")
+        if getattr(calc, "energy_units_to_eV", 1.0) != 1.0 or getattr(calc, "length_units_to_A", 1.0) != 1.0:
+            raise ValueError("calc: MACECalculator with unit conversions is left to the calculator itself")
+        import torch
+
+        models = list(calc.models)
+        dtype = "float64" if next(models[0].parameters()).dtype == torch.float64 else "float32"
+        self = cls.__new__(cls)
+        self.model_paths = []
+        arrays_keys = dict(calc.arrays_keys)
+        arrays_keys[getattr(calc, "charges_key", "Qs")] = "charges"
+        self._setup(
+            models, labels=[f"MACECalculator model {i}" for i in range(len(models))],
+            hashes=[sha256_state_dict(m) for m in models], device=str(calc.device), dtype=dtype,
+            head=calc.head, jit_optimize=False, name=name or "MACECalculator", predictions="mean",
+            keys=(dict(calc.info_keys), arrays_keys),
+        )
+        return self
+
+    def _setup(self, models, *, labels, hashes, device, dtype, head, jit_optimize, name,
+               predictions="primary", keys=None) -> None:
+        self.device, self.dtype, self.jit_optimize, self.name = device, dtype, bool(jit_optimize), name
+        self.predictions = predictions
+        self._keys = keys or ({"total_spin": "spin", "total_charge": "charge", "external_field": "external_field"},
+                              {"Qs": "charges"})  # the key specification MACECalculator uses by default
+        for m in models:
             m.eval()
             for p in m.parameters():
                 p.requires_grad_(False)
-            self.models.append(m)
-
-        first = self.models[0]
+        self.models = models
+        first = models[0]
         self.atomic_numbers = tuple(int(z) for z in first.atomic_numbers)
         self.r_max = float(first.r_max)
-        for path, m in zip(self.model_paths[1:], self.models[1:]):
+        for label, m in zip(labels[1:], models[1:]):
             if tuple(int(z) for z in m.atomic_numbers) != self.atomic_numbers:
                 raise ValueError(
-                    f"committee: {path} knows elements {[int(z) for z in m.atomic_numbers]}, "
+                    f"committee: {label} knows elements {[int(z) for z in m.atomic_numbers]}, "
                     f"the primary model {list(self.atomic_numbers)}; all members must match"
                 )
             if float(m.r_max) != self.r_max:
-                raise ValueError(f"committee: {path} has r_max {float(m.r_max)}, the primary model {self.r_max}")
+                raise ValueError(f"committee: {label} has r_max {float(m.r_max)}, the primary model {self.r_max}")
         self.heads = list(getattr(first, "heads", None) or ["Default"])
         self.head = self._choose_head(head)
 
-        from mace.modules.utils import extract_invariant  # after _mace(): e3nn needs mace first
+        mace_modules()
         from e3nn import o3
+        from mace.modules.utils import extract_invariant
 
         self._extract_invariant = extract_invariant
         irreps_out = o3.Irreps(str(first.products[0].linear.irreps_out))
@@ -231,12 +282,14 @@ class MACEPotential:
         self._num_interactions = int(first.num_interactions)
         self.n_descriptors = self._num_features * self._num_interactions
 
-        self._file_hashes = [_sha256_file(p) for p in self.model_paths]
+        self._file_hashes = list(hashes)
         h = hashlib.sha256()
         h.update(_HASH_VERSION.encode())
         for fh in self._file_hashes:
             h.update(fh.encode())
         h.update(f"|dtype={dtype}|head={self.head}".encode())
+        if predictions != "primary":
+            h.update(f"|predictions={predictions}".encode())
         self.identity = h.hexdigest()
 
     def __repr__(self) -> str:
@@ -260,11 +313,7 @@ class MACEPotential:
         from mace import data as mace_data
         from mace.tools import torch_geometric, utils
 
-        # the key specification MACECalculator uses, so the graphs are identical
-        keyspec = mace_data.KeySpecification(
-            info_keys={"total_spin": "spin", "total_charge": "charge", "external_field": "external_field"},
-            arrays_keys={"Qs": "charges"},
-        )
+        keyspec = mace_data.KeySpecification(info_keys=dict(self._keys[0]), arrays_keys=dict(self._keys[1]))
         z_table = utils.AtomicNumberTable(list(self.atomic_numbers))
         with _default_dtype(self.dtype):
             graphs = [
@@ -291,16 +340,7 @@ class MACEPotential:
             energies (m,) eV, forces (N, 3) eV/Å, descriptors (N, d) in the
             model dtype, committee_std (N,) eV/Å or None. Atoms in input order.
         """
-        from ase import Atoms
-
-        structures = list(structures)
-        if not structures:
-            raise ValueError("structures: empty batch")
-        for i, a in enumerate(structures):
-            if not isinstance(a, Atoms):
-                raise TypeError(f"structures[{i}]: expected ase.Atoms, got {type(a).__name__}")
-            if len(a) == 0:
-                raise ValueError(f"structures[{i}]: has zero atoms")
+        structures = check_structures(structures)
         check_elements(structures, self.atomic_numbers, f"model {self.name!r}")
 
         import torch
@@ -313,15 +353,15 @@ class MACEPotential:
         import torch
 
         n_models = len(self.models)
-        forces_all = []
-        energies = descriptors = None
+        forces_all, energies_all = [], []
+        descriptors = None
         for k, model in enumerate(self.models):
             # the model sets requires_grad on positions in place; give every member its own copy
             b = batch.clone() if k < n_models - 1 else batch
             out = model(b.to_dict(), training=False, compute_force=True)
             forces_all.append(out["forces"].detach())
+            energies_all.append(out["energy"].detach())
             if k == 0:
-                energies = out["energy"].detach()
                 feats = out.get("node_feats")
                 if feats is None:
                     raise ValueError(f"model {self.name!r} returns no node_feats; descriptors need a MACE model")
@@ -331,7 +371,10 @@ class MACEPotential:
                     num_features=self._num_features,
                     l_max=self._l_max,
                 )
-        forces = forces_all[0]
+        if self.predictions == "mean":
+            energies, forces = torch.stack(energies_all).mean(dim=0), torch.stack(forces_all).mean(dim=0)
+        else:
+            energies, forces = energies_all[0], forces_all[0]
         committee_std = None
         if n_models > 1:
             stack = torch.stack(forces_all)  # (M, N, 3)
@@ -353,7 +396,7 @@ class MACEPotential:
             False: the primary model only (what FlexCal calibrates). True: all
             models (MACECalculator then averages them and reports variances).
         """
-        _mace()
+        mace_modules()
         from mace.calculators import MACECalculator
 
         models = self.models if committee else self.models[:1]
@@ -361,40 +404,18 @@ class MACEPotential:
         return MACECalculator(models=list(models), device=self.device, default_dtype=self.dtype, **kwargs)
 
 
-def load_potential(name_or_path=DEFAULT_MODEL, committee: Iterable = (), device: str = "auto",
-                   dtype: str = "float64", *, head: str | None = None,
-                   jit_optimize: bool = False) -> MACEPotential:
-    """Load a MACE potential by foundation-model name, file path, or list of files.
+def load_mace(spec, committee: Iterable = (), *, device: str = "auto", dtype: str = "float64",
+              head: str | None = None, jit_optimize: bool = False) -> MACEPotential:
+    """The MACE backend's loader (``load_potential`` routes MACE names and files here)."""
+    return MACEPotential(spec, committee, device=device, dtype=dtype, head=head, jit_optimize=jit_optimize)
 
-    Parameters
-    ----------
-    name_or_path : str, path, list of those, or MACEPotential
-        A name from ``FOUNDATION_MODELS`` (default ``"mace-mp-0b3-medium"``), a
-        ``.model`` file, or a list whose first entry is the primary model and the
-        rest a committee. A MACEPotential is returned unchanged.
-    committee : iterable of str or path
-        Further committee members.
-    device, dtype, head, jit_optimize
-        See :class:`MACEPotential`.
 
-    Raises
-    ------
-    FoundationModelUnavailable
-        A named model is not cached and cannot be downloaded.
-    ValueError
-        Unknown name, unloadable file, mismatched committee, bad dtype/device/head.
-    FileNotFoundError
-        A path that does not exist.
-    """
-    if isinstance(name_or_path, MACEPotential):
-        return name_or_path
-    if isinstance(name_or_path, (list, tuple)):
-        if not name_or_path:
-            raise ValueError("name_or_path: empty list of models")
-        primary, extra = name_or_path[0], list(name_or_path[1:])
-    else:
-        primary, extra = name_or_path, []
-    if isinstance(committee, (str, os.PathLike)):
-        committee = [committee]
-    return MACEPotential(primary, [*extra, *list(committee)], device=device, dtype=dtype, head=head,
-                         jit_optimize=jit_optimize)
+def mace_from_calculator(calc):
+    """``MACEPotential.from_calculator(calc)`` for a MACECalculator it reproduces, else None."""
+    is_mace = any(c.__name__ == "MACECalculator" and c.__module__.startswith("mace.") for c in type(calc).__mro__)
+    if not is_mace:
+        return None
+    try:
+        return MACEPotential.from_calculator(calc)
+    except ValueError:
+        return None

@@ -15,6 +15,7 @@ to its previous value afterwards and later ``torch.load`` calls keep torch's saf
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from core.potentials.base import restored_environ
@@ -43,7 +44,9 @@ class FoundationModelUnavailable(RuntimeError):
 def mace_modules():
     """Import mace (before e3nn) with the environment restored afterwards; returns
     ``mace.calculators.foundations_models``."""
-    with restored_environ():
+    with restored_environ(), warnings.catch_warnings():
+        # our own, contained use of the variable: torch's notice about it is noise here
+        warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
         import mace.calculators  # noqa: F401  (sets the variable; e3nn's constants need it)
         import mace.calculators.foundations_models as foundations_models
         import mace.modules  # noqa: F401  (imports e3nn while the variable is set)

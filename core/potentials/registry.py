@@ -315,13 +315,16 @@ def load_potential(spec=None, committee: Iterable = (), device: str = "auto", dt
         raise TypeError(f"spec: expected a model name, a path or a Potential, got {type(spec).__name__}")
     device = resolve_device(device)
     if dtype is not None and dtype not in ("float64", "float32"):
-        raise ValueError(f"dtype: expected one of ('float64', 'float32') or None, got {dtype!r}")
+        raise ValueError(f"dtype: expected one of ('float64', 'float32'), got {dtype!r} (or None: the backend's default)")
     backend = _find_backend(spec)
-    for member in [spec, *extra] if backend.runs_code else extra:
-        _check_trust(member, trusted, backend)
     if extra and not backend.committee:
         raise ValueError(f"committee: the {backend.label} backend does not support committees (got {len(extra)} "
                          "extra model(s)); committees are MACE models")
+    if trusted is not True and trusted is not False:
+        raise TypeError(f"trusted: expected True or False, got {trusted!r}")
+    if backend.runs_code:
+        for member in [spec, *extra]:
+            _check_trust(member, trusted, backend)
     kwargs = dict(options, device=device)
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -358,10 +361,8 @@ def _find_backend(spec) -> Backend:
 
 def _check_trust(spec, trusted: bool, backend: Backend) -> None:
     path = existing_file(spec)
-    if path is None or trusted is True:
+    if path is None or trusted:
         return
-    if trusted is not False:
-        raise TypeError(f"trusted: expected True or False, got {trusted!r}")
     raise UntrustedModelError(
         f"model: refusing to load {str(path)!r} with trusted=False: a {backend.label} model file is a Python "
         "pickle and loading it runs code from the file. Load it only if you trust it as you would a "

@@ -1,22 +1,7 @@
-"""Calibration metrics for per-site uncertainty (METHOD §4).
+"""The metric functions of :mod:`core.metrics` (METHOD §4): pure functions of numpy arrays.
 
-Every function is pure and takes numpy-compatible arrays in the order
-``(errors, widths, ...)``:
-
-- ``errors`` : array of shape (n,), force-error norms e_i >= 0, eV/Å.
-- ``widths`` : array of shape (n,), predicted half-widths w_i >= 0, eV/Å
-  (``+inf`` is allowed: a conformal quantile whose rank exceeds n).
-
-Functions that need only widths (``mean_width``, ``width_ratio``,
-``spearman_ideal``) take only widths. Bad input raises ``ValueError`` naming
-the argument and what was received. Correlations and AUROCs that are
-mathematically undefined (constant widths, constant errors, no negatives)
-are returned as ``None``, never as 0; :func:`correlation_or_reason` gives the
-reason.
-
-:func:`calibration_report` gathers everything into one JSON-serialisable
-dict; :data:`REPORT_COLUMNS` and :func:`report_table` turn several reports
-into a comparison table.
+Argument order ``(errors, widths, ...)``; see the package docstring for conventions.
+Numpy/scipy only.
 """
 
 from __future__ import annotations
@@ -27,77 +12,11 @@ from typing import Any, Callable
 import numpy as np
 from scipy import stats
 
-__all__ = [
-    "CALIBRATION_LEVELS",
-    "REPORT_COLUMNS",
-    "REPORT_KEYS",
-    "auroc",
-    "bootstrap_ci",
-    "calibration_report",
-    "correlation_or_reason",
-    "coverage",
-    "coverage_gap",
-    "mean_width",
-    "miscalibration_area",
-    "observed_coverage_curve",
-    "pearson",
-    "pinball_loss",
-    "report_table",
-    "spearman",
-    "spearman_ideal",
-    "species_coverage",
-    "structure_auroc",
-    "structure_maxima",
-    "structure_spearman",
-    "width_ratio",
-    "worst_species_coverage",
-]
+from core.sites import UNLABELLED_MESSAGE
+from core.validation import check_fraction, check_int
 
 #: Nominal levels p = 0.05, 0.10, ..., 0.95 of the calibration curve (METHOD §4).
 CALIBRATION_LEVELS = np.round(np.arange(0.05, 0.951, 0.05), 2)
-
-#: Scalar keys of :func:`calibration_report`, in the order used for tables.
-REPORT_COLUMNS = [
-    "n_sites",
-    "n_structures",
-    "confidence",
-    "coverage",
-    "coverage_gap",
-    "mean_width",
-    "width_ratio",
-    "spearman",
-    "pearson",
-    "spearman_ideal",
-    "auroc",
-    "miscalibration_area",
-    "worst_species_coverage",
-    "pinball",
-    "structure_spearman",
-    "structure_auroc",
-]
-
-#: All keys of :func:`calibration_report` without bootstrap (``coverage_ci`` and
-#: ``spearman_ci`` are added when ``bootstrap > 0``).
-REPORT_KEYS = [
-    "n_sites",
-    "n_structures",
-    "confidence",
-    "coverage",
-    "coverage_gap",
-    "mean_width",
-    "width_ratio",
-    "spearman",
-    "spearman_note",
-    "pearson",
-    "spearman_ideal",
-    "auroc",
-    "miscalibration_area",
-    "species_coverage",
-    "worst_species_coverage",
-    "pinball",
-    "structure_spearman",
-    "structure_auroc",
-]
 
 
 # --------------------------------------------------------------------------- validation
@@ -110,6 +29,8 @@ def _describe(value: Any) -> str:
 
 def _array(name: str, value: Any, ndim: int = 1, dtype=np.float64) -> np.ndarray:
     if value is None:
+        if name == "errors":  # sites.errors of an unlabelled table
+            raise ValueError(f"errors: {UNLABELLED_MESSAGE}")
         raise ValueError(f"{name}: expected an array, got None")
     try:
         arr = np.asarray(value, dtype=dtype)
@@ -157,12 +78,8 @@ def _check_pair(errors: Any, widths: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_level(name: str, value: Any) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name}: expected a number in (0, 1), got {value!r}")
-    v = float(value)
-    if not 0.0 < v < 1.0:
-        raise ValueError(f"{name}: expected a number in (0, 1), got {value!r}")
-    return v
+    """A level/fraction in the open interval (0, 1) (confidence, top_fraction, interval mass)."""
+    return check_fraction(name, value)
 
 
 def _check_groups(name: str, value: Any, n: int) -> np.ndarray:
@@ -437,8 +354,7 @@ def spearman_ideal(widths, confidence: float, seed: int = 0, n_draws: int = 32) 
     """
     w = _check_widths(widths)
     c = _check_level("confidence", confidence)
-    if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 1:
-        raise ValueError(f"n_draws: expected an integer >= 1, got {n_draws!r}")
+    n_draws = check_int("n_draws", n_draws, 1)
     if w.shape[0] < 2 or np.all(w == w[0]):
         return None
     sigma = w / float(stats.chi.ppf(c, 3))
@@ -492,8 +408,7 @@ def bootstrap_ci(
     ids = _check_groups("structure_ids", structure_ids, e.shape[0])
     if not callable(statistic):
         raise ValueError(f"statistic: expected a callable (errors, widths) -> float, got {statistic!r}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot: expected an integer >= 1, got {n_boot!r}")
+    n_boot = check_int("n_boot", n_boot, 1)
     lv = _check_level("level", level)
     _, inv, counts = np.unique(ids, return_inverse=True, return_counts=True)
     order = np.argsort(inv, kind="stable")
@@ -513,120 +428,3 @@ def bootstrap_ci(
         return None, None
     lo, hi = np.quantile(values, [(1.0 - lv) / 2.0, 1.0 - (1.0 - lv) / 2.0])
     return float(lo), float(hi)
-
-
-# --------------------------------------------------------------------------- report
-def calibration_report(
-    errors,
-    widths,
-    confidence: float = 0.9,
-    species=None,
-    structure_ids=None,
-    widths_at_levels=None,
-    levels=None,
-    reference_widths=None,
-    bootstrap: int = 0,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """All METHOD §4 metrics of one calibrator on one set of test sites.
-
-    Parameters
-    ----------
-    errors, widths : array-like of shape (n,)
-        Error norms and half-widths at ``confidence``, eV/Å.
-    confidence : float in (0, 1)
-    species : array-like of int, shape (n,), optional
-        Atomic numbers; enables ``species_coverage`` / ``worst_species_coverage``.
-    structure_ids : array-like of int, shape (n,), optional
-        Enables the structure-level metrics and the bootstrap.
-    widths_at_levels : array-like of shape (n, k), optional
-        Half-widths at each of ``levels``; enables ``miscalibration_area``.
-    levels : array-like of shape (k,), optional
-        Defaults to :data:`CALIBRATION_LEVELS` (then k must be 19); ignored
-        without ``widths_at_levels``.
-    reference_widths : array-like, optional
-        Widths of global split CP on the same sites; enables ``width_ratio``.
-    bootstrap : int
-        Number of by-structure bootstrap resamples for ``coverage_ci`` and
-        ``spearman_ci`` (0 = none; > 0 needs ``structure_ids``).
-    seed : int
-        Seeds ``spearman_ideal`` and the bootstrap.
-
-    Returns
-    -------
-    dict
-        Keys :data:`REPORT_KEYS` (plus ``coverage_ci``, ``spearman_ci`` when
-        ``bootstrap > 0``); values are plain Python numbers, strings, None,
-        lists or dicts with string keys, so ``json.dumps`` works.
-    """
-    e, w = _check_pair(errors, widths)
-    n = e.shape[0]
-    c = _check_level("confidence", confidence)
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
-        raise ValueError(f"bootstrap: expected an integer >= 0, got {bootstrap!r}")
-    ids = None if structure_ids is None else _check_groups("structure_ids", structure_ids, n)
-    if bootstrap > 0 and ids is None:
-        raise ValueError("bootstrap: needs structure_ids (the bootstrap resamples whole structures), got None")
-
-    rho, note = correlation_or_reason(e, w, "spearman")
-    report: dict[str, Any] = {
-        "n_sites": int(n),
-        "n_structures": None if ids is None else int(np.unique(ids).shape[0]),
-        "confidence": c,
-        "coverage": coverage(e, w),
-        "coverage_gap": coverage_gap(e, w, c),
-        "mean_width": mean_width(w),
-        "width_ratio": None if reference_widths is None else width_ratio(w, reference_widths),
-        "spearman": _float(rho),
-        "spearman_note": note,
-        "pearson": _float(pearson(e, w)),
-        "spearman_ideal": _float(spearman_ideal(w, c, seed=seed)),
-        "auroc": _float(_auroc(e, w, 0.1)),
-        "miscalibration_area": None,
-        "species_coverage": None,
-        "worst_species_coverage": None,
-        "pinball": pinball_loss(e, w, c),
-        "structure_spearman": None,
-        "structure_auroc": None,
-    }
-    if widths_at_levels is not None:  # levels alone (no widths at them) are ignored
-        report["miscalibration_area"] = miscalibration_area(e, widths_at_levels, levels)
-    if species is not None:
-        per = species_coverage(e, w, species)
-        report["species_coverage"] = {str(z): v for z, v in per.items()}
-        report["worst_species_coverage"] = min(per.values())
-    if ids is not None:
-        me, mw = structure_maxima(e, w, ids)
-        report["structure_spearman"] = _float(spearman(me, mw))
-        report["structure_auroc"] = _float(_auroc(me, mw, 0.1))
-    if bootstrap > 0:
-        report["coverage_ci"] = list(bootstrap_ci(e, w, ids, coverage, bootstrap, seed))
-        report["spearman_ci"] = list(bootstrap_ci(e, w, ids, spearman, bootstrap, seed))
-    return report
-
-
-def report_table(reports: dict[str, dict]):
-    """One row per method, columns :data:`REPORT_COLUMNS` (None -> NaN).
-
-    Parameters
-    ----------
-    reports : dict of label -> report from :func:`calibration_report`
-
-    Returns
-    -------
-    pandas.DataFrame
-        Index named ``method``.
-    """
-    import pandas as pd
-
-    if not isinstance(reports, dict) or not reports:
-        raise ValueError(f"reports: expected a non-empty dict of label -> report, got {type(reports).__name__}")
-    rows = []
-    for label, rep in reports.items():
-        if not isinstance(rep, dict):
-            raise ValueError(f"reports[{label!r}]: expected a report dict, got {type(rep).__name__}")
-        rows.append([rep.get(k) for k in REPORT_COLUMNS])
-    df = pd.DataFrame(rows, index=pd.Index([str(k) for k in reports], name="method"), columns=REPORT_COLUMNS)
-    for col in REPORT_COLUMNS:
-        df[col] = pd.to_numeric(df[col], errors="coerce")
-    return df

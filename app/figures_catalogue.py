@@ -1,0 +1,220 @@
+"""The figures of one calibration run, by name (no Streamlit: ``app.services`` caches them).
+
+Builders come from :mod:`core.figures`; this module only picks the arrays of a
+:class:`app.job.CalibrationRun` for them, marks out-of-domain test sites in the site and
+structure plots, and turns a figure that cannot be drawn into a message instead of a crash.
+
+The coverage curves are drawn on the 0.05..0.95 grid only, the levels the report's
+``miscalibration_area`` averages over, so the area in a legend is the number on the metric
+card.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Callable
+
+import numpy as np
+
+from app.catalog import describe_error
+
+FIGURE_TITLES = MappingProxyType({
+    "force_parity": "Force parity, coloured by width",
+    "energy_parity": "Energy parity (per atom), coloured by max width",
+    "coverage_curve": "Observed vs nominal coverage, every method",
+    "calibration_curve": "Calibration curve and miscalibration area",
+    "uncertainty_error": "Uncertainty vs error (log-log, y = x)",
+    "species_coverage": "Coverage per species",
+    "width_histogram": "Width histogram",
+    "structure_uncertainty": "Structure level: max width vs max error",
+})
+OOD_MARKER = MappingProxyType(dict(symbol="circle-open", size=11, color="#000000", line=dict(width=1.5)))
+
+
+def site_ids(sites) -> np.ndarray:
+    """(n, 2) array of (structure_id, atom_index): the ``customdata`` of clickable plots."""
+    return np.column_stack([sites.structure_ids, sites.atom_index])
+
+
+def selected_site(event) -> tuple[int, int | None] | None:
+    """(structure_id, atom_index or None) of the first selected point of a plotly_chart event."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        try:
+            points = event.selection.points
+        except AttributeError:
+            return None
+    for p in points or []:
+        cd = p.get("customdata") if isinstance(p, dict) else None
+        if cd is None:
+            continue
+        if isinstance(cd, (int, float)):
+            return int(cd), None
+        if isinstance(cd, dict):  # the browser may send an array as {"0": ..., "1": ...}
+            cd = [cd[k] for k in sorted(cd, key=lambda k: int(k))]
+        if len(cd) >= 2:
+            atom = int(cd[1])
+            return int(cd[0]), (atom if atom >= 0 else None)
+        if len(cd) == 1:
+            return int(cd[0]), None
+    return None
+
+
+def grid_curve(run, label: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(levels, observed coverage) of one method on the 0.05..0.95 grid, or None without levels."""
+    from core.metrics import CALIBRATION_LEVELS, observed_coverage_curve
+
+    wl = run.widths_levels.get(label)
+    if wl is None:
+        return None
+    keep = np.isin(np.round(run.levels, 6), np.round(CALIBRATION_LEVELS, 6))
+    return run.levels[keep], observed_coverage_curve(run.test.errors, wl[:, keep], run.levels[keep])
+
+
+def coverage_curves(run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """label -> (levels, observed coverage) on the grid, for every method that gives levels."""
+    curves = {lab: grid_curve(run, lab) for lab in run.labels}
+    return {lab: c for lab, c in curves.items() if c is not None}
+
+
+def mark_out_of_domain(fig, mask: np.ndarray, what: str = "sites"):
+    """Overlay open circles on the points of ``fig.data[0]`` where ``mask`` is True.
+
+    ``mask`` has one entry per point of the first trace (repeat a per-site mask for the
+    three force components of a parity plot). The overlay keeps the points' ``customdata``
+    so a click on it still opens the structure. Returns ``fig`` (changed in place).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return fig
+    base = fig.data[0]
+    x, y = np.asarray(base.x), np.asarray(base.y)
+    if mask.shape != x.shape:
+        raise ValueError(f"mask: expected {x.shape[0]} flags (one per point), got shape {mask.shape}")
+    custom = None if base.customdata is None else np.asarray(base.customdata)[mask]
+    fig.add_trace(type(base)(
+        x=x[mask], y=y[mask], mode="markers", marker=dict(OOD_MARKER), customdata=custom,
+        name=f"outside the calibration domain ({int(mask.sum())} {what})", hovertemplate=base.hovertemplate,
+    ))
+    return fig
+
+
+def _structure_ood(run, structure_ids: np.ndarray) -> np.ndarray:
+    return np.isin(structure_ids, run.ood_structures)
+
+
+def _site_builders(run, label: str) -> dict[str, Callable[[], Any]]:
+    """Parity (forces, energies), uncertainty-error and structure plots of one method."""
+    from core import figures as F
+    from core.metrics import structure_maxima
+
+    test, w, ood = run.test, run.widths[label], run.ood
+    ids, info = site_ids(test), test.structure_info
+    flagged = ood is not None and bool(np.any(ood))
+    builders: dict[str, Callable[[], Any]] = {}
+    if test.forces_pred is not None and test.forces_ref is not None:
+        def force():
+            fig = F.plot_parity(test.forces_ref, test.forces_pred, color=w, color_label=f"{label} width (eV/Å)",
+                                quantity="force", ids=ids)
+            return mark_out_of_domain(fig, np.repeat(ood, 3)) if flagged else fig
+        builders["force_parity"] = force
+    if "energy_ref" in info and "energy_pred" in info:
+        eref, epred = np.asarray(info["energy_ref"], dtype=float), np.asarray(info["energy_pred"], dtype=float)
+        ok = np.isfinite(eref) & np.isfinite(epred)
+        if ok.sum() >= 2:
+            def energy():
+                nat = np.asarray(info["n_atoms"], dtype=float)
+                _me, mw = structure_maxima(test.errors, w, test.structure_ids)
+                sids = np.asarray(info["structure_id"])
+                fig = F.plot_parity((eref / nat)[ok], (epred / nat)[ok], color=mw[ok],
+                                    color_label=f"max {label} width (eV/Å)", quantity="energy_per_atom",
+                                    ids=np.column_stack([sids[ok], np.full(ok.sum(), -1)]))
+                return mark_out_of_domain(fig, _structure_ood(run, sids[ok]), "structures") if flagged else fig
+            builders["energy_parity"] = energy
+
+    def scatter():
+        fig = F.plot_uncertainty_error(test.errors, w, label=label, ids=ids)
+        return mark_out_of_domain(fig, ood) if flagged else fig
+
+    def structures():
+        me, mw = structure_maxima(test.errors, w, test.structure_ids)
+        sids = np.unique(test.structure_ids)
+        fig = F.plot_structure_uncertainty(me, mw, ids=sids)
+        return mark_out_of_domain(fig, _structure_ood(run, sids), "structures") if flagged else fig
+
+    builders["uncertainty_error"] = scatter
+    builders["structure_uncertainty"] = structures
+    return builders
+
+
+def build_method_figures(run, label: str) -> dict[str, Any]:
+    """The Diagnose page's figures for one method (plus the all-method ones), by name.
+
+    A figure that cannot be drawn becomes a message (str) saying why, not an exception.
+    """
+    from core import figures as F
+
+    builders = _site_builders(run, label)
+    curves = coverage_curves(run)
+    if curves:
+        builders["coverage_curve"] = lambda: F.plot_coverage_curve(curves)
+        if label in curves:
+            builders["calibration_curve"] = lambda: F.plot_calibration_curve(*curves[label], label=label)
+    reports = {lab: r for lab, r in run.reports.items() if r.get("species_coverage")}
+    if reports:
+        builders["species_coverage"] = lambda: F.plot_species_coverage(reports, run.confidence)
+    builders["width_histogram"] = lambda: F.plot_width_histogram({lab: run.widths[lab] for lab in run.labels})
+    figs: dict[str, Any] = {}
+    for name in FIGURE_TITLES:
+        if name not in builders:
+            continue
+        try:
+            figs[name] = builders[name]()
+        except (ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
+            figs[name] = f"This plot cannot be drawn for {label}: {describe_error(exc)}"
+    return figs
+
+
+def teaching_figure(run, level: float):
+    """Global split CP against the q_θ band at one level, from stored predictions (no refit).
+
+    None when the run has no q_θ method with widths at several levels.
+    """
+    from core.figures import plot_confidence_band
+
+    lab = run.flexible_label()
+    if lab is None or run.widths_levels.get(lab) is None:
+        return None
+    k = run.level_index(level)
+    return plot_confidence_band(None, run.test.errors, run.reference_levels[:, k], run.widths_levels[lab][:, k],
+                                float(run.levels[k]))
+
+
+def report_figures(run, label: str, figures: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(title, figure) pairs for the HTML report: the Diagnose figures, the teaching view, the loss."""
+    out = [(FIGURE_TITLES.get(k, k), f) for k, f in figures.items() if not isinstance(f, str)]
+    band = teaching_figure(run, run.confidence)
+    if band is not None:
+        out.append((f"Global CP vs q_θ band at {run.confidence:.0%}", band))
+    if run.history:
+        from core.figures import plot_training_curve
+
+        out.append(("q_θ training curve", plot_training_curve(run.history)))
+    return out
+
+
+def run_report_html(run, label: str, figures: dict[str, Any]) -> str:
+    """Self-contained HTML: what produced the run, its warnings, the metrics table and the figures."""
+    import pandas as pd
+
+    from app.notices import coverage_warnings, ood_banner
+    from core.export import html_report, provenance_frame
+
+    tables = [("What produced this report", provenance_frame(run.provenance))]
+    warnings = [w.replace("**", "") for w in [ood_banner(run), *coverage_warnings(run)] if w]
+    if warnings:
+        tables.append(("Warnings", pd.DataFrame({"warning": warnings})))
+    tables.append((f"Metrics on the test part (confidence {run.confidence:.0%})", run.results_frame()))
+    return html_report(report_figures(run, label, figures), tables,
+                       title=f"FlexCal calibration report — per-method plots for {label}")

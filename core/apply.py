@@ -1,0 +1,287 @@
+"""Apply a fitted calibrator to new structures: per-atom widths, per-frame flags, exports.
+
+A calibration is made to be used on structures nobody labelled (an MD trajectory, a screening
+set, active-learning candidates). :func:`annotate` runs the potential once over them
+(:func:`core.featurize.featurize`), turns the descriptors into calibrated half-widths at the
+calibrator's confidence (and at extra ``levels``), and summarises every frame::
+
+    ann = annotate(structures, potential, calibrator, threshold=0.3)
+    ann.frame_table()        # frame, n_atoms, max_width, mean_width, flagged, ood_fraction, ...
+    ann.write_extxyz("annotated.xyz")          # per-atom flexcal_width, per-frame flexcal_* info
+    ann.write_extxyz("to_label.xyz", flagged_only=True)   # the hand-off to labelling
+
+:func:`annotate_sites` is the shared core on an existing SiteTable (what
+``CalibratedCalculator`` applies to each MD step); :func:`run_predict` is ``flexcal predict``
+without the terminal (read, check outputs first, annotate, write atomically, summary dict).
+
+Flags. A frame is *flagged* when its largest width exceeds ``threshold`` (eV/Å), or when it is
+out of the calibration domain: with a fitted domain score (``domain=``, e.g.
+``core.domain.DomainScore`` fitted on the calibration sites, or the one a shift-aware
+calibrator carries as ``domain_``), a site is out of domain where ``domain.flags(sites)`` says
+so and a frame is out of domain when any of its sites is. Widths are in eV/Å throughout.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.annotation import (ERROR_ARRAY, FRAME_COLUMNS, OOD_ARRAY, WIDTH_ARRAY, Annotation, argmax_atoms,
+                             check_threshold, frame_flags, frame_groups, level_suffix, reduce_frames, table_suffix)
+from core.sites import SiteTable
+
+__all__ = ["Annotation", "annotate", "annotate_sites", "run_predict", "level_suffix",
+           "WIDTH_ARRAY", "OOD_ARRAY", "ERROR_ARRAY", "FRAME_COLUMNS"]
+
+
+# ---------------------------------------------------------------------- the core
+def annotate_sites(sites: SiteTable, calibrator, *, levels=None, domain=None, threshold: float | None = None,
+                   check_layout: bool = True, strict: bool = False) -> Annotation:
+    """Calibrated widths and per-frame summaries of ``sites`` (the core of :func:`annotate`).
+
+    Parameters
+    ----------
+    sites : SiteTable
+        n sites (labelled or not: errors, when present, give per-frame coverage).
+    calibrator : Calibrator
+        Fitted; ``predict`` (and ``predict_levels`` when ``levels`` are given).
+    levels : sequence of float in (0, 1), optional
+        Extra confidence levels; widths (n, k) at each.
+    domain : object with ``flags(sites) -> (n,) bool`` (and optionally ``score``), optional
+        A fitted out-of-domain score; default: the calibrator's own ``domain_`` if it has one.
+    threshold : float, optional
+        A frame whose largest width exceeds this (eV/Å) is flagged; frames out of domain are
+        flagged too.
+    check_layout, strict : bool
+        Check first that the calibrator was fitted on this model's descriptor layout
+        (``calibrator.check_layout``: another width -> ValueError; another model of the same
+        width -> warning, ValueError when ``strict``).
+    """
+    from core.calibration.base import check_sites
+
+    check_sites(sites)
+    if not callable(getattr(calibrator, "predict", None)):
+        raise TypeError(f"calibrator: expected a fitted FlexCal Calibrator, got {type(calibrator).__name__}")
+    threshold = check_threshold(threshold)
+    if check_layout and callable(getattr(calibrator, "check_layout", None)):
+        calibrator.check_layout(sites, strict=strict)
+    widths = _widths("calibrator.predict", calibrator.predict(sites), (len(sites),))
+    lv = np.zeros(0)
+    widths_levels = None
+    if levels is not None:
+        from core.validation import check_levels
+
+        lv = check_levels(levels)
+        widths_levels = _widths("calibrator.predict_levels", calibrator.predict_levels(sites, lv), (len(sites), lv.size))
+    domain = domain if domain is not None else getattr(calibrator, "domain_", None)
+    ood = ood_score = None
+    if domain is not None:
+        ood = np.asarray(domain.flags(sites), dtype=bool).reshape(-1)
+        if ood.shape != (len(sites),):
+            raise ValueError(f"domain.flags: expected shape ({len(sites)},), got {ood.shape}")
+        if callable(getattr(domain, "score", None)):
+            ood_score = np.asarray(domain.score(sites), dtype=np.float64).reshape(-1)
+    errors = sites.errors if (sites.labelled and sites.meta.get("labelled", True)) else None
+    order, starts, frame_ids = frame_groups(sites.structure_ids)
+    counts = np.diff(np.r_[starts, len(sites)])
+    max_w = reduce_frames(np.maximum, widths, order, starts)
+    frame = {"n_atoms": counts, "max_width": max_w, "mean_width": reduce_frames(np.add, widths, order, starts) / counts,
+             "max_width_atom": argmax_atoms(widths, max_w, counts, order, starts, sites.atom_index)}
+    frame_ood = None
+    ood_fraction = np.full(frame_ids.size, np.nan)
+    if ood is not None:
+        n_ood = reduce_frames(np.add, ood.astype(np.int64), order, starts)
+        frame_ood, ood_fraction = n_ood > 0, n_ood / counts
+    flagged = frame_flags(max_w, frame_ood, threshold)
+    max_error = coverage = None
+    if errors is not None:
+        max_error = reduce_frames(np.maximum, errors, order, starts)
+        coverage = reduce_frames(np.add, (errors <= widths).astype(np.int64), order, starts) / counts
+    return Annotation(sites=sites, confidence=float(getattr(calibrator, "confidence", np.nan)), widths=widths,
+                      levels=lv, widths_levels=widths_levels, ood=ood, ood_score=ood_score, threshold=threshold,
+                      frame_ids=frame_ids, flagged=flagged, frame_ood=frame_ood, ood_fraction=ood_fraction,
+                      errors=errors, max_error=max_error, coverage=coverage,
+                      calibrator=str(getattr(calibrator, "name", type(calibrator).__name__)), **frame)
+
+
+def annotate(structures, potential, calibrator, *, levels=None, domain=None, threshold: float | None = None,
+             batch_size: int = 16, progress=None, labelled: bool | None = None, strict: bool = False,
+             cache_dir=None) -> Annotation:
+    """Run ``potential`` once over ``structures`` and annotate every atom with a calibrated width.
+
+    Parameters
+    ----------
+    structures : core.data.Dataset or list of ase.Atoms
+        Labelled or not; frame ids in the result are positions in this list.
+    potential : Potential, model name or path
+        The model the calibrator was fitted with (a name/path goes through
+        ``core.potentials.load_potential``; a local ``.model`` file runs code from the file).
+    calibrator : Calibrator or path of a saved one (``core.calibration.load_calibrator``, no pickle)
+    levels, domain, threshold, strict
+        As in :func:`annotate_sites`.
+    batch_size, progress, cache_dir
+        Passed to :func:`core.featurize.featurize` (one forward pass per batch).
+    labelled : bool, optional
+        Use reference forces (``REF_forces``) for errors and coverage; default: when every
+        structure has them.
+
+    Raises
+    ------
+    ValueError
+        A calibrator fitted on another descriptor width (checked before the forward passes
+        where the potential declares ``n_descriptors``), unknown elements, bad arguments.
+    """
+    from core.data import REF_FORCES, Dataset
+    from core.featurize import featurize
+
+    calibrator = _resolve_calibrator(calibrator)
+    potential = _resolve_potential(potential)
+    frames = list(structures.structures) if isinstance(structures, Dataset) else _atoms_list(structures)
+    if labelled is None:
+        labelled = all(REF_FORCES in a.arrays for a in frames)
+    _precheck_layout(calibrator, potential, strict)
+    sites = featurize(structures, potential, batch_size=batch_size, progress=progress, labelled=bool(labelled),
+                      cache_dir=cache_dir)
+    with warnings.catch_warnings():  # the identity was compared before the forward passes
+        warnings.simplefilter("ignore", _layout_warning())
+        ann = annotate_sites(sites, calibrator, levels=levels, domain=domain, threshold=threshold, strict=strict)
+    return _with_source(ann, frames)
+
+
+def run_predict(data, model, calibrator_path, output, *, levels=None, threshold: float | None = None,
+                table="auto", site_table=None, flagged_output=None, domain=None, batch_size: int = 16,
+                progress=None, strict: bool = False, read_options: dict | None = None) -> dict[str, Any]:
+    """``flexcal predict``: annotate ``data`` with a saved calibrator and write the results.
+
+    Every output path is checked (not a directory, not an input, writable folder) before any
+    model is loaded; the outputs are written atomically afterwards.
+
+    Parameters
+    ----------
+    data : path
+        Structures: extxyz or any ASE-readable file, labelled or not (``core.data.read_dataset``,
+        ``read_options`` passed on, e.g. ``format``, ``forces_key``, ``max_bytes``).
+    model : model name or path (``core.potentials.load_potential``)
+    calibrator_path : path of a saved calibrator (``.npz``)
+    output : path
+        Annotated extxyz (every frame).
+    table : "auto", path or None
+        Per-frame table, ``.csv`` or ``.parquet``; ``"auto"``: ``output`` with suffix ``.csv``.
+    site_table, flagged_output : path, optional
+        Per-site table; extxyz of the flagged frames only (ready for labelling).
+    domain : fitted domain score or path of a saved one (``core.domain.DomainScore.load``), optional
+
+    Returns
+    -------
+    dict
+        :meth:`Annotation.summary` plus ``data``, ``model``, ``calibrator_file`` and ``outputs``.
+    """
+    from core.io import check_output
+
+    data, calibrator_path, output = Path(data), Path(calibrator_path), Path(output)
+    for name, p in (("data", data), ("calibrator", calibrator_path)):
+        if not p.is_file():
+            raise FileNotFoundError(f"{name}: {p}: no such file")
+    model_path = Path(model) if isinstance(model, (str, Path)) and Path(model).is_file() else None
+    inputs = [data, calibrator_path, model_path]
+    table = output.with_suffix(".csv") if table == "auto" else table
+    outputs = {"extxyz": output, "table": table, "site_table": site_table, "flagged": flagged_output}
+    seen: list[Path] = []
+    for what, p in outputs.items():
+        if p is None:
+            continue
+        if what in ("table", "site_table"):
+            table_suffix(Path(p), what)
+        check_output(p, inputs=[*inputs, *seen], what=what)
+        seen.append(Path(p))
+    calibrator = _resolve_calibrator(calibrator_path)
+    if isinstance(domain, (str, Path)):
+        from core.domain import DomainScore
+
+        domain = DomainScore.load(domain)
+    from core.data import read_dataset
+
+    dataset = read_dataset(data, require_labels=False, **(read_options or {}))
+    potential = _resolve_potential(model)
+    ann = annotate(dataset, potential, calibrator, levels=levels, domain=domain, threshold=threshold,
+                   batch_size=batch_size, progress=progress, strict=strict)
+    ann.write_extxyz(output)
+    if table is not None:
+        ann.write_table(table)
+    if site_table is not None:
+        ann.write_table(site_table, which="sites")
+    written = {k: str(v) for k, v in outputs.items() if v is not None and k != "flagged"}
+    if flagged_output is not None and ann.flagged.any():
+        ann.write_extxyz(flagged_output, flagged_only=True)
+        written["flagged"] = str(flagged_output)
+    out = ann.summary()
+    out.update({"data": str(data), "model": str(model), "calibrator_file": str(calibrator_path), "outputs": written})
+    return out
+
+
+# ------------------------------------------------------------------- helpers
+def _resolve_calibrator(calibrator):
+    if isinstance(calibrator, (str, Path)):
+        from core.calibration import load_calibrator
+
+        return load_calibrator(calibrator)
+    if not callable(getattr(calibrator, "predict", None)):
+        raise TypeError(f"calibrator: expected a fitted Calibrator or the path of a saved one, got "
+                        f"{type(calibrator).__name__}")
+    return calibrator
+
+
+def _resolve_potential(potential):
+    if isinstance(potential, (str, Path, list, tuple)):
+        from core.potentials import load_potential
+
+        return load_potential(potential)
+    return potential
+
+
+def _atoms_list(structures) -> list:
+    if isinstance(structures, (str, Path)):
+        raise TypeError(f"structures: expected a Dataset or a list of ase.Atoms, got the path {str(structures)!r}; "
+                        "read it with core.data.read_dataset(path, require_labels=False)")
+    try:
+        return list(structures)
+    except TypeError:
+        raise TypeError(f"structures: expected a Dataset or a list of ase.Atoms, got {type(structures).__name__}") from None
+
+
+def _layout_warning():
+    from core.calibration.base import LayoutWarning
+
+    return LayoutWarning
+
+
+def _precheck_layout(calibrator, potential, strict: bool) -> None:
+    """Compare the calibrator's recorded layout with the potential's before any forward pass."""
+    layout = getattr(calibrator, "layout_", None)
+    width = getattr(potential, "n_descriptors", None)
+    if layout is None or not callable(getattr(calibrator, "check_layout", None)):
+        return
+    if not isinstance(width, (int, np.integer)) or isinstance(width, bool):
+        width = layout["n_descriptors"]  # unknown before the pass: check_layout on the sites catches it
+    probe = SiteTable.from_arrays(
+        descriptors=np.zeros((1, int(width))), errors=None, species=[1], structure_ids=[0],
+        meta={"potential": getattr(potential, "name", None), "potential_identity": getattr(potential, "identity", None)})
+    calibrator.check_layout(probe, strict=strict)
+
+
+def _with_source(ann: Annotation, frames: list) -> Annotation:
+    from dataclasses import replace
+
+    return replace(ann, source=frames)
+
+
+def _widths(name: str, values, shape: tuple) -> np.ndarray:
+    w = np.asarray(values, dtype=np.float64)
+    if w.shape != shape:
+        raise RuntimeError(f"{name} returned shape {w.shape}, expected {shape}")
+    if np.isnan(w).any() or (w < 0).any():
+        raise RuntimeError(f"{name} returned NaN or negative widths")
+    return w

@@ -1,0 +1,322 @@
+"""Out-of-domain score: how far a site (and its structure) lies from the calibration domain (METHOD §6).
+
+A calibrated width is only guaranteed for sites like those it was calibrated on. This module
+measures "like" as a nearest-neighbour distance in descriptor space and turns it into a score
+whose threshold has a fixed meaning.
+
+Distance
+    Descriptors are standardised **per species** (mean 0, standard deviation 1 per column over
+    the domain set's sites of that species; near-constant columns are left unscaled) and a site's
+    distance d_i is the mean Euclidean distance to its ``k`` nearest domain sites of the same
+    species (one :class:`scipy.spatial.cKDTree` per species).
+
+Domain set and null distribution
+    * ``fit(sites, reference=ref)``: the domain set is ``ref`` (the potential's training sites:
+      errors grow with the distance from *training* data), and the null distribution is the
+      distances of the calibration ``sites`` to it. An in-domain test site is exchangeable with
+      a calibration site, so its distance follows the null distribution.
+    * ``fit(sites)``: the domain set is ``sites`` itself, and the null distribution is
+      **leave-one-structure-out**: each calibration site's distance to the sites of the *other*
+      calibration structures (its own structure's atoms are skipped), which is what a new
+      in-domain structure sees.
+
+Scores and thresholds (documented, fixed meaning)
+    * Site score ``s_i = d_i / t_Z``, where ``t_Z`` is the ``quantile`` (default 0.99) quantile of
+      the null distances of species Z. **Threshold 1.0**: a site scores above 1 when it is further
+      from the domain than 99 % of in-domain sites of its species (about 1 % of in-domain sites are
+      flagged by construction).
+    * Structure score ``S = max(max_i s_i / T_max, mean_i ρ_i / T_mean)`` over the structure's
+      atoms, with ``ρ_i = d_i / m_Z`` (distance over the species' null median) and ``T_max``,
+      ``T_mean`` the ``quantile`` quantiles of the two statistics over the null (calibration)
+      structures. The max catches one odd atom (a defect, an adsorbate); the mean catches a
+      whole structure that is a little off everywhere (a hotter MD frame). **Threshold 1.0**:
+      more atypical than 99 % of calibration structures on either statistic (so about 2 % of
+      in-domain structures are flagged at most).
+    * A species the domain set never showed gets the finite score :data:`UNSEEN_SCORE` (always
+      flagged).
+
+State is saved as plain arrays + JSON (``save``/``load``, never pickled). Numpy/scipy only.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.sites import SiteTable
+from core.validation import check_float, check_int, check_seed
+
+__all__ = ["DomainScore", "THRESHOLD", "UNSEEN_SCORE", "structure_reduce"]
+
+#: Site and structure scores above this value are "outside the calibration domain".
+THRESHOLD = 1.0
+#: Score (site score and distance ratio) of a site whose species the domain set never showed.
+UNSEEN_SCORE = 1e3
+_FORMAT = "flexcal.DomainScore"
+
+
+def _check_sites(sites: Any, name: str = "sites") -> SiteTable:
+    if not isinstance(sites, SiteTable):
+        raise TypeError(f"{name}: expected a SiteTable, got {type(sites).__name__}")
+    return sites
+
+
+def structure_reduce(structure_ids: np.ndarray, values: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-structure ``"mean"`` or ``"max"`` of per-site ``values``: (sorted unique ids (m,), values (m,))."""
+    ids, inv = np.unique(np.asarray(structure_ids), return_inverse=True)
+    values = np.asarray(values, dtype=np.float64)
+    if how == "mean":
+        return ids, np.bincount(inv, values, minlength=ids.size) / np.bincount(inv, minlength=ids.size)
+    out = np.full(ids.size, -np.inf)
+    np.maximum.at(out, inv, values)
+    return ids, out
+
+
+class DomainScore:
+    """Per-site and per-structure out-of-domain score (see the module docstring).
+
+    Parameters
+    ----------
+    k : int, default 5
+        Neighbours averaged in the distance (capped at the domain sites of the species).
+    quantile : float, default 0.99
+        Null quantile that maps to the threshold 1.0.
+    max_domain_sites : int, default 20000
+        At most this many domain sites per species are kept (a seeded random subset), which
+        bounds memory, file size and query time.
+    seed : int, default 0
+        Seed of that subset.
+
+    Attributes (after fit)
+    ----------------------
+    species_ : ndarray (n_species,)
+        Species of the domain set.
+    domain_ : str
+        ``"reference"`` (distances to the training set) or ``"calibration"`` (leave-one-structure-out).
+    site_threshold_, site_median_ : dict Z -> float
+        Null ``quantile`` and median of the distances per species.
+    max_threshold_, mean_threshold_ : float
+        ``T_max`` and ``T_mean`` of the structure score.
+    null_distances_ : ndarray (n_fit,)
+        Null distances of the fitted sites (not saved); ``null_structure_ids_`` alongside.
+    """
+
+    def __init__(self, k: int = 5, *, quantile: float = 0.99, max_domain_sites: int = 20000, seed: int = 0):
+        self.k = check_int("k", k, 1)
+        self.quantile = check_float("quantile", quantile, 0.0, 1.0, lo_open=True, hi_open=True)
+        self.max_domain_sites = check_int("max_domain_sites", max_domain_sites, 1)
+        self.seed = check_seed(seed)
+        self.species_: np.ndarray | None = None
+
+    def get_params(self) -> dict[str, Any]:
+        return {"k": self.k, "quantile": self.quantile, "max_domain_sites": self.max_domain_sites, "seed": self.seed}
+
+    def __repr__(self) -> str:
+        return "DomainScore(" + ", ".join(f"{k}={v!r}" for k, v in self.get_params().items()) + ")"
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.species_ is not None
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise RuntimeError("DomainScore is not fitted; call fit() first")
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, sites: SiteTable, *, reference: SiteTable | None = None) -> "DomainScore":
+        """Learn the domain (``reference`` if given, else ``sites``) and the null distribution of ``sites``.
+
+        ``sites`` need not be labelled (only descriptors, species and structure ids are used).
+        Leave-one-structure-out (no ``reference``) needs at least 2 structures.
+        """
+        _check_sites(sites)
+        domain = sites if reference is None else _check_sites(reference, "reference")
+        if reference is not None and reference.n_descriptors != sites.n_descriptors:
+            raise ValueError(f"reference: descriptors have {reference.n_descriptors} columns, "
+                             f"but sites have {sites.n_descriptors}")
+        if reference is None and sites.n_structures < 2:
+            raise ValueError(f"sites: the leave-one-structure-out null distribution needs at least 2 structures, "
+                             f"got {sites.n_structures}; pass reference= (the training set) instead")
+        rng = np.random.default_rng(self.seed)
+        self.domain_ = "calibration" if reference is None else "reference"
+        self.species_ = np.unique(domain.species)
+        self._mean, self._std, self._x, self._sid, self._trees = {}, {}, {}, {}, {}
+        for z in self.species_:
+            rows = np.flatnonzero(domain.species == z)
+            if rows.size > self.max_domain_sites:
+                rows = np.sort(rng.choice(rows, self.max_domain_sites, replace=False))
+            x = np.asarray(domain.descriptors[rows], dtype=np.float64)
+            mean, std = x.mean(axis=0), x.std(axis=0)
+            self._mean[int(z)], self._std[int(z)] = mean, np.where(std > 1e-8 * (1 + np.abs(mean)), std, 1.0)
+            self._x[int(z)] = ((x - mean) / self._std[int(z)]).astype(np.float32)
+            self._sid[int(z)] = domain.structure_ids[rows].copy()
+        self._build_trees()
+        d = self.distances(sites, leave_structure_out=reference is None)
+        self.null_distances_, self.null_structure_ids_ = d, sites.structure_ids.copy()
+        self.site_threshold_, self.site_median_ = {}, {}
+        for z in self.species_:
+            dz = d[(sites.species == z) & np.isfinite(d)]
+            if dz.size == 0:  # a reference species absent from the calibration sites: no null, use the domain's own
+                dz = self._self_distances(int(z))
+            self.site_threshold_[int(z)] = max(float(np.quantile(dz, self.quantile)), 1e-12)
+            self.site_median_[int(z)] = max(float(np.median(dz)), 1e-12)
+        _, smax = structure_reduce(sites.structure_ids, self._site_scores(d, sites.species), "max")
+        _, smean = structure_reduce(sites.structure_ids, self._ratios(d, sites.species), "mean")
+        self.max_threshold_ = max(float(np.quantile(smax, self.quantile)), 1e-12)
+        self.mean_threshold_ = max(float(np.quantile(smean, self.quantile)), 1e-12)
+        return self
+
+    def _build_trees(self) -> None:
+        from scipy.spatial import cKDTree
+
+        self._trees = {z: cKDTree(x) for z, x in self._x.items()}
+
+    def _self_distances(self, z: int) -> np.ndarray:
+        """Leave-one-structure-out distances inside the domain set of species z (fallback null)."""
+        x, sid = self._x[z], self._sid[z]
+        return self._query(z, x.astype(np.float64), sid)
+
+    def _query(self, z: int, x: np.ndarray, exclude_ids: np.ndarray | None) -> np.ndarray:
+        """Mean distance to the k nearest domain sites of species z (skipping those of ``exclude_ids``)."""
+        tree, sid = self._trees[z], self._sid[z]
+        if exclude_ids is None:
+            k = min(self.k, tree.n)
+            dist, _ = tree.query(x, k=k)
+            return np.asarray(dist).reshape(len(x), k).mean(axis=1)
+        extra = int(np.bincount(np.unique(sid, return_inverse=True)[1]).max())  # same-structure neighbours to skip
+        kq = min(self.k + extra, tree.n)
+        dist, idx = tree.query(x, k=kq)
+        dist, idx = np.asarray(dist).reshape(len(x), kq), np.asarray(idx).reshape(len(x), kq)
+        keep = sid[np.minimum(idx, tree.n - 1)] != np.asarray(exclude_ids)[:, None]
+        keep &= np.cumsum(keep, axis=1) <= self.k
+        n_kept = keep.sum(axis=1)
+        out = np.where(keep, dist, 0.0).sum(axis=1) / np.maximum(n_kept, 1)
+        return np.where(n_kept > 0, out, np.nan)
+
+    # ---------------------------------------------------------------- score
+    def distances(self, sites: SiteTable, *, leave_structure_out: bool = False) -> np.ndarray:
+        """Standardised k-NN distance per site to the domain set, ndarray (n,) (inf for unseen species).
+
+        ``leave_structure_out=True`` skips domain sites of the same structure id (only meaningful
+        when ``sites`` are the domain set's own structures).
+        """
+        _check_sites(sites)
+        self._check_fitted()
+        d_fit = next(iter(self._mean.values())).shape[0]
+        if sites.n_descriptors != d_fit:
+            raise ValueError(f"sites: descriptors have {sites.n_descriptors} columns, but the domain score was "
+                             f"fitted on {d_fit}")
+        out = np.full(len(sites), np.inf)
+        for z in np.unique(sites.species):
+            if int(z) not in self._trees:
+                continue
+            rows = np.flatnonzero(sites.species == z)
+            x = (np.asarray(sites.descriptors[rows], dtype=np.float64) - self._mean[int(z)]) / self._std[int(z)]
+            out[rows] = self._query(int(z), x, sites.structure_ids[rows] if leave_structure_out else None)
+        return out
+
+    def _per_species(self, table: dict[int, float], species: np.ndarray) -> np.ndarray:
+        return np.array([table.get(int(z), np.nan) for z in species], dtype=np.float64)
+
+    def _site_scores(self, d: np.ndarray, species: np.ndarray) -> np.ndarray:
+        s = d / self._per_species(self.site_threshold_, species)
+        return np.where(np.isfinite(s), s, UNSEEN_SCORE)
+
+    def _ratios(self, d: np.ndarray, species: np.ndarray) -> np.ndarray:
+        r = d / self._per_species(self.site_median_, species)
+        return np.where(np.isfinite(r), r, UNSEEN_SCORE)
+
+    def ratios(self, sites: SiteTable) -> np.ndarray:
+        """ρ_i = d_i / (null median of the species), ndarray (n,), dimensionless; 1 = a typical in-domain site."""
+        return self._ratios(self.distances(sites), sites.species)
+
+    def score(self, sites: SiteTable) -> np.ndarray:
+        """Site score s_i = d_i / t_Z, ndarray (n,); above :data:`THRESHOLD` (1.0) = out of domain."""
+        return self._site_scores(self.distances(sites), sites.species)
+
+    def flags(self, sites: SiteTable) -> np.ndarray:
+        """True where a site is outside the calibration domain (score > 1.0), bool ndarray (n,)."""
+        return self.score(sites) > THRESHOLD
+
+    def structure_scores(self, sites: SiteTable) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted structure ids (m,), structure scores (m,)); above 1.0 = out of domain."""
+        d = self.distances(sites)
+        ids, smax = structure_reduce(sites.structure_ids, self._site_scores(d, sites.species), "max")
+        _, smean = structure_reduce(sites.structure_ids, self._ratios(d, sites.species), "mean")
+        return ids, np.maximum(smax / self.max_threshold_, smean / self.mean_threshold_)
+
+    def structure_flags(self, sites: SiteTable) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted structure ids (m,), bool (m,)): True where the structure is out of domain."""
+        ids, s = self.structure_scores(sites)
+        return ids, s > THRESHOLD
+
+    def site_structure_flags(self, sites: SiteTable) -> np.ndarray:
+        """Each site's structure flag broadcast to the sites, bool ndarray (n,)."""
+        ids, f = self.structure_flags(sites)
+        return f[np.searchsorted(ids, sites.structure_ids)]
+
+    # ------------------------------------------------------------------ I/O
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(JSON meta, plain arrays) of a fitted score; :meth:`from_state` inverts it."""
+        self._check_fitted()
+        meta = {"params": self.get_params(), "domain": self.domain_, "species": [int(z) for z in self.species_],
+                "site_threshold": {str(z): v for z, v in self.site_threshold_.items()},
+                "site_median": {str(z): v for z, v in self.site_median_.items()},
+                "max_threshold": self.max_threshold_, "mean_threshold": self.mean_threshold_}
+        arrays = {}
+        for z in self.species_:
+            z = int(z)
+            arrays.update({f"Z{z}_mean": self._mean[z], f"Z{z}_std": self._std[z], f"Z{z}_x": self._x[z],
+                           f"Z{z}_sid": self._sid[z]})
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "DomainScore":
+        self = cls(**meta["params"])
+        self.domain_ = str(meta["domain"])
+        self.species_ = np.asarray(meta["species"], dtype=np.int64)
+        self._mean, self._std, self._x, self._sid = {}, {}, {}, {}
+        for z in self.species_:
+            z = int(z)
+            self._mean[z] = np.asarray(arrays[f"Z{z}_mean"], dtype=np.float64)
+            self._std[z] = np.asarray(arrays[f"Z{z}_std"], dtype=np.float64)
+            self._x[z] = np.asarray(arrays[f"Z{z}_x"], dtype=np.float32)
+            self._sid[z] = np.asarray(arrays[f"Z{z}_sid"], dtype=np.int64)
+        self.site_threshold_ = {int(z): float(v) for z, v in meta["site_threshold"].items()}
+        self.site_median_ = {int(z): float(v) for z, v in meta["site_median"].items()}
+        self.max_threshold_ = float(meta["max_threshold"])
+        self.mean_threshold_ = float(meta["mean_threshold"])
+        self.null_distances_ = self.null_structure_ids_ = None
+        self._build_trees()
+        return self
+
+    def save(self, path) -> Path:
+        """Write the fitted score to one ``.npz`` (``allow_pickle=False`` readable). Returns the path."""
+        meta, arrays = self.get_state()
+        path = Path(path)
+        if path.suffix == "":
+            path = path.with_suffix(".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            np.savez(fh, __meta__=np.array(json.dumps({"format": _FORMAT, **meta})), **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "DomainScore":
+        """Read a file written by :meth:`save`; ValueError naming the path when it is not one."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such domain-score file")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+            meta = json.loads(str(data.pop("__meta__")))
+            if meta.get("format") != _FORMAT:
+                raise ValueError(f"format is {meta.get('format')!r}, expected {_FORMAT!r}")
+            return cls.from_state(meta, data)
+        except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: not a readable FlexCal domain-score file ({type(exc).__name__}: {exc})") from None

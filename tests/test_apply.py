@@ -1,0 +1,332 @@
+"""Applying a saved calibration: layout records, annotate, run_predict, the demo trajectory, the Apply page."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.apply import Annotation, annotate, annotate_sites, level_suffix, run_predict
+from core.calibration import load_calibrator, make_calibrator
+from core.calibration.base import LayoutWarning
+from core.sites import SiteTable
+
+ROOT = Path(__file__).resolve().parent.parent
+IDENT_A = "a" * 64
+IDENT_B = "b" * 64
+
+
+def _sites(n_structures=60, atoms=5, d=8, seed=0, labelled=True, meta=None, shuffle=False):
+    """Synthetic sites: errors grow with |descriptor 0|, structure ids optionally shuffled."""
+    rng = np.random.default_rng(seed)
+    ids = np.repeat(np.arange(n_structures), atoms)
+    x = rng.normal(size=(ids.size, d))
+    errors = np.abs(rng.normal(size=ids.size)) * (0.05 + 0.1 * np.abs(x[:, 0]))
+    species = rng.choice([1, 6, 8], size=ids.size)
+    if shuffle:
+        perm = rng.permutation(ids.size)
+        ids, x, errors, species = ids[perm], x[perm], errors[perm], species[perm]
+    meta = {"potential": "A", "potential_identity": IDENT_A, "n_descriptors": d} if meta is None else meta
+    return SiteTable.from_arrays(descriptors=x, errors=errors if labelled else None, species=species,
+                                 structure_ids=ids, meta=meta)
+
+
+# ------------------------------------------------------------------------ layout record
+@pytest.mark.parametrize("method", ["split", "knn", "mondrian", "flexible"])
+def test_fit_records_the_layout_and_the_file_keeps_it(method, tmp_path):
+    options = {"max_epochs": 3} if method == "flexible" else {}
+    cal = make_calibrator(method, **options)
+    assert cal.layout_ is None
+    cal.fit(_sites())
+    assert cal.layout_ == {"potential": "A", "potential_identity": IDENT_A, "n_descriptors": 8}
+    path = cal.save(tmp_path / "cal.npz")
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["__meta__"]))
+    assert meta["layout"] == cal.layout_
+    assert load_calibrator(path).layout_ == cal.layout_
+    assert cal.copy().layout_ == cal.layout_
+    assert cal.clone().layout_ is None  # an unfitted copy has no layout
+    # refitting on other sites records their layout
+    assert cal.clone().fit(_sites(meta={"potential": "B"})).layout_ == {
+        "potential": "B", "potential_identity": None, "n_descriptors": 8}
+
+
+def test_check_layout_refuses_another_descriptor_width():
+    cal = make_calibrator("knn").fit(_sites(d=8))
+    other = _sites(d=12, meta={"potential": "big", "potential_identity": IDENT_B})
+    with pytest.raises(ValueError) as exc:
+        cal.check_layout(other)
+    msg = str(exc.value)
+    assert msg.startswith("sites: calibrator was fitted on 8 descriptor columns from model A (identity aaaaaaaaaaaa…)")
+    assert "these sites have 12 from model big (identity bbbbbbbbbbbb…)" in msg
+
+
+def test_check_layout_warns_on_another_model_of_the_same_width_and_strict_refuses():
+    cal = make_calibrator("split").fit(_sites())
+    other = _sites(seed=1, meta={"potential": "B", "potential_identity": IDENT_B})
+    with pytest.warns(LayoutWarning, match="fitted on 8 descriptor columns from model A .* these sites have 8 from model B"):
+        cal.check_layout(other)
+    with pytest.raises(ValueError, match="not calibrated"):
+        cal.check_layout(other, strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cal.check_layout(_sites(seed=2))                          # same model: silent
+        cal.check_layout(_sites(seed=2, meta={}))                 # identity unknown: nothing to compare
+    with pytest.raises(TypeError, match="sites: expected a SiteTable"):
+        cal.check_layout(np.zeros((3, 8)))
+
+
+def test_old_files_without_a_layout_load_and_skip_the_check(tmp_path):
+    cal = make_calibrator("split").fit(_sites())
+    meta, arrays = cal.get_state()
+    meta.pop("layout")
+    old = type(cal).from_state(meta, arrays)
+    assert old.layout_ is None
+    old.check_layout(_sites(d=3))  # nothing recorded: nothing to refuse
+
+
+@pytest.mark.parametrize("layout, expected", [
+    ("64 columns", "layout: expected a JSON object"),
+    ({"n_descriptors": 0}, "layout.n_descriptors: expected an integer >= 1, got 0"),
+    ({"n_descriptors": "64"}, "layout.n_descriptors"),
+    ({"n_descriptors": 8, "potential_identity": 5}, "layout.potential_identity: expected a string"),
+])
+def test_a_tampered_layout_is_a_clear_error_naming_the_file(layout, expected, tmp_path):
+    path = make_calibrator("split").fit(_sites()).save(tmp_path / "cal.npz")
+    with np.load(path, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    meta = json.loads(str(data["__meta__"]))
+    meta["layout"] = layout
+    data["__meta__"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "bad.npz", **data)
+    with pytest.raises(ValueError) as exc:
+        load_calibrator(tmp_path / "bad.npz")
+    assert str(exc.value).startswith(str(tmp_path / "bad.npz")) and expected in str(exc.value)
+
+
+# ------------------------------------------------------------------------ annotate_sites
+class _Domain:
+    """A fitted-domain stand-in: sites with descriptor 0 above a cut are out of domain."""
+
+    def __init__(self, cut):
+        self.cut = cut
+
+    def flags(self, sites):
+        return sites.descriptors[:, 0] > self.cut
+
+    def score(self, sites):
+        return np.asarray(sites.descriptors[:, 0], dtype=np.float64)
+
+
+def _frame_truth(sites, widths):
+    df = pd.DataFrame({"frame": sites.structure_ids, "atom": sites.atom_index, "w": widths,
+                       "e": sites.errors if sites.errors is not None else np.nan})
+    g = df.groupby("frame")
+    atom_of_max = df.loc[g["w"].idxmax(), ["frame", "atom"]].set_index("frame")["atom"]
+    return g["w"].max(), g["w"].mean(), g.size(), atom_of_max, g["e"].max(), g.apply(lambda t: np.mean(t.e <= t.w))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_annotate_sites_per_frame_values_match_a_groupby(shuffle):
+    cal = make_calibrator("knn").fit(_sites(seed=3))
+    sites = _sites(n_structures=40, seed=4, shuffle=shuffle)
+    ann = annotate_sites(sites, cal, threshold=0.25, levels=[0.5, 0.99])
+    widths = cal.predict(sites)
+    np.testing.assert_array_equal(ann.widths, widths)
+    np.testing.assert_allclose(ann.widths_levels, cal.predict_levels(sites, [0.5, 0.99]))
+    w_max, w_mean, n, atom, e_max, cov = _frame_truth(sites, widths)
+    np.testing.assert_array_equal(ann.frame_ids, np.arange(40))
+    np.testing.assert_array_equal(ann.max_width, w_max.to_numpy())
+    np.testing.assert_allclose(ann.mean_width, w_mean.to_numpy(), rtol=1e-12)
+    np.testing.assert_array_equal(ann.n_atoms, n.to_numpy())
+    np.testing.assert_array_equal(ann.max_width_atom, atom.to_numpy())
+    np.testing.assert_array_equal(ann.max_error, e_max.to_numpy())
+    np.testing.assert_allclose(ann.coverage, cov.to_numpy())
+    np.testing.assert_array_equal(ann.flagged, w_max.to_numpy() > 0.25)
+    assert 0 < ann.flagged.sum() < 40, "the threshold should split these frames"
+    assert ann.frame_ood is None and np.isnan(ann.ood_fraction).all()
+    s = ann.summary()
+    assert s["frames"] == 40 and s["sites"] == 200 and s["flagged_frames"] == int(ann.flagged.sum())
+    assert s["flagged"] == np.flatnonzero(w_max.to_numpy() > 0.25).tolist()
+    assert s["coverage"] == pytest.approx(np.mean(sites.errors <= widths))
+    assert set(s["coverage_levels"]) == {"0.5", "0.99"} and s["threshold"] == 0.25
+    json.dumps(s)
+    table = ann.frame_table()
+    assert list(table.columns[:8]) == ["frame", "n_atoms", "max_width", "mean_width", "max_width_atom",
+                                       "flagged", "ood", "ood_fraction"]
+    assert {"max_width_p50", "max_width_p99", "max_error", "coverage"} <= set(table.columns)
+    np.testing.assert_allclose(table["max_width_p99"], pd.Series(ann.widths_levels[:, 1]).groupby(
+        sites.structure_ids).max().to_numpy())
+    sites_df = ann.site_table()
+    assert list(sites_df.columns) == ["frame", "atom_index", "species", "symbol", "width", "width_p50", "width_p99",
+                                      "error", "covered"]
+    assert len(sites_df) == 200 and set(sites_df.symbol) <= {"H", "C", "O"}
+
+
+def test_domain_flags_make_frames_out_of_domain_and_flagged():
+    cal = make_calibrator("split").fit(_sites(seed=3))
+    sites = _sites(n_structures=30, seed=5)
+    ann = annotate_sites(sites, cal, domain=_Domain(1.5))
+    ood = sites.descriptors[:, 0] > 1.5
+    np.testing.assert_array_equal(ann.ood, ood)
+    frac = pd.Series(ood).groupby(sites.structure_ids).mean().to_numpy()
+    np.testing.assert_allclose(ann.ood_fraction, frac)
+    np.testing.assert_array_equal(ann.frame_ood, frac > 0)
+    np.testing.assert_array_equal(ann.flagged, frac > 0)  # no threshold: only out-of-domain frames
+    assert ann.summary()["ood_frames"] == int((frac > 0).sum())
+    assert ann.site_table()["ood_score"].to_numpy() == pytest.approx(sites.descriptors[:, 0])
+    # a threshold adds frames, never removes out-of-domain ones
+    both = ann.with_threshold(0.05)
+    assert both.flagged.all() and both.threshold == 0.05
+    np.testing.assert_array_equal(ann.with_threshold(None).flagged, frac > 0)
+
+
+def test_the_calibrators_own_domain_is_used():
+    cal = make_calibrator("split").fit(_sites(seed=3))
+    cal.domain_ = _Domain(0.0)
+    ann = annotate_sites(_sites(seed=6), cal)
+    assert ann.ood is not None and ann.ood.any() and not ann.ood.all()
+
+
+def test_unlabelled_sites_have_no_errors_or_coverage():
+    cal = make_calibrator("split").fit(_sites(seed=3))
+    ann = annotate_sites(_sites(seed=7, labelled=False), cal, threshold=10.0)
+    assert not ann.labelled and ann.max_error is None and ann.coverage is None
+    assert "coverage" not in ann.summary() and not ann.flagged.any()
+    assert "max_error" not in ann.frame_table() and "error" not in ann.site_table()
+    # old-style unlabelled tables (errors stored as zeros, meta["labelled"] False) count as unlabelled
+    zeros = _sites(seed=7, meta={"labelled": False, "n_descriptors": 8})
+    zeros = SiteTable.from_arrays(descriptors=zeros.descriptors, errors=np.zeros(len(zeros)), species=zeros.species,
+                                  structure_ids=zeros.structure_ids, meta=zeros.meta)
+    assert not annotate_sites(zeros, cal).labelled
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"threshold": 0.0}, ValueError, "threshold: expected a number in \\(0, inf\\), got 0.0"),
+    ({"threshold": -1}, ValueError, "threshold:"),
+    ({"threshold": "0.3"}, ValueError, "threshold:"),
+    ({"levels": [0.5, 1.2]}, ValueError, "levels: every level must lie in \\(0, 1\\), got 1.2"),
+])
+def test_annotate_sites_bad_arguments(kwargs, error, match):
+    cal = make_calibrator("split").fit(_sites(seed=3))
+    with pytest.raises(error, match=match):
+        annotate_sites(_sites(seed=8), cal, **kwargs)
+
+
+def test_annotate_sites_refuses_a_calibrator_of_another_width_and_non_calibrators():
+    cal = make_calibrator("knn").fit(_sites(seed=3, d=8))
+    with pytest.raises(ValueError, match="fitted on 8 descriptor columns"):
+        annotate_sites(_sites(seed=3, d=4), cal)
+    with pytest.raises(TypeError, match="calibrator: expected a fitted FlexCal Calibrator"):
+        annotate_sites(_sites(seed=3), object())
+    with pytest.raises(TypeError, match="sites: expected a SiteTable"):
+        annotate_sites("sites.npz", cal)
+
+
+def test_level_suffix_names():
+    assert level_suffix(0.95) == "p95" and level_suffix(0.975) == "p97_5" and level_suffix(0.5) == "p50"
+
+
+# ------------------------------------------------------------------ annotate with a real MACE model
+class _Counting:
+    """A Potential proxy that counts forward passes."""
+
+    def __init__(self, potential):
+        self._potential = potential
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self._potential, name)
+
+    def compute(self, structures):
+        self.calls += 1
+        return self._potential.compute(structures)
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(make_tiny_mace_model):
+    from tests.conftest import make_tiny_structures
+    from core.featurize import featurize
+    from core.potentials import load_potential
+
+    potential = load_potential(make_tiny_mace_model(seed=0))
+    train = make_tiny_structures(1) + make_tiny_structures(2) + make_tiny_structures(3)
+    cal = make_calibrator("knn").fit(featurize(train, potential))
+    return potential, cal
+
+
+def test_annotate_structures_round_trip_through_extxyz_and_tables(tiny_setup, tiny_structures, tmp_path):
+    from ase.io import read
+
+    potential, cal = tiny_setup
+    counting = _Counting(potential)
+    ann = annotate(tiny_structures, counting, cal, levels=[0.99], batch_size=4)
+    assert counting.calls == 3, "one forward pass per batch of 4 structures"
+    assert isinstance(ann, Annotation) and ann.labelled and ann.n_frames == 12
+    threshold = float(np.median(ann.max_width))
+    ann = ann.with_threshold(threshold)
+    assert 0 < ann.flagged.sum() < 12
+    out = ann.structures()
+    assert len(out) == 12 and out[0] is not tiny_structures[0] and out[0].calc is None
+    assert "flexcal_width" not in tiny_structures[0].arrays, "the inputs are not modified"
+    path = ann.write_extxyz(tmp_path / "annotated.xyz")
+    back = read(path, ":")
+    for i, atoms in enumerate(back):
+        rows = ann.sites.structure_ids == i
+        np.testing.assert_allclose(atoms.arrays["flexcal_width"], ann.widths[rows], rtol=1e-6)
+        np.testing.assert_allclose(atoms.arrays["flexcal_width_p99"], ann.widths_levels[rows, 0], rtol=1e-6)
+        np.testing.assert_allclose(atoms.arrays["flexcal_error"], ann.errors[rows], rtol=1e-6)
+        assert "flexcal_ood" not in atoms.arrays  # no domain score given
+        assert atoms.info["flexcal_frame"] == i
+        assert bool(atoms.info["flexcal_flagged"]) == bool(ann.flagged[i])
+        assert atoms.info["flexcal_max_width"] == pytest.approx(ann.max_width[i], rel=1e-6)
+        assert atoms.info["flexcal_threshold"] == pytest.approx(threshold)
+        np.testing.assert_allclose(atoms.arrays["REF_forces"], tiny_structures[i].arrays["REF_forces"], atol=1e-7)
+    flagged = read(ann.write_extxyz(tmp_path / "flagged.xyz", flagged_only=True), ":")
+    assert [a.info["flexcal_frame"] for a in flagged] == ann.flagged_frames.tolist()
+    with pytest.raises(ValueError, match="flagged_only: no frame is flagged"):
+        ann.with_threshold(1e9).extxyz_bytes(flagged_only=True)
+    with pytest.raises(ValueError, match=r"frames: not annotated here: \[99\]"):
+        ann.structures([99])
+    for name in ("frames.csv", "frames.parquet"):
+        written = ann.write_table(tmp_path / name)
+        df = pd.read_csv(written) if name.endswith(".csv") else pd.read_parquet(written)
+        np.testing.assert_allclose(df["max_width"], ann.max_width, rtol=1e-9)
+        assert df["flagged"].tolist() == ann.flagged.tolist()
+    sites_df = pd.read_csv(ann.write_table(tmp_path / "sites.csv", which="sites"))
+    assert len(sites_df) == len(ann.sites)
+    with pytest.raises(ValueError, match="expected a .csv or .parquet file name, got suffix '.xlsx'"):
+        ann.write_table(tmp_path / "frames.xlsx")
+    assert not (tmp_path / "frames.xlsx").exists()
+
+
+def test_unlabelled_structures_are_annotated_without_coverage(tiny_setup, tiny_structures):
+    potential, cal = tiny_setup
+    for atoms in tiny_structures:
+        del atoms.arrays["REF_forces"]
+    ann = annotate(tiny_structures, potential, cal)
+    assert not ann.labelled and ann.sites.errors is None and "coverage" not in ann.summary()
+    assert "flexcal_error" not in ann.structures([0])[0].arrays
+
+
+def test_a_calibrator_of_another_model_is_refused_before_any_forward_pass(tiny_setup, make_tiny_mace_model,
+                                                                          tiny_structures):
+    from core.potentials import load_potential
+
+    _, cal = tiny_setup
+    wide = _Counting(load_potential(make_tiny_mace_model(seed=0, hidden_irreps="16x0e + 16x1o")))
+    with pytest.raises(ValueError, match=r"fitted on 16 descriptor columns .*; these sites have 32 from model"):
+        annotate(tiny_structures, wide, cal)
+    assert wide.calls == 0
+    other = _Counting(load_potential(make_tiny_mace_model(seed=1)))
+    with pytest.raises(ValueError, match="not calibrated"):
+        annotate(tiny_structures, other, cal, strict=True)
+    assert other.calls == 0
+    with pytest.warns(LayoutWarning) as record:
+        ann = annotate(tiny_structures, other, cal)
+    assert len([w for w in record if issubclass(w.category, LayoutWarning)]) == 1, "warned once, not twice"
+    assert ann.n_frames == 12
