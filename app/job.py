@@ -14,7 +14,6 @@ No Streamlit here: the job thread never touches ``st.*``.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import threading
 import time
@@ -119,7 +118,7 @@ class CalibrationRun:
     @property
     def domain(self):
         """The fitted :class:`core.domain.DomainScore` behind ``ood`` (None without one)."""
-        return getattr(self.evaluation, "domain", None)
+        return self.evaluation.domain
 
     @cached_property
     def ood_structures(self) -> np.ndarray:
@@ -184,21 +183,26 @@ def _number(value) -> float:
 
 
 def method_options(methods, qtheta: dict, *, confidence: float = 0.9) -> dict[str, dict]:
-    """The q_θ settings for every chosen method whose constructor takes them.
+    """The q_θ settings for every chosen method that takes them.
 
-    ``qtheta``: e.g. ``{"levels": (...), "hidden": (64, 64), "max_epochs": 200, ...}``.
-    Each method's calibrator is built once (unfitted, cheap) to read its parameters, so a
-    new q_θ-based method in the registry gets the settings without a change here.
+    ``qtheta``: e.g. ``{"levels": (...), "hidden": (64, 64), "max_epochs": 200, ...}``. Each
+    setting is tried on each method's registry factory (an unfitted calibrator is cheap to
+    build); a method that rejects a setting as an unknown option (TypeError) goes without it,
+    so a new q_θ-based method in the registry gets the settings without a change here. A bad
+    value (ValueError) is raised, naming the setting.
     """
     from core.calibration.registry import method_spec
 
-    out = {}
+    out: dict[str, dict] = {}
     for m in methods:
-        try:
-            params = inspect.signature(type(method_spec(m).factory(confidence, 0)).__init__).parameters
-        except (ImportError, TypeError, ValueError):
-            continue
-        accepted = {k: v for k, v in qtheta.items() if k in params}
+        factory = method_spec(m).factory
+        accepted = {}
+        for key, value in qtheta.items():
+            try:
+                factory(confidence, 0, **{key: value})
+            except TypeError:
+                continue
+            accepted[key] = value
         if accepted:
             out[m] = accepted
     return out

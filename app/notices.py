@@ -81,6 +81,25 @@ def coverage_warning(label: str, report: Mapping[str, Any], n_calibration: int |
             f"{expected_text(report, n_calibration)}. {meaning}")
 
 
+def level_coverage_text(run, level_index: int, observed: Mapping[str, float]) -> tuple[str, list[str]]:
+    """Coverages at one of a run's levels with the range expected there, and warnings for those outside.
+
+    ``observed``: label -> observed coverage at ``run.levels[level_index]``. The range is
+    :func:`core.metrics.expected_coverage_interval` for the run's calibration and test
+    structures at that level (exact for global split CP, the reference for q_θ).
+    """
+    from core.metrics import expected_coverage_interval
+
+    level = float(run.levels[level_index])
+    lo, hi = expected_coverage_interval(run.cal.n_structures, level, n_test=run.test.n_structures)
+    shown = ", ".join(f"{lab} {cov:.3f}" for lab, cov in observed.items())
+    text = (f"At {level:.0%}: coverage {shown}; expected {lo:.3f}–{hi:.3f} for {run.cal.n_structures} calibration "
+            f"and {run.test.n_structures} test structures.")
+    warnings = [f"**{lab}**: coverage {cov:.3f} at {level:.0%} lies {'below' if cov < lo else 'above'} the expected "
+                f"range {lo:.3f}–{hi:.3f}." for lab, cov in observed.items() if not lo <= cov <= hi]
+    return text, warnings
+
+
 def coverage_warnings(run) -> list[str]:
     """One warning per method whose coverage lies outside its expected range."""
     n_cal = run.cal.n_structures

@@ -128,10 +128,16 @@ def load_model(kind: str, value: str, trusted: bool = False):
     if kind == "named":
         return load_potential(str(value))
     if kind == "path":
+        from core.potentials import UntrustedModelError
+
         path = Path(value).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"{value}: no such model file on this machine")
-        return load_potential(str(path), trusted=bool(trusted))
+        try:
+            return load_potential(str(path), trusted=bool(trusted))
+        except UntrustedModelError:
+            raise UntrustedModelFile(f"{path.name}: not loaded. {TRUST_REASON} Tick “I trust this file” "
+                                     "to load it.") from None
     raise ValueError(f"model kind: expected one of {MODEL_KINDS}, got {kind!r}")
 
 

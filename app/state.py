@@ -112,6 +112,7 @@ DATA_ERROR = "data_error"          # last data error in plain words (previous da
 UPLOAD_DIGEST = "upload_digest"    # hash of the last upload handled (so reruns don't re-read it)
 POTENTIAL_LABEL = "potential_label"
 MODEL_ERROR = "model_error"
+MODEL_ERROR_FOR = "model_error_for"  # the model choice that error came from (cleared when it changes)
 SITES = "sites"                    # core.sites.SiteTable of the whole dataset
 SITES_KEY = "sites_key"            # (dataset_key, potential identity)
 JOB = "training_job"               # app.services.TrainingJob while/after training
@@ -132,6 +133,7 @@ DATA_DEFAULTS = MappingProxyType({
     UPLOAD_DIGEST: None,
     POTENTIAL_LABEL: None,
     MODEL_ERROR: None,
+    MODEL_ERROR_FOR: None,
     SITES: None,
     SITES_KEY: None,
     JOB: None,

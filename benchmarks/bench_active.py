@@ -47,6 +47,9 @@ TRAIN_KWARGS = dict(r_max=4.5, num_channels=16, max_L=0, num_interactions=2, cor
                     max_num_epochs=40, batch_size=4, lr=0.01, num_threads=1)
 
 
+STRATEGIES_DEFAULT = "calibrated,heuristic,random"
+
+
 def _strided(frames, n):
     if n >= len(frames):
         return list(frames)
@@ -192,6 +195,7 @@ def _header(args, seeds, load_start: float) -> list[str]:
         "",
         f"`python -m benchmarks.bench_active --seeds {','.join(map(str, seeds))} --rounds {args.rounds} --picks {args.picks} "
         f"--md-steps {args.md_steps} --temperature {args.temperature:g} --epochs {args.epochs} --refit {args.refit}"
+        f"{'' if args.strategies == STRATEGIES_DEFAULT else ' --strategies ' + args.strategies}"
         f"{' --no-update' if args.no_update else ''}` · "
         f"{platform.machine()}, {os.cpu_count()} CPU cores visible (shared with other jobs; 1-min load average "
         f"{load_start:.1f} when the report was written), torch {torch.__version__}, 1 thread; training subprocesses "
@@ -276,7 +280,7 @@ def report(curves, args, seeds, load_start: float, out: Path) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1", help="comma-separated seeds (one full run each)")
-    parser.add_argument("--strategies", default="calibrated,heuristic,random")
+    parser.add_argument("--strategies", default=STRATEGIES_DEFAULT)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--picks", type=int, default=5)
     parser.add_argument("--md-steps", type=int, default=200)

@@ -421,8 +421,9 @@ def main(argv=None) -> int:
     lines.append("")
     lines.append(NOTES)
     text = "\n".join(lines)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    from core.io import atomic_write_text
+
+    atomic_write_text(args.out, text)
     print(text)
     return 0
 

@@ -56,7 +56,10 @@ class Annotation:
         Flag level on the per-frame maximum width, eV/Å.
     frame_ids, n_atoms, max_width, mean_width, max_width_atom, flagged : ndarray (m,)
         ``max_width_atom`` is the atom index (inside its frame) of the largest width.
-    frame_ood : ndarray of bool (m,) or None; ood_fraction : ndarray (m,) (NaN without a domain)
+    frame_ood : ndarray of bool (m,) or None
+        Frame outside the calibration domain; ``frame_ood_score`` (m,) its structure score where
+        the domain score gives one (> 1.0 = out); ``ood_fraction`` (m,) the share of its sites out
+        of domain (NaN without a domain score).
     errors : ndarray (n,) or None
         Force-error norms when the structures carried reference forces; then ``max_error`` and
         ``coverage`` (m,) per frame.
@@ -81,6 +84,7 @@ class Annotation:
     max_width_atom: np.ndarray
     flagged: np.ndarray
     frame_ood: np.ndarray | None
+    frame_ood_score: np.ndarray | None
     ood_fraction: np.ndarray
     errors: np.ndarray | None
     max_error: np.ndarray | None
@@ -119,6 +123,8 @@ class Annotation:
             "ood": self.frame_ood if self.frame_ood is not None else np.zeros(self.n_frames, dtype=bool),
             "ood_fraction": self.ood_fraction,
         }
+        if self.frame_ood_score is not None:
+            cols["ood_score"] = self.frame_ood_score
         if self.widths_levels is not None:
             order, starts, _ = frame_groups(self.sites.structure_ids)
             for j, p in enumerate(self.levels):
@@ -182,7 +188,8 @@ class Annotation:
         ``flexcal_ood`` (0/1; only with a domain score), ``flexcal_error`` (labelled data).
         Per frame: ``info["flexcal_frame"]``, ``flexcal_max_width``, ``flexcal_mean_width``,
         ``flexcal_flagged``, ``flexcal_confidence``, ``flexcal_calibrator``, and where they apply
-        ``flexcal_threshold``, ``flexcal_ood_fraction``, ``flexcal_max_error``, ``flexcal_coverage``.
+        ``flexcal_threshold``, ``flexcal_frame_ood``, ``flexcal_ood_fraction``, ``flexcal_ood_score``,
+        ``flexcal_max_error``, ``flexcal_coverage``.
 
         ``frames``: frame ids to return (default all, in order); unknown ids -> ValueError.
         """
@@ -226,7 +233,10 @@ class Annotation:
         if self.threshold is not None:
             info["flexcal_threshold"] = self.threshold
         if self.frame_ood is not None:
+            info["flexcal_frame_ood"] = bool(self.frame_ood[i])
             info["flexcal_ood_fraction"] = float(self.ood_fraction[i])
+        if self.frame_ood_score is not None:
+            info["flexcal_ood_score"] = float(self.frame_ood_score[i])
         if self.labelled:
             info["flexcal_max_error"] = float(self.max_error[i])
             info["flexcal_coverage"] = float(self.coverage[i])

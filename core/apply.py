@@ -17,8 +17,9 @@ without the terminal (read, check outputs first, annotate, write atomically, sum
 Flags. A frame is *flagged* when its largest width exceeds ``threshold`` (eV/Å), or when it is
 out of the calibration domain: with a fitted domain score (``domain=``, e.g.
 ``core.domain.DomainScore`` fitted on the calibration sites, or the one a shift-aware
-calibrator carries as ``domain_``), a site is out of domain where ``domain.flags(sites)`` says
-so and a frame is out of domain when any of its sites is. Widths are in eV/Å throughout.
+calibrator carries as ``domain_``), a site is out of domain where its site score exceeds 1.0 and a
+frame where its structure score does (``core.domain``: further from the calibration data than 99 %
+of calibration sites / structures). Widths are in eV/Å throughout.
 """
 
 from __future__ import annotations
@@ -76,35 +77,63 @@ def annotate_sites(sites: SiteTable, calibrator, *, levels=None, domain=None, th
 
         lv = check_levels(levels)
         widths_levels = _widths("calibrator.predict_levels", calibrator.predict_levels(sites, lv), (len(sites), lv.size))
-    domain = domain if domain is not None else getattr(calibrator, "domain_", None)
-    ood = ood_score = None
-    if domain is not None:
-        ood = np.asarray(domain.flags(sites), dtype=bool).reshape(-1)
-        if ood.shape != (len(sites),):
-            raise ValueError(f"domain.flags: expected shape ({len(sites)},), got {ood.shape}")
-        if callable(getattr(domain, "score", None)):
-            ood_score = np.asarray(domain.score(sites), dtype=np.float64).reshape(-1)
     errors = sites.errors if (sites.labelled and sites.meta.get("labelled", True)) else None
-    order, starts, frame_ids = frame_groups(sites.structure_ids)
+    groups = frame_groups(sites.structure_ids)
+    order, starts, frame_ids = groups
     counts = np.diff(np.r_[starts, len(sites)])
     max_w = reduce_frames(np.maximum, widths, order, starts)
     frame = {"n_atoms": counts, "max_width": max_w, "mean_width": reduce_frames(np.add, widths, order, starts) / counts,
              "max_width_atom": argmax_atoms(widths, max_w, counts, order, starts, sites.atom_index)}
-    frame_ood = None
-    ood_fraction = np.full(frame_ids.size, np.nan)
-    if ood is not None:
-        n_ood = reduce_frames(np.add, ood.astype(np.int64), order, starts)
-        frame_ood, ood_fraction = n_ood > 0, n_ood / counts
-    flagged = frame_flags(max_w, frame_ood, threshold)
+    domain = domain if domain is not None else getattr(calibrator, "domain_", None)
+    ood = _domain_columns(domain, sites, groups, counts)
     max_error = coverage = None
     if errors is not None:
         max_error = reduce_frames(np.maximum, errors, order, starts)
         coverage = reduce_frames(np.add, (errors <= widths).astype(np.int64), order, starts) / counts
     return Annotation(sites=sites, confidence=float(getattr(calibrator, "confidence", np.nan)), widths=widths,
-                      levels=lv, widths_levels=widths_levels, ood=ood, ood_score=ood_score, threshold=threshold,
-                      frame_ids=frame_ids, flagged=flagged, frame_ood=frame_ood, ood_fraction=ood_fraction,
-                      errors=errors, max_error=max_error, coverage=coverage,
-                      calibrator=str(getattr(calibrator, "name", type(calibrator).__name__)), **frame)
+                      levels=lv, widths_levels=widths_levels, threshold=threshold, frame_ids=frame_ids,
+                      flagged=frame_flags(max_w, ood["frame_ood"], threshold), errors=errors, max_error=max_error,
+                      coverage=coverage, calibrator=str(getattr(calibrator, "name", type(calibrator).__name__)),
+                      **frame, **ood)
+
+
+def _domain_columns(domain, sites: SiteTable, groups, counts: np.ndarray) -> dict[str, Any]:
+    """Out-of-domain fields of an Annotation: per site ``ood``/``ood_score``, per frame ``frame_ood``,
+    ``frame_ood_score``, ``ood_fraction`` (NaN and None without a domain score).
+
+    A :class:`core.domain.DomainScore` gives site scores and calibrated structure scores (threshold
+    1.0 for both); any other object needs ``flags(sites)`` (optionally ``score``), and a frame is
+    then out of domain when any of its sites is.
+    """
+    order, starts, frame_ids = groups
+    out: dict[str, Any] = {"ood": None, "ood_score": None, "frame_ood": None, "frame_ood_score": None,
+                           "ood_fraction": np.full(frame_ids.size, np.nan)}
+    if domain is None:
+        return out
+    from core.domain import THRESHOLD, DomainScore
+
+    n = len(sites)
+    if isinstance(domain, DomainScore):
+        out["ood_score"] = np.asarray(domain.score(sites), dtype=np.float64)
+        out["ood"] = out["ood_score"] > THRESHOLD
+        ids, frame_score = domain.structure_scores(sites)
+        if not np.array_equal(ids, frame_ids):
+            raise RuntimeError("domain.structure_scores: structure ids do not match the sites' frames")
+        out["frame_ood_score"] = np.asarray(frame_score, dtype=np.float64)
+        out["frame_ood"] = out["frame_ood_score"] > THRESHOLD
+    else:
+        out["ood"] = np.asarray(domain.flags(sites), dtype=bool).reshape(-1)
+        if callable(getattr(domain, "score", None)):
+            out["ood_score"] = np.asarray(domain.score(sites), dtype=np.float64).reshape(-1)
+    for name in ("ood", "ood_score"):
+        if out[name] is not None and out[name].shape != (n,):
+            raise ValueError(f"domain.{'flags' if name == 'ood' else 'score'}: expected shape ({n},), "
+                             f"got {out[name].shape}")
+    n_ood = reduce_frames(np.add, out["ood"].astype(np.int64), order, starts)
+    out["ood_fraction"] = n_ood / counts
+    if out["frame_ood"] is None:
+        out["frame_ood"] = n_ood > 0
+    return out
 
 
 def annotate(structures, potential, calibrator, *, levels=None, domain=None, threshold: float | None = None,

@@ -77,7 +77,9 @@ def resolve_variants(methods, sites: SiteTable, method_options: Mapping[str, Map
     out = []
     for m in methods:
         v = m if isinstance(m, Variant) else Variant(_default_label(m, options.get(m, {})), m, options.get(m, {}))
-        spec = method_spec(v.method)  # ValueError listing the valid names
+        if v.method not in method_names():
+            raise ValueError(f"methods: unknown method {v.method!r}; valid methods are {', '.join(method_names())}")
+        spec = method_spec(v.method)
         missing = spec.missing_for(sites)
         if missing:
             what = ("a committee force spread" if missing == ["committee_std"] else ", ".join(missing))

@@ -74,7 +74,8 @@ def site_frame(sites, widths: Mapping[str, np.ndarray] | None = None, *, confide
         if split.shape != (n,):
             raise ValueError(f"split: expected shape ({n},), got {split.shape}")
         cols["split"] = split
-    cols["error"] = sites.errors
+    if sites.errors is not None:  # unlabelled sites (errors=None) have no error column
+        cols["error"] = sites.errors
     for name, arr in (("force_pred", sites.forces_pred), ("force_ref", sites.forces_ref)):
         if arr is not None:
             for k, ax in enumerate("xyz"):
@@ -84,7 +85,8 @@ def site_frame(sites, widths: Mapping[str, np.ndarray] | None = None, *, confide
     for method, w in (widths or {}).items():
         w = _check_per_site(f"widths[{method!r}]", w, n)
         cols[f"width_{method}"] = w
-        cols[f"covered_{method}"] = sites.errors <= w
+        if sites.errors is not None:
+            cols[f"covered_{method}"] = sites.errors <= w
     if include_descriptors:
         for j in range(sites.n_descriptors):
             cols[f"d_{j}"] = sites.descriptors[:, j]
@@ -198,7 +200,8 @@ def annotated_extxyz(structures: Sequence, sites, widths, *, errors=None, struct
         if idx.size and idx.max() >= len(atoms):
             raise ValueError(f"structure {sid}: atom index {int(idx.max())} but the structure has {len(atoms)} atoms")
         w[idx] = widths[m]
-        e[idx] = errors[m]
+        if errors is not None:  # unlabelled sites: errors stay NaN
+            e[idx] = errors[m]
         atoms.arrays[WIDTH_ARRAY] = w
         atoms.arrays[ERROR_ARRAY] = e
         atoms.info["flexcal_structure_id"] = sid

@@ -234,7 +234,7 @@ def predict_store(calibrator, store, client=None, *, name: str | None = None, le
     shared = client.scatter(state, broadcast=True, hash=False)
     futures = [client.submit(_predict_shard, *job, shared, digest, levels, overwrite, retries=2,
                              key=f"flexcal-predict-{i:06d}-{digest[:12]}") for i, job in enumerate(jobs)]
-    for done, fut in enumerate(as_completed(futures), start=1):
+    for done, fut in enumerate(as_completed(futures, loop=client.loop), start=1):
         fut.result()
         if report:
             report(done, len(jobs))

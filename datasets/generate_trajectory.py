@@ -113,7 +113,9 @@ def generate(seed: int = 0, small: bool = False, progress=None, label: bool = Tr
             potential = load_potential(demo_model_path("molecule"), device="cpu")
             frames = heat(potential, n, seed, eq, STRIDE, progress)
             if label:
-                frames = label_structures(frames, "gfn2-xtb", "REF_energy", "REF_forces")
+                # 1000 SCF cycles: the default 250 do not converge on the frames where the
+                # MACE-driven MD has pulled an H atom off (about 880 K and above)
+                frames = label_structures(frames, "gfn2-xtb", "REF_energy", "REF_forces", max_iterations=1000)
     finally:
         torch.set_num_threads(threads)
     return frames

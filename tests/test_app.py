@@ -220,6 +220,14 @@ def test_teaching_slider_moves_both_bands_without_refit(trained):
             assert np.allclose(np.sort(band.y), np.sort(run.widths_levels["flexible"][:, k]))
             assert np.allclose(cp.y, run.reference_levels[:, k])
             cp_width[level], band_width[level] = float(np.mean(cp.y)), float(np.mean(band.y))
+        # every coverage shown comes with its expected range at that level
+        from core.metrics import expected_coverage_interval
+
+        lo, hi = expected_coverage_interval(run.cal.n_structures, 0.95, n_test=run.test.n_structures)
+        assert any(c.value.startswith("At 95%: coverage flexible ") and f"expected {lo:.3f}–{hi:.3f}" in c.value
+                   for c in at.caption), [c.value for c in at.caption]
+        text, warnings = notices.level_coverage_text(run, run.level_index(0.95), {"toy": 0.5, "fine": 0.95})
+        assert "toy 0.500" in text and len(warnings) == 1 and "**toy**: coverage 0.500 at 95% lies below" in warnings[0]
         # both bands move with the one slider
         assert cp_width[0.5] < cp_width[0.8] < cp_width[0.95]
         assert band_width[0.5] < band_width[0.8] < band_width[0.95]
@@ -525,7 +533,7 @@ def test_upload_and_local_model_path_with_a_real_mace_model(tiny_mace_model, tin
     at.text_input(key=state.W_MODEL_PATH).input(str(tiny_mace_model)).run()
     at.button(key="btn_featurize").click().run()  # not trusted yet: a .model file runs code
     _no_exception(at)
-    assert any("trusted=False" in e or "runs code" in e for e in _errors(at)), _errors(at)
+    assert any("not loaded" in e and "Tick “I trust this file”" in e for e in _errors(at)), _errors(at)
     assert at.session_state[state.SITES] is None
     at.checkbox(key=state.W_TRUST_PATH).check().run()
     at.button(key="btn_featurize").click().run()
@@ -544,6 +552,10 @@ def test_upload_and_local_model_path_with_a_real_mace_model(tiny_mace_model, tin
     _no_exception(at)
     assert any("no such model file" in e for e in _errors(at))
     assert at.session_state[state.SITES] is sites
+    # the error belongs to that choice: another choice clears it
+    at.radio(key=state.W_MODEL_KIND).set_value(state.MODEL_KINDS[1]).run()
+    _no_exception(at)
+    assert not _errors(at)
 
 
 def test_one_click_demo_goes_from_data_to_diagnose(cache_dir):
@@ -767,3 +779,47 @@ def test_upload_resets_structure_and_leaves_the_demo_model_behind(cache_dir):
     at.file_uploader(key=state.W_DATA_UPLOAD).set_value(None).run()
     _no_exception(at)
     assert not _errors(at)
+
+
+def test_q_theta_settings_reach_every_method_that_takes_them():
+    from app.job import method_options
+    from core.calibration.registry import MethodSpec, register_method, unregister_method
+
+    class Toy:
+        def __init__(self, confidence, *, hidden=(8,)):
+            self.confidence, self.hidden = confidence, hidden
+
+    def toy(confidence, seed, **options):
+        return Toy(confidence, **options)  # TypeError for any option but hidden
+
+    register_method(MethodSpec("toy-q", label="toy q", color="#117733", help="toy", factory=toy, default=False))
+    try:
+        qtheta = {"hidden": (16, 16), "max_epochs": 30, "conformal": False}
+        opts = method_options(["toy-q", "flexible", "split"], qtheta)
+        assert opts["toy-q"] == {"hidden": (16, 16)}
+        assert opts["flexible"] == qtheta
+        assert "split" not in opts  # split CP has no q_θ settings
+        with pytest.raises(ValueError, match="max_epochs"):
+            method_options(["flexible"], {"max_epochs": -1})
+    finally:
+        unregister_method("toy-q")
+
+
+def test_run_reference_levels_are_global_split_cp_without_refitting():
+    """Without a split-CP method, the teaching view's global CP comes from the calibration errors."""
+    from app.job import CalibrationRun
+    from core.calibration import make_calibrator
+    from core.evaluation import evaluate
+    from core.sites import SiteTable
+
+    rng = np.random.default_rng(1)
+    n = 400
+    sites = SiteTable.from_arrays(descriptors=rng.normal(size=(n, 3)), errors=rng.gamma(2.0, 0.05, n),
+                                  species=np.full(n, 6), structure_ids=np.repeat(np.arange(40), 10))
+    cal, test = sites.select_structures(np.arange(25)), sites.select_structures(np.arange(25, 40))
+    run = CalibrationRun(evaluate(cal, {"test": test}, ["knn"], confidence=0.9))
+    split = make_calibrator("split", confidence=0.9).fit(cal)
+    assert run.reference_levels.shape == (len(test), run.levels.size)
+    assert np.allclose(run.reference_levels, split.predict_levels(test, run.levels))
+    assert run.flexible_label() is None and run.labels == ["knn"]
+    assert run.results_frame().loc["knn", "coverage"] == pytest.approx(run.reports["knn"]["coverage"])

@@ -330,3 +330,89 @@ def test_a_calibrator_of_another_model_is_refused_before_any_forward_pass(tiny_s
         ann = annotate(tiny_structures, other, cal)
     assert len([w for w in record if issubclass(w.category, LayoutWarning)]) == 1, "warned once, not twice"
     assert ann.n_frames == 12
+
+
+# ---------------------------------------------------------------------------- run_predict
+@pytest.fixture
+def predict_files(tiny_setup, tiny_mace_model, tiny_structures, tmp_path):
+    from ase.io import write
+
+    _, cal = tiny_setup
+    data = tmp_path / "data.xyz"
+    write(data, tiny_structures, format="extxyz")
+    return data, Path(tiny_mace_model), cal.save(tmp_path / "cal.npz")
+
+
+def test_run_predict_writes_every_output_and_returns_the_summary(predict_files, tmp_path):
+    from ase.io import read
+
+    data, model, cal_path = predict_files
+    out = tmp_path / "out" / "annotated.xyz"
+    summary = run_predict(data, model, cal_path, out, levels=[0.5], threshold=1e-6,
+                          site_table=tmp_path / "sites.parquet", flagged_output=tmp_path / "flagged.xyz")
+    assert summary["frames"] == 12 and summary["flagged_frames"] == 12 and summary["labelled"]
+    assert 0.0 <= summary["coverage"] <= 1.0 and set(summary["coverage_levels"]) == {"0.5"}
+    assert summary["outputs"] == {"extxyz": str(out), "table": str(out.with_suffix(".csv")),
+                                  "site_table": str(tmp_path / "sites.parquet"), "flagged": str(tmp_path / "flagged.xyz")}
+    frames = read(out, ":")
+    assert len(frames) == 12 and "flexcal_width_p50" in frames[0].arrays
+    table = pd.read_csv(out.with_suffix(".csv"))
+    assert len(table) == 12 and table["flagged"].all()
+    assert len(read(tmp_path / "flagged.xyz", ":")) == 12
+    assert len(pd.read_parquet(tmp_path / "sites.parquet")) == sum(len(a) for a in frames)
+    json.dumps(summary)
+
+
+def test_run_predict_checks_paths_before_loading_the_model(predict_files, tmp_path, monkeypatch):
+    import core.potentials
+
+    data, model, cal_path = predict_files
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded before the outputs are checked")
+
+    monkeypatch.setattr(core.potentials, "load_potential", no_model)
+    with pytest.raises(ValueError, match="extxyz: .*data.xyz is also an input"):
+        run_predict(data, model, cal_path, data)
+    with pytest.raises(ValueError, match="table: .*o.csv is also an input"):
+        run_predict(data, model, cal_path, tmp_path / "o.csv")  # the default table would be the output itself
+    with pytest.raises(ValueError, match="table: .*expected a .csv or .parquet file name"):
+        run_predict(data, model, cal_path, tmp_path / "o.xyz", table=tmp_path / "frames.txt")
+    with pytest.raises(ValueError, match="is a directory"):
+        run_predict(data, model, cal_path, tmp_path)
+    with pytest.raises(ValueError, match="site_table: .*o.csv is also an input"):
+        run_predict(data, model, cal_path, tmp_path / "o.xyz", site_table=tmp_path / "o.csv")
+    with pytest.raises(FileNotFoundError, match="calibrator: .*missing.npz: no such file"):
+        run_predict(data, model, tmp_path / "missing.npz", tmp_path / "o.xyz")
+    with pytest.raises(FileNotFoundError, match="data: .*nothing.xyz: no such file"):
+        run_predict(tmp_path / "nothing.xyz", model, cal_path, tmp_path / "o.xyz")
+    assert not (tmp_path / "o.xyz").exists() and not (tmp_path / "o.csv").exists()
+
+
+def test_run_predict_refuses_a_calibrator_of_another_descriptor_width(predict_files, make_tiny_mace_model, tmp_path):
+    data, _, cal_path = predict_files
+    wide = make_tiny_mace_model(seed=0, hidden_irreps="16x0e + 16x1o")
+    with pytest.raises(ValueError, match="fitted on 16 descriptor columns"):
+        run_predict(data, wide, cal_path, tmp_path / "o.xyz")
+    assert not (tmp_path / "o.xyz").exists()
+
+
+def test_a_fitted_domain_score_gives_calibrated_site_and_frame_flags():
+    from core.domain import DomainScore
+
+    calib = _sites(seed=3)
+    domain = DomainScore(5).fit(calib)
+    cal = make_calibrator("split").fit(calib)
+    test = _sites(n_structures=30, seed=9)
+    shifted = test.descriptors.copy()
+    shifted[test.structure_ids >= 20] += 4.0  # the last ten frames leave the domain
+    test = SiteTable.from_arrays(descriptors=shifted, errors=test.errors, species=test.species,
+                                 structure_ids=test.structure_ids, meta=test.meta)
+    ann = annotate_sites(test, cal, domain=domain)
+    np.testing.assert_array_equal(ann.ood, domain.flags(test))
+    np.testing.assert_allclose(ann.ood_score, domain.score(test))
+    ids, frame_flags = domain.structure_flags(test)
+    np.testing.assert_array_equal(ids, ann.frame_ids)
+    np.testing.assert_array_equal(ann.frame_ood, frame_flags)
+    assert ann.frame_ood[20:].all() and ann.frame_ood[:20].sum() <= 2
+    assert "ood_score" in ann.frame_table() and ann.flagged.tolist() == ann.frame_ood.tolist()

@@ -143,6 +143,8 @@ def test_registration_rules(toy_backend, tmp_path):
         register_backend(None, load_toy, name="bad", label="Bad", models={"a": "A"}, aliases={"x": "b"})
     with pytest.raises(TypeError, match=r"matches: expected a predicate"):
         register_backend(42, load_toy, name="bad", label="Bad")
+    with pytest.raises(TypeError, match=r"comittee: not a backend trait; traits: aliases, kind, committee"):
+        register_backend("bad-*", load_toy, name="bad", label="Bad", comittee=True)
     # a predicate backend for files takes precedence over "not a model file FlexCal recognises"
     weights = tmp_path / "params.toy"
     weights.write_text("cutoff 4.0")
@@ -205,7 +207,7 @@ def test_sniffing_reads_without_unpickling(tiny_mace_model, tmp_path):
 
     path = tmp_path / "payload.pt"
     torch.save({"x": Payload()}, path)
-    assert "builtins.open" in sniff_torch_file(path)["globals"] and not marker.exists()
+    assert "io.open" in sniff_torch_file(path)["globals"] and not marker.exists()
     text = tmp_path / "notes.txt"
     text.write_text("not a zip")
     assert sniff_torch_file(text) is None

@@ -30,7 +30,13 @@ CHUNK, BATCH = 8, 4  # 48 structures -> 6 chunks of 2 batches each
 
 @pytest.fixture(scope="module")
 def client():
+    import threading
+
+    # this process imports torch + mace (for the serial reference) while the workers' forkserver does
+    warm = threading.Thread(target=lambda: __import__("mace.calculators"), daemon=True)
+    warm.start()
     with local_cluster(2) as c:
+        warm.join()
         yield c
 
 
@@ -65,7 +71,7 @@ def test_plan_chunks_cut_at_serial_batch_boundaries():
     assert plan_chunks(sizes, 1, 3, 10) == batches  # a batch larger than chunk_size is a chunk of its own
 
 
-def test_equal_to_serial_bit_for_bit(structures, serial, tiny_mace_model, client, tmp_path):
+def test_equal_to_serial_bit_for_bit(client, structures, serial, tiny_mace_model, tmp_path):
     before = client.run(worker_stats)
     seen = []
     store = run(structures, tiny_mace_model, tmp_path / "s", client, progress=lambda d, t: seen.append((d, t)))
@@ -145,7 +151,10 @@ def test_killed_worker_chunk_reruns_elsewhere(structures, serial, tiny_mace_mode
     assert not marker.exists()  # a worker did die running chunk 2
     client.wait_for_workers(2, timeout=60)
     assert set(client.scheduler_info()["workers"]) != workers_before  # its nanny started a new one
-    assert store.run_info["computed"] == list(range(6))
+    # chunks whose results died with the worker re-ran elsewhere; one that had already written its
+    # shard finds it intact and reuses it
+    assert sorted(store.run_info["computed"] + store.run_info["reused"]) == list(range(6))
+    assert 2 in store.run_info["computed"]
     assert_tables_equal(store.load(), serial)  # no site lost or duplicated
 
 
@@ -212,3 +221,25 @@ def test_local_workers_option(structures, serial, tiny_mace_model, tmp_path):
     store = featurize_distributed(structures[:16], tiny_mace_model, tmp_path / "s", workers=1,
                                   chunk_size=CHUNK, batch_size=BATCH)
     assert_tables_equal(store.load(), serial.select_structures(np.arange(16)))
+
+
+def test_cli_featurize_workers_and_scheduler(structures, serial, tiny_mace_model, tmp_path, capsys):
+    from ase.io import write
+
+    from core.cli import main
+
+    data = tmp_path / "data.xyz"
+    write(data, structures[:16], format="extxyz")
+    out = tmp_path / "store"
+    args = ["featurize", str(data), "--model", str(tiny_mace_model), "--batch-size", str(BATCH), "-q", "-o", str(out)]
+    assert main([*args, "--workers", "1", "--chunk-size", str(CHUNK)]) == 0
+    store = SiteStore(out)
+    assert store.n_shards == 2
+    # extxyz keeps ~8 significant digits of positions and forces
+    assert np.allclose(store.load().errors, serial.select_structures(np.arange(16)).errors, rtol=0, atol=1e-6)
+    capsys.readouterr()
+    assert main([*args, "--scheduler", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("flexcal featurize: error: --scheduler: cannot reach a Dask scheduler at '127.0.0.1:1'")
+    assert main([*args, "--workers", "1", "--no-overwrite"]) == 2
+    assert "already holds a site store" in capsys.readouterr().err

@@ -66,21 +66,14 @@ def _draw(name: str) -> None:
 
 
 def _band_caption(level: float) -> None:
-    """The coverages at this level with the range expected at the run's confidence."""
+    """The coverages at this level with the range expected there (a warning when outside it)."""
     k = run.level_index(level)
     lab = run.flexible_label()
-    cov_q = float(np.mean(run.test.errors <= run.widths_levels[lab][:, k]))
-    cov_g = float(np.mean(run.test.errors <= run.reference_levels[:, k]))
-    rep_q = run.reports[lab]
-    text = f"At {run.levels[k]:.0%}: {lab} covers {cov_q:.3f}, global CP {cov_g:.3f}."
-    if abs(run.levels[k] - run.confidence) < 1e-9:
-        text += f" At the calibrated confidence, {notices.expected_text(rep_q, run.cal.n_structures)}."
-        warning = notices.coverage_warning(lab, rep_q, run.cal.n_structures)
-        if warning:
-            st.warning(warning, icon=":material/warning:")
-    else:
-        text += (" The expected spread is computed at the calibrated confidence "
-                 f"({run.confidence:.0%}); other levels scatter by a similar amount.")
+    observed = {lab: float(np.mean(run.test.errors <= run.widths_levels[lab][:, k])),
+                "global CP": float(np.mean(run.test.errors <= run.reference_levels[:, k]))}
+    text, warnings = notices.level_coverage_text(run, k, observed)
+    for warning in warnings:
+        st.warning(warning, icon=":material/warning:")
     st.caption(text)
 
 

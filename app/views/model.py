@@ -58,6 +58,16 @@ else:
         st.info("Tick the box above to load the uploaded file. Until then it is not opened.")
 
 
+choice = repr((kind, spec, None if upload is None else upload.name))
+if state.get(state.MODEL_ERROR) and state.get(state.MODEL_ERROR_FOR) != choice:
+    state.put(state.MODEL_ERROR, None)  # the error was about another choice (or a file since removed)
+
+
+def _fail(exc: Exception) -> None:
+    state.put(state.MODEL_ERROR, catalog.describe_error(exc))
+    state.put(state.MODEL_ERROR_FOR, choice)
+
+
 def _load_potential():
     """The chosen potential, or None with the reason recorded (previous features kept)."""
     try:
@@ -67,7 +77,7 @@ def _load_potential():
             raise ValueError("choose a model first")
         return services.load_model(*spec, bool(state.get(state.W_TRUST_PATH)) if spec[0] == "path" else False)
     except Exception as exc:
-        state.put(state.MODEL_ERROR, catalog.describe_error(exc))
+        _fail(exc)
         return None
 
 
@@ -86,7 +96,7 @@ def _featurize() -> bool:
         sites, key = services.featurize_dataset(dataset, state.get(state.DATASET_KEY), potential, progress)
     except Exception as exc:
         bar.empty()
-        state.put(state.MODEL_ERROR, catalog.describe_error(exc))
+        _fail(exc)
         return False
     bar.progress(1.0, text=f"Done: {len(sites)} sites")
     state.set_sites(sites, key, getattr(potential, "name", str(potential)))

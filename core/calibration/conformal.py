@@ -26,7 +26,15 @@ from core.heuristics import Heuristic, heuristic_from_state, make_heuristic
 from core.sites import SiteTable
 from core.validation import check_bool, check_confidence, check_levels
 
-__all__ = ["SplitConformal", "conformal_quantile", "conformal_rank", "weighted_conformal_quantile"]
+__all__ = [
+    "SplitConformal",
+    "conformal_quantile",
+    "conformal_rank",
+    "quantiles_at_levels",
+    "sorted_cumulative",
+    "weighted_conformal_quantile",
+    "weighted_quantiles_from_sorted",
+]
 
 # Relative slack on (n + 1)·confidence before taking the ceiling: a product that should be an
 # integer but came out 1 ulp too high (e.g. 100 * 0.07 = 7.000000000000001) must not move the rank.
@@ -127,17 +135,19 @@ def weighted_conformal_quantile(scores, weights, test_weights, confidence: float
     w = _check_weights(weights, s.shape[0], "weights")
     scalar = np.ndim(test_weights) == 0
     t = _check_weights(np.atleast_1d(test_weights), None, "test_weights", allow_all_zero=True)
-    out = _weighted_from_sorted(*_sorted_cumulative(s, w), t, confidence)
+    out = weighted_quantiles_from_sorted(*sorted_cumulative(s, w), t, confidence)
     return float(out[0]) if scalar else out
 
 
-def _sorted_cumulative(scores: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sorted_cumulative(scores: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scores sorted ascending (n,), cumulative weights in that order (n,)): the input of
+    :func:`weighted_quantiles_from_sorted`, computed once and reused for many test weights."""
     order = np.argsort(scores, kind="stable")
     return scores[order], np.cumsum(weights[order])
 
 
-def _weighted_from_sorted(sorted_scores: np.ndarray, cum: np.ndarray, test_weights: np.ndarray,
-                          confidence: float) -> np.ndarray:
+def weighted_quantiles_from_sorted(sorted_scores: np.ndarray, cum: np.ndarray, test_weights: np.ndarray,
+                                   confidence: float) -> np.ndarray:
     """Weighted quantiles (m,) from pre-sorted scores and their cumulative weights."""
     total = cum[-1] if cum.size else 0.0
     thresh = confidence * (total + test_weights)
@@ -168,8 +178,8 @@ def _check_weights(weights: Any, n: int | None, name: str, allow_all_zero: bool 
     return w
 
 
-def _quantiles_at_levels(sorted_scores: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """Conformal quantiles (k,) of already sorted scores at several levels."""
+def quantiles_at_levels(sorted_scores: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Conformal quantiles (k,) of already sorted scores (n,) at several levels (k,) (+inf where rank > n)."""
     n = sorted_scores.shape[0]
     out = np.full(levels.shape, np.inf)
     for j, p in enumerate(levels):
@@ -353,7 +363,7 @@ class SplitConformal(Calibrator):
         check_sites(sites)
         levels = check_levels(levels)
         u = self.heuristic_.score(sites)
-        glob = _quantiles_at_levels(np.sort(self.scores_), levels)
+        glob = quantiles_at_levels(np.sort(self.scores_), levels)
         if not self.mondrian:
             return u[:, None] * glob[None, :]
         q = np.empty((len(sites), levels.size))
@@ -361,7 +371,7 @@ class SplitConformal(Calibrator):
         for z in np.unique(sites.species):
             rows = sites.species == z
             if int(z) in fit_species:
-                q[rows] = _quantiles_at_levels(np.sort(self.scores_[self.species_ == z]), levels)
+                q[rows] = quantiles_at_levels(np.sort(self.scores_[self.species_ == z]), levels)
             else:
                 q[rows] = glob
         return u[:, None] * q

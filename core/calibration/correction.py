@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.calibration.conformal import _sorted_cumulative, _weighted_from_sorted, conformal_quantile
+from core.calibration.conformal import conformal_quantile, sorted_cumulative, weighted_quantiles_from_sorted
 from core.calibration.weights import UniformWeights
 
 __all__ = ["HoldoutCorrection"]
@@ -75,10 +75,10 @@ class HoldoutCorrection:
         if not conformal:
             self.corrections = np.ones(K)
         elif self.shift:
-            self._sorted = [_sorted_cumulative(scores[:, k], weights) for k in range(K)]
+            self._sorted = [sorted_cumulative(scores[:, k], weights) for k in range(K)]
             t = np.array([1.0 if target is None else float(np.mean(scheme.weights(target)))])
             self.reference_weight = float(t[0])
-            self.corrections = np.array([_weighted_from_sorted(s, c, t, p)[0]
+            self.corrections = np.array([weighted_quantiles_from_sorted(s, c, t, p)[0]
                                          for (s, c), p in zip(self._sorted, levels)])
         else:
             self.corrections = np.array([self.factor(k, float(p)) for k, p in enumerate(levels)])
@@ -89,12 +89,12 @@ class HoldoutCorrection:
         ``ratios`` (n,) are the test sites' density ratios (``shift`` only).
         """
         if self.shift:
-            return _weighted_from_sorted(*self._sorted[k], ratios, float(level))
+            return weighted_quantiles_from_sorted(*self._sorted[k], ratios, float(level))
         col = self.scores[:, k]
         if self.uniform:
             return conformal_quantile(col, level)
-        s, c = _sorted_cumulative(col, self.weights)
-        return float(_weighted_from_sorted(s, c, np.array([self.weights.max()]), level)[0])
+        s, c = sorted_cumulative(col, self.weights)
+        return float(weighted_quantiles_from_sorted(s, c, np.array([self.weights.max()]), level)[0])
 
     def site_factors(self, ratios: np.ndarray) -> np.ndarray:
         """ĉ_τ per test site and trained level, ndarray (n, K) (``shift`` only)."""

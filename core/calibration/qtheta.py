@@ -255,38 +255,22 @@ def train_quantile_model(
     stop_reason : {"patience", "callback", "max_epochs"}
     """
     torch = torch_module()
-    x_fit, z_fit, y_fit, w_fit = train
     tau = torch.from_numpy(np.asarray(levels, dtype=np.float32))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     shuffle = torch.Generator().manual_seed(shuffle_seed)
-
-    def pinball(q, y):
-        r = y[:, None] - q
-        return torch.maximum(tau * r, (tau - 1.0) * r).mean(dim=1)
-
-    n = x_fit.shape[0]
+    n = train[0].shape[0]
     bs = min(batch_size, n, max(32, math.ceil(n / MIN_STEPS_PER_EPOCH)))
     history: list[dict] = []
     best_val, best_state, best_epoch, wait = math.inf, None, 0, 0
     stop_reason = "max_epochs"
     for epoch in range(1, max_epochs + 1):
-        model.train()
-        perm = torch.randperm(n, generator=shuffle)
-        total = 0.0
-        for a in range(0, n, bs):
-            idx = perm[a:a + bs]
-            loss = (w_fit[idx] * pinball(model(x_fit[idx], z_fit[idx]), y_fit[idx])).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * idx.shape[0]
-        train_loss = total / n
+        train_loss = _train_epoch(model, opt, train, tau, bs, shuffle)
         val_loss = math.nan
         model.eval()
         if validation is not None:
             x_val, z_val, y_val, w_val = validation
             with torch.no_grad():
-                val_loss = float((w_val * pinball(forward_batched(model, x_val, z_val), y_val)).sum())
+                val_loss = float((w_val * _pinball(forward_batched(model, x_val, z_val), y_val, tau)).sum())
             if val_loss < best_val * (1.0 - _MIN_REL_IMPROVEMENT) or best_state is None:
                 best_val, best_epoch, wait = val_loss, epoch, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -305,3 +289,28 @@ def train_quantile_model(
         model.load_state_dict(best_state)
     model.eval()
     return history, best_epoch, stop_reason
+
+
+def _pinball(q, y, tau):
+    """Per-site pinball loss averaged over levels, tensor (m,): q (m, K) quantiles, y (m,) targets."""
+    torch = torch_module()
+    r = y[:, None] - q
+    return torch.maximum(tau * r, (tau - 1.0) * r).mean(dim=1)
+
+
+def _train_epoch(model, opt, train: tuple, tau, batch_size: int, shuffle) -> float:
+    """One shuffled pass of weighted pinball-loss steps; returns the mean training loss."""
+    torch = torch_module()
+    x_fit, z_fit, y_fit, w_fit = train
+    n = x_fit.shape[0]
+    model.train()
+    perm = torch.randperm(n, generator=shuffle)
+    total = 0.0
+    for a in range(0, n, batch_size):
+        idx = perm[a:a + batch_size]
+        loss = (w_fit[idx] * _pinball(model(x_fit[idx], z_fit[idx]), y_fit[idx], tau)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.item() * idx.shape[0]
+    return total / n

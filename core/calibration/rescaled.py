@@ -31,7 +31,7 @@ from core.calibration.base import (
     nest_arrays,
     nested_arrays,
 )
-from core.calibration.conformal import _quantiles_at_levels, conformal_quantile
+from core.calibration.conformal import conformal_quantile, quantiles_at_levels
 from core.sites import SiteTable
 from core.validation import check_levels
 
@@ -130,7 +130,7 @@ class RescaledCalibrator(Calibrator):
         check_sites(sites)
         levels = check_levels(levels)
         w = np.asarray(self.base.predict(sites), dtype=np.float64)
-        factors = _quantiles_at_levels(np.sort(self.scores_), levels)
+        factors = quantiles_at_levels(np.sort(self.scores_), levels)
         return w[:, None] * factors[None, :]
 
     # ------------------------------------------------------------------ I/O

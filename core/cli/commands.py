@@ -159,6 +159,8 @@ def _save_atomic(obj, path: Path) -> Path:
 def cmd_featurize(args, ui: UI) -> int:
     from core.io import check_output
 
+    if getattr(args, "workers", None) or getattr(args, "scheduler", None):
+        return _featurize_store(args, ui)
     out = check_output(args.output, inputs=_data_inputs(args.data) + _model_inputs(args),
                        overwrite=not args.no_overwrite, what="--output")
     _check_device(args)
@@ -166,6 +168,34 @@ def cmd_featurize(args, ui: UI) -> int:
     _save_atomic(sites, out)
     ui.info(f"wrote {len(sites)} sites from {sites.n_structures} structures ({sites.n_descriptors} descriptors per "
             f"site; mean force error {sites.errors.mean():.4f} eV/Å) to {out}")
+    return EXIT_OK
+
+
+def _featurize_store(args, ui: UI) -> int:
+    """``featurize --workers N | --scheduler ADDRESS``: a sharded site store in the -o folder (Dask)."""
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output: {out} is a file; with --workers/--scheduler give a folder for the site store")
+    if args.no_overwrite and (out / "manifest.json").exists():
+        raise UserError(f"--output: {out} already holds a site store and --no-overwrite was given")
+    try:
+        from core.distributed import featurize_distributed
+        import distributed  # noqa: F401
+    except ImportError:
+        raise UserError("--workers/--scheduler need Dask: pip install 'flexcal[distributed]'") from None
+    _check_device(args)
+    dataset, family = sources.resolve_data(args.data, energy_key=args.energy_key, forces_key=args.forces_key)
+    spec = {"model": sources.resolve_model(args.model, family), "committee": list(args.committee or ()),
+            "device": args.device, "dtype": args.dtype}
+    ui.info(f"featurizing {args.data} on Dask ({f'{args.workers} local workers' if args.workers else args.scheduler})")
+    try:
+        store = featurize_distributed(dataset, spec, out, workers=args.workers, scheduler=args.scheduler,
+                                      chunk_size=args.chunk_size, batch_size=args.batch_size,
+                                      progress=ui.progress("featurize"))
+    except ConnectionError as exc:
+        raise UserError(f"--{exc}") from None
+    ui.info(f"wrote {store.n_sites} sites from {store.n_structures} structures in {store.n_shards} shards "
+            f"({len(store.run_info['reused'])} reused from an earlier run) to {out}")
     return EXIT_OK
 
 

@@ -208,9 +208,20 @@ def _featurize_parser(sub, func) -> None:
         ),
     )
     p.add_argument("data", metavar="DATA", help="extxyz file with reference forces, or an embedded demo name")
-    p.add_argument("-o", "--output", metavar="SITES.npz", required=True, help="where to write the site table")
+    p.add_argument("-o", "--output", metavar="SITES.npz", required=True,
+                   help="where to write the site table (with --workers/--scheduler: a site-store folder)")
     _add_overwrite(p)
     _add_model_args(p, subset=False)
+    g = p.add_argument_group("scaling out on a Dask cluster (pip install 'flexcal[distributed]')")
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                   help="start a local Dask cluster of N worker processes; -o is then a folder of shards + "
+                        "manifest.json (rerun the same command to resume an interrupted run)")
+    x.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="use an existing Dask cluster (tcp://host:port); its workers need the model file and "
+                        "the -o folder on a shared filesystem")
+    g.add_argument("--chunk-size", type=_positive_int, default=256, metavar="N",
+                   help="structures per Dask task and per shard (with --workers/--scheduler)")
     _add_common(p)
     p.set_defaults(func=func)
 

@@ -185,15 +185,24 @@ def calibration_report(
     ids = None if structure_ids is None else _check_groups("structure_ids", structure_ids, n)
     if bootstrap > 0 and ids is None:
         raise ValueError("bootstrap: needs structure_ids (the bootstrap resamples whole structures), got None")
+    report = _site_metrics(e, w, c, reference_widths, seed)
+    report.update(_group_metrics(e, w, species, ids, widths_at_levels, levels))
+    report = {k: report[k] for k in REPORT_KEYS if k in report}  # the documented key order
+    n_structures = report["n_structures"]
+    report.update(_spread_and_domain(e, w, c, report["coverage"], n_structures, n_calibration, ood))
+    if bootstrap > 0:
+        report["coverage_ci"] = list(bootstrap_ci(e, w, ids, coverage, bootstrap, seed))
+        report["spearman_ci"] = list(bootstrap_ci(e, w, ids, spearman, bootstrap, seed))
+    return report
 
+
+def _site_metrics(e: np.ndarray, w: np.ndarray, c: float, reference_widths, seed: int) -> dict[str, Any]:
+    """The per-site entries of a report (everything that needs neither species nor structures)."""
     rho, note = correlation_or_reason(e, w, "spearman")
-    n_structures = None if ids is None else int(np.unique(ids).shape[0])
-    cov = coverage(e, w)
-    report: dict[str, Any] = {
-        "n_sites": int(n),
-        "n_structures": n_structures,
+    return {
+        "n_sites": int(e.shape[0]),
         "confidence": c,
-        "coverage": cov,
+        "coverage": coverage(e, w),
         "coverage_gap": coverage_gap(e, w, c),
         "mean_width": mean_width(w),
         "width_ratio": None if reference_widths is None else width_ratio(w, reference_widths),
@@ -202,28 +211,26 @@ def calibration_report(
         "pearson": _float(pearson(e, w)),
         "spearman_ideal": _float(spearman_ideal(w, c, seed=seed)),
         "auroc": _float(_auroc(e, w, 0.1)),
-        "miscalibration_area": None,
-        "species_coverage": None,
-        "worst_species_coverage": None,
         "pinball": pinball_loss(e, w, c),
-        "structure_spearman": None,
-        "structure_auroc": None,
     }
+
+
+def _group_metrics(e: np.ndarray, w: np.ndarray, species, ids, widths_at_levels, levels) -> dict[str, Any]:
+    """The entries that need levels, species or structure ids (None without them)."""
+    out: dict[str, Any] = {"n_structures": None, "miscalibration_area": None, "species_coverage": None,
+                           "worst_species_coverage": None, "structure_spearman": None, "structure_auroc": None}
     if widths_at_levels is not None:  # levels alone (no widths at them) are ignored
-        report["miscalibration_area"] = miscalibration_area(e, widths_at_levels, levels)
+        out["miscalibration_area"] = miscalibration_area(e, widths_at_levels, levels)
     if species is not None:
         per = species_coverage(e, w, species)
-        report["species_coverage"] = {str(z): v for z, v in per.items()}
-        report["worst_species_coverage"] = min(per.values())
+        out["species_coverage"] = {str(z): v for z, v in per.items()}
+        out["worst_species_coverage"] = min(per.values())
     if ids is not None:
+        out["n_structures"] = int(np.unique(ids).shape[0])
         me, mw = structure_maxima(e, w, ids)
-        report["structure_spearman"] = _float(spearman(me, mw))
-        report["structure_auroc"] = _float(_auroc(me, mw, 0.1))
-    report.update(_spread_and_domain(e, w, c, cov, n_structures, n_calibration, ood))
-    if bootstrap > 0:
-        report["coverage_ci"] = list(bootstrap_ci(e, w, ids, coverage, bootstrap, seed))
-        report["spearman_ci"] = list(bootstrap_ci(e, w, ids, spearman, bootstrap, seed))
-    return report
+        out["structure_spearman"] = _float(spearman(me, mw))
+        out["structure_auroc"] = _float(_auroc(me, mw, 0.1))
+    return out
 
 
 def report_table(reports: dict[str, dict]):

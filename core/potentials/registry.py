@@ -101,12 +101,12 @@ def _matcher(matches, names: Iterable[str]) -> Callable[[Any], bool]:
     )
 
 
+_TRAITS = ("aliases", "kind", "committee", "runs_code", "unavailable", "from_calculator")
+
+
 def register_backend(matches, loader: Callable[..., Any], *, name: str, label: str,
                      offline: bool | Callable[[str], bool] = True, description: str = "",
-                     models: Mapping[str, str] | Iterable[str] = (), aliases: Mapping[str, str] | None = None,
-                     kind: str = "model", committee: bool = False, runs_code: bool = False,
-                     unavailable: str = "needs a download", from_calculator=None,
-                     replace: bool = False) -> Backend:
+                     models: Mapping[str, str] | Iterable[str] = (), replace: bool = False, **traits) -> Backend:
     """Make ``load_potential`` (and so the CLI, app, studies and calculator) know a backend.
 
     Parameters
@@ -129,6 +129,10 @@ def register_backend(matches, loader: Callable[..., Any], *, name: str, label: s
         One sentence for listings and help.
     models : mapping name -> title, or iterable of names
         The models :func:`available_models` lists (e.g. {"chgnet-0.3.0": "CHGNet 0.3.0"}).
+    replace : bool
+        Replace an existing backend of the same name (keeping nothing of it).
+    **traits
+        Optional, each a field of :class:`Backend` (any other name is a TypeError):
     aliases : mapping alias -> name, optional
         Further accepted names ("chgnet" -> "chgnet-0.3.0"); not listed separately.
     kind : str
@@ -143,8 +147,6 @@ def register_backend(matches, loader: Callable[..., Any], *, name: str, label: s
     from_calculator : callable(ase_calculator) -> Potential or None, optional
         Wraps an ASE calculator of this family into a one-pass Potential (used by
         ``CalibratedCalculator``); return None when the calculator is not of this family.
-    replace : bool
-        Replace an existing backend of the same name (keeping nothing of it).
 
     Returns
     -------
@@ -156,16 +158,21 @@ def register_backend(matches, loader: Callable[..., Any], *, name: str, label: s
         raise ValueError(f"name: expected a non-empty string, got {name!r}")
     if not callable(loader):
         raise TypeError(f"loader: expected a callable(spec, *, device, **options), got {type(loader).__name__}")
+    unknown = sorted(set(traits) - set(_TRAITS))
+    if unknown:
+        raise TypeError(f"{unknown[0]}: not a backend trait; traits: {', '.join(_TRAITS)}")
     titles = dict(models) if isinstance(models, Mapping) else {m: m for m in models}
-    aliases = dict(aliases or {})
+    aliases = dict(traits.get("aliases") or {})
     bad = [a for a, target in aliases.items() if target not in titles]
     if bad:
         raise ValueError(f"aliases: {bad} point to names that are not in models ({sorted(titles)})")
     backend = Backend(
         name=name, matches=_matcher(matches, [*titles, *aliases]), loader=loader, label=str(label),
-        offline=offline, description=str(description), models=titles, aliases=aliases, kind=str(kind),
-        committee=bool(committee), runs_code=bool(runs_code), unavailable=str(unavailable),
-        from_calculator=from_calculator,
+        offline=offline, description=str(description), models=titles, aliases=aliases,
+        kind=str(traits.get("kind", "model")), committee=bool(traits.get("committee", False)),
+        runs_code=bool(traits.get("runs_code", False)),
+        unavailable=str(traits.get("unavailable", "needs a download")),
+        from_calculator=traits.get("from_calculator"),
     )
     existing = [i for i, b in enumerate(_BACKENDS) if b.name == name]
     if existing and not replace:
