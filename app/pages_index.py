@@ -44,6 +44,7 @@ PAGES = (
     PageInfo("diagnose", "Diagnose", ":material/monitoring:"),
     PageInfo("structures", "Structures", ":material/view_in_ar:"),
     PageInfo("export", "Export", ":material/download:"),
+    PageInfo("apply", "Apply", ":material/play_circle:"),
 )
 BY_NAME = MappingProxyType({p.name: p for p in PAGES})
 

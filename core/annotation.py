@@ -105,12 +105,14 @@ class Annotation:
         """Frame ids (positions in the structures given) of the flagged frames, (f,)."""
         return self.frame_ids[self.flagged]
 
-    def with_threshold(self, threshold: float | None) -> "Annotation":
-        """The same annotation flagged at another ``threshold`` (eV/Å; out-of-domain frames stay flagged)."""
+    def with_threshold(self, threshold: float | None, *, flag_ood: bool = True) -> "Annotation":
+        """The same annotation flagged at another ``threshold`` (eV/Å); out-of-domain frames are
+        flagged too unless ``flag_ood`` is False. Nothing is recomputed."""
         from dataclasses import replace
 
         threshold = check_threshold(threshold)
-        return replace(self, threshold=threshold, flagged=frame_flags(self.max_width, self.frame_ood, threshold))
+        ood = self.frame_ood if flag_ood else None
+        return replace(self, threshold=threshold, flagged=frame_flags(self.max_width, ood, threshold))
 
     # ------------------------------------------------------------- tables
     def frame_table(self):

@@ -34,7 +34,7 @@ from core.annotation import (ERROR_ARRAY, FRAME_COLUMNS, OOD_ARRAY, WIDTH_ARRAY,
                              check_threshold, frame_flags, frame_groups, level_suffix, reduce_frames, table_suffix)
 from core.sites import SiteTable
 
-__all__ = ["Annotation", "annotate", "annotate_sites", "run_predict", "level_suffix",
+__all__ = ["Annotation", "annotate", "annotate_sites", "run_predict", "demo_calibrator", "level_suffix",
            "WIDTH_ARRAY", "OOD_ARRAY", "ERROR_ARRAY", "FRAME_COLUMNS"]
 
 
@@ -249,6 +249,24 @@ def run_predict(data, model, calibrator_path, output, *, levels=None, threshold:
     out = ann.summary()
     out.update({"data": str(data), "model": str(model), "calibrator_file": str(calibrator_path), "outputs": written})
     return out
+
+
+def demo_calibrator(method: str = "flexible-ood", family: str = "molecule", *, confidence: float = 0.9,
+                    seed: int = 0, potential=None, **options):
+    """A calibrator fitted on a demo family's ``calibration`` frames with its demo model.
+
+    The offline default of the Apply page, the tests and the benchmark: with the ``molecule``
+    family it calibrates on 75 ethanol frames at 300 K, ready to annotate
+    :func:`core.demo.demo_trajectory_path`. ``options`` go to ``make_calibrator`` (e.g.
+    ``max_epochs``); ``potential`` defaults to the family's demo model.
+    """
+    from core.calibration import make_calibrator
+    from core.demo import demo_frames, demo_model_path
+    from core.featurize import featurize
+
+    potential = _resolve_potential(demo_model_path(family) if potential is None else potential)
+    sites = featurize(demo_frames(family, split="calibration"), potential)
+    return make_calibrator(method, confidence=confidence, seed=seed, **options).fit(sites)
 
 
 # ------------------------------------------------------------------- helpers

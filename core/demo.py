@@ -25,6 +25,7 @@ from pathlib import Path
 __all__ = [
     "FAMILIES", "DEFAULT_FAMILY", "SPLITS", "demo_dir", "demo_datasets", "demo_dataset_path",
     "demo_model_path", "demo_models", "demo_frames", "demo_training_set", "demo_info",
+    "TRAJECTORY_FILE", "demo_trajectory_path",
 ]
 
 #: family -> facts about its file and model (keys as in the extxyz files).
@@ -101,6 +102,16 @@ def demo_model_path(family: str | None = None) -> Path:
 def demo_models() -> dict[str, Path]:
     """Family name -> demo model path."""
     return {family: demo_model_path(family) for family in FAMILIES}
+
+
+#: The Apply demo trajectory (``datasets/generate_trajectory.py``, described in ``datasets/README.md``).
+TRAJECTORY_FILE = "molecule_ethanol_heating.xyz"
+
+
+def demo_trajectory_path() -> Path:
+    """Path of the Apply demo: ethanol heated from 300 K to 900 K (400 frames) by Langevin MD driven
+    by the ``molecule`` demo model, GFN2-xTB labels under REF_* (FileNotFoundError when missing)."""
+    return _existing(demo_dir() / TRAJECTORY_FILE, "trajectory")
 
 
 def demo_frames(family: str | None = None, split: str | None = None,

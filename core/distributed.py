@@ -43,7 +43,7 @@ import numpy as np
 from core.store import MANIFEST, SiteStore, shard_name, verify_shard, write_manifest, write_shard
 
 __all__ = ["featurize_distributed", "local_cluster", "connect", "plan_chunks", "normalise_potential_spec",
-           "worker_stats", "DEFAULT_CHUNK_SIZE"]
+           "load_on_workers", "worker_stats", "DEFAULT_CHUNK_SIZE"]
 
 #: structures per chunk (one task, one shard) by default
 DEFAULT_CHUNK_SIZE = 256
@@ -249,6 +249,13 @@ def _worker_potential(spec: dict):
 
 def _probe(files: list[str], out_dir: str) -> dict:
     return {"missing": [f for f in files if not os.path.isfile(f)], "out_dir": os.path.isdir(out_dir)}
+
+
+def load_on_workers(client, potential_spec) -> dict:
+    """Load the model on every worker of ``client`` now (it stays loaded for later runs); returns
+    {worker address: potential identity}. Fails like :func:`featurize_distributed` on a missing file."""
+    spec = normalise_potential_spec(potential_spec)
+    return {a: r["identity"] for a, r in client.run(_potential_info, spec).items()}
 
 
 def _potential_info(spec: dict) -> dict:

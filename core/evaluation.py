@@ -382,8 +382,14 @@ def _score_all(ev: Evaluation, bootstrap: int) -> None:
                 structure_ids=test.structure_ids, widths_at_levels=on_grid,
                 levels=CALIBRATION_LEVELS if on_grid is not None else None,
                 reference_widths=ev.reference_widths[split], bootstrap=bootstrap, seed=ev.seed,
-                n_calibration=ev.calibration.n_structures, ood=ev.ood.get(split),
+                n_calibration=_n_calibration(cal, ev.calibration), ood=ev.ood.get(split),
             )
+
+
+def _n_calibration(calibrator, calibration: SiteTable) -> int:
+    """Structures behind the calibrator's conformal factor (its holdout or update set), for the spread."""
+    n = getattr(calibrator, "n_calibration_structures_", None)
+    return int(n) if n else calibration.n_structures
 
 
 def _scalar(value) -> float:

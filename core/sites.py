@@ -360,6 +360,13 @@ class SiteTable:
         )
 
 
+def check_sites(sites: Any, name: str = "sites") -> SiteTable:
+    """``sites`` if it is a SiteTable; TypeError ``"<name>: expected a SiteTable, got <type>"`` otherwise."""
+    if not isinstance(sites, SiteTable):
+        raise TypeError(f"{name}: expected a SiteTable, got {type(sites).__name__}")
+    return sites
+
+
 def concatenate(tables: list[SiteTable]) -> SiteTable:
     """Stack tables whose structure ids are already disjoint.
 

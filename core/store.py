@@ -201,7 +201,7 @@ def _read_shard(path: Path, columns) -> SiteTable:
     desc = data.pop("descriptors", None)
     return SiteTable.from_arrays(
         descriptors=desc if desc is not None else np.empty((n, 0), dtype=np.float32),
-        structure_info=info, meta=meta, **data)
+        errors=data.pop("errors", None), structure_info=info, meta=meta, **data)
 
 
 def _check_columns(columns) -> tuple[str, ...] | None:

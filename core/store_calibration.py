@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from core.sites import SiteTable, concatenate
-from core.store import WIDTHS_FORMAT, SiteStore, _atomic_write
+from core.store import WIDTHS_FORMAT, SiteStore, _atomic_write, _read_shard
 
 __all__ = ["fit_store", "predict_store", "DEFAULT_MAX_TRAIN_SITES"]
 
@@ -25,6 +25,8 @@ _HEURISTIC_COLUMNS = {"constant": ("errors",), "force": ("errors", "forces_pred"
                       "committee": ("errors", "committee_std")}
 _HOLDOUT_BLOCK = 8192  # rows per q_θ evaluation of the holdout (FlexibleQuantile's inference block)
 _CALIBRATORS: dict = {}  # per worker process: calibrator state digest -> Calibrator
+# what any calibrator's predict may read (descriptors: knn/gmm/q_θ; forces: force CP; spread: committee CP)
+_PREDICT_COLUMNS = ("descriptors", "forces_pred", "committee_std")
 
 
 def _as_store(store) -> SiteStore:
@@ -267,7 +269,7 @@ def _predict_shard(shard_path: str, shard_sha: str, out_path: str, state, digest
         cal = calibrator_from_state(*state)
         _CALIBRATORS.clear()  # one calibrator per worker process at a time
         _CALIBRATORS[digest] = cal
-    table = SiteTable.load(shard_path)
+    table = _read_shard(Path(shard_path), _PREDICT_COLUMNS)  # reference forces and errors are not needed
     widths = cal.predict(table) if levels is None else cal.predict_levels(table, levels)
     meta = {"format": WIDTHS_FORMAT, "version": 1, "calibrator": cal.name, "label": cal.label,
             "confidence": cal.confidence, "levels": levels, "calibrator_digest": digest,

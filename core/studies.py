@@ -217,8 +217,6 @@ def run_recalibration(cal_sites: SiteTable, new_sites: SiteTable, methods=None, 
     of every fitted calibrator is recalibrated on the first ``k`` pool structures (a seeded
     order, nested) and scored on the test part. Rows carry ``n_new`` (0 = no update).
     """
-    import copy
-
     from core.evaluation import score
 
     confidence = check_confidence(confidence)
@@ -230,7 +228,7 @@ def run_recalibration(cal_sites: SiteTable, new_sites: SiteTable, methods=None, 
         if k > order.size:
             break
         budget = _budget(pool, order, int(k))
-        updated = {lab: copy.deepcopy(c).update(budget) for lab, c in base.calibrators.items()}
+        updated = {lab: c.copy().update(budget) for lab, c in base.calibrators.items()}
         ev = score(updated, cal_sites, {"new": test}, confidence=confidence, seed=seed,
                    reference=engine.get("reference"))
         tables.append(ev.table(study="recalibration", dataset=dataset).assign(n_new=int(k)))

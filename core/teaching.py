@@ -99,7 +99,8 @@ def _number(value: Any, digits: int, percent: bool) -> str:
 def fmt(value: Any, interval: Sequence | None = None, *, digits: int = 2, percent: bool = False) -> str:
     """A number and, when given, its interval: ``"0.91 [0.87, 0.94]"`` or ``"91 % [87 %, 94 %]"``.
 
-    ``value`` and the interval bounds may be None or NaN ("n/a") or infinite ("∞").
+    ``value`` and the interval bounds may be None or NaN ("n/a") or infinite ("∞"); a None
+    ``value`` with an interval gives the interval alone (``"[0.87, 0.94]"``).
     ``percent=True`` multiplies by 100 and keeps ``digits - 2`` decimals.
     """
     digits = check_int("digits", digits, 0, 12)
@@ -109,7 +110,7 @@ def fmt(value: Any, interval: Sequence | None = None, *, digits: int = 2, percen
     if len(interval) != 2:
         raise ValueError(f"interval: expected (lo, hi), got {interval!r}")
     lo, hi = (_number(b, digits, percent) for b in interval)
-    return f"{text} [{lo}, {hi}]"
+    return f"[{lo}, {hi}]" if value is None else f"{text} [{lo}, {hi}]"
 
 
 # ------------------------------------------------------------------------ coverage by group

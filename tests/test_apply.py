@@ -416,3 +416,83 @@ def test_a_fitted_domain_score_gives_calibrated_site_and_frame_flags():
     np.testing.assert_array_equal(ann.frame_ood, frame_flags)
     assert ann.frame_ood[20:].all() and ann.frame_ood[:20].sum() <= 2
     assert "ood_score" in ann.frame_table() and ann.flagged.tolist() == ann.frame_ood.tolist()
+
+
+# ----------------------------------------------------------------------------- the demo trajectory
+@pytest.fixture(scope="module")
+def demo_knn():
+    from core.apply import demo_calibrator
+
+    return demo_calibrator("knn", "molecule")
+
+
+def test_the_demo_trajectory_is_shipped_small_and_heats_from_300_to_900_K():
+    from core.data import read_dataset
+    from core.demo import demo_trajectory_path
+
+    path = demo_trajectory_path()
+    assert path.name == "molecule_ethanol_heating.xyz" and path.stat().st_size < 2_000_000
+    ds = read_dataset(path, require_labels=False)
+    assert len(ds) == 400 and ds.labelled  # GFN2-xTB labels under REF_*
+    target = np.array([a.info["temperature_K"] for a in ds.structures])
+    np.testing.assert_allclose(target, np.linspace(300.0, 900.0, 400), atol=1e-3)
+    assert {a.get_chemical_formula() for a in ds.structures} == {"C2H6O"}
+    assert [a.info["md_step"] for a in ds.structures[:2]] == [410, 420]
+
+
+def test_a_demo_calibrator_sees_the_widths_rise_along_the_heating(demo_knn):
+    from core.demo import demo_model_path, demo_trajectory_path
+    from core.data import read_dataset
+
+    ds = read_dataset(demo_trajectory_path(), require_labels=False)
+    ann = annotate(ds, demo_model_path("molecule"), demo_knn)
+    q = ann.n_frames // 4
+    assert ann.mean_width[-q:].mean() > 1.5 * ann.mean_width[:q].mean()
+    assert ann.max_width[-q:].mean() > 1.5 * ann.max_width[:q].mean()
+    # the labels agree: the model's errors grow too, so the widths track something real
+    assert ann.max_error[-q:].mean() > 2 * ann.max_error[:q].mean()
+
+
+def test_ramp_and_trajectory_generator_settings():
+    from datasets.generate_trajectory import ramp
+
+    np.testing.assert_allclose(ramp(3), [300.0, 600.0, 900.0])
+    with pytest.raises(ValueError, match="n_frames: expected at least 2 frames, got 1"):
+        ramp(1)
+
+
+# ------------------------------------------------------------------------------------ the page
+def test_apply_page_annotates_the_demo_trajectory_with_an_uploaded_calibrator(demo_knn, tmp_path):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    from app.pages_index import page
+
+    data = demo_knn.save(tmp_path / "knn.npz").read_bytes()
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=180).run()
+    at.switch_page(page("apply")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Apply"
+    at.radio(key="w_apply_cal_source").set_value("Upload a calibrator file (.npz)").run()
+    assert at.button(key="btn_apply_annotate").disabled, "nothing to annotate before a calibrator is loaded"
+    at.file_uploader(key="w_apply_cal_upload").set_value(("bad.npz", b"PK\x03\x04junk", "application/octet-stream"))
+    at.run()
+    assert at.error and at.error[0].value.startswith("Could not use bad.npz: bad.npz: not a readable FlexCal calibrator")
+    at.file_uploader(key="w_apply_cal_upload").set_value(("knn.npz", data, "application/octet-stream")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "kNN-normalised CP" in at.markdown[0].value and "64 descriptor columns of molecule" in at.markdown[0].value
+    assert at.radio(key="w_apply_model").value == "Demo model: molecule"  # picked from the calibrator's layout
+    at.button(key="btn_apply_annotate").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    key, ann = at.session_state["apply_result"]
+    assert ann.n_frames == 400 and ann.labelled
+    flagged = ann.with_threshold(0.5)
+    table = at.dataframe[0].value
+    assert 0 < len(table) == int(flagged.flagged.sum()) < 400
+    assert (table["max width (eV/Å)"] > 0.5).all()
+    assert at.selectbox(key="w_apply_frame").value == int(flagged.flagged_frames[0])
+    # a higher threshold flags fewer frames, without re-running the model
+    at.number_input(key="w_apply_threshold").set_value(1.0).run()
+    assert len(at.dataframe[0].value) == int(ann.with_threshold(1.0).flagged.sum())
+    assert at.session_state["apply_result"][1] is ann

@@ -169,6 +169,27 @@ def test_unlabelled(pot, tiny_structures):
     assert t.forces_ref is None and t.errors is None and not t.labelled and t.meta["labelled"] is False
 
 
+def test_unlabelled_cache_round_trip_and_old_zero_error_entries(pot, tiny_structures, tmp_path):
+    """Regression (issue 9): unlabelled tables carried errors = 0; cached ones come back with errors=None."""
+    for a in tiny_structures:
+        del a.arrays["REF_forces"]
+    wrapped = Counting(pot)
+    first = featurize(tiny_structures, wrapped, cache_dir=tmp_path, labelled=False)
+    (entry,) = tmp_path.glob("featurize-*.npz")
+    with np.load(entry, allow_pickle=False) as z:
+        assert "errors" not in z.files
+    again = featurize(tiny_structures, wrapped, cache_dir=tmp_path, labelled=False)
+    assert again.meta["cache_hit"] and again.errors is None and wrapped.calls == 1
+    np.testing.assert_array_equal(again.descriptors, first.descriptors)
+    # an entry written by an older FlexCal (zeros as errors) is read back as unlabelled
+    old = SiteTable.from_arrays(descriptors=first.descriptors, errors=np.zeros(len(first)), species=first.species,
+                                structure_ids=first.structure_ids, forces_pred=first.forces_pred,
+                                structure_info=first.structure_info, meta=first.meta)
+    old.save(entry)
+    back = featurize(tiny_structures, wrapped, cache_dir=tmp_path, labelled=False)
+    assert back.meta["cache_hit"] and back.errors is None and wrapped.calls == 1
+
+
 def test_from_dataset_keeps_source_and_indices(pot, tiny_structures, tmp_path):
     path = tmp_path / "tiny.extxyz"
     ase.io.write(path, tiny_structures, format="extxyz")

@@ -8,10 +8,17 @@ name, the cell's number, its source and the traceback. When ``FLEXCAL_ARTIFACTS`
 
 Committed notebooks must carry no outputs (readable diffs), and ``notebooks/README.md``
 must have an entry, with its key figure, for every notebook.
+
+Numbers that cannot go stale: no markdown cell may carry a result number (a decimal with two or
+more digits, a range of decimals, a comparison with a decimal, a percentage or a multiplier that
+is not one of the few settings in the allow-lists below). Results are written by code cells
+(f-strings through ``core.teaching.show``), and every code cell that ends in an expression
+displays it through ``show``/``print``/``display``, so a FAST run labels its results.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import sys
@@ -136,3 +143,107 @@ def test_readme_lists_every_notebook_with_its_figure():
         if "://" in target:
             continue
         assert (NB_DIR / target).is_file(), f"notebooks/README.md shows {target}, which does not exist"
+
+
+# ------------------------------------------------------------------ numbers in markdown
+#: Levels and settings a markdown cell may quote (confidence levels, the AUROC top fraction,
+#: a 50/50 split). Anything else that looks like a result must come from a code cell.
+ALLOWED_DECIMALS = {"0.05", "0.10", "0.50", "0.90", "0.95", "0.99", "0.9", "0.5", "0.1", "0.05"}
+ALLOWED_PERCENTS = {"5", "10", "50", "90", "95", "99"}
+ALLOWED_MULTIPLIERS = {"9"}    # the pinball loss at τ = 0.9: a miss costs 9× a waste
+_CITATION = re.compile(r"arXiv[:\s]*\d{4}\.\d{4,5}|doi:\S+|https?://\S+", re.IGNORECASE)
+_NUM = r"\d+(?:\.\d+)?"
+_RULES = (
+    ("decimal", re.compile(r"(?<![\w.])\d+\.\d{2,}(?![\d])")),
+    ("range of decimals", re.compile(r"(?<![\w.])\d*\.\d+\s*[–—-]\s*\d*\.\d+")),
+    ("range of percentages", re.compile(rf"(?<![\w.]){_NUM}\s*%?\s*[–—-]\s*{_NUM}\s*%")),
+    ("comparison with a decimal", re.compile(r"[≈~<>≤≥→]\s*\$?\s*\d*\.\d+")),
+    ("percentage", re.compile(rf"(?<![\w.])({_NUM})\s*%")),
+    ("multiplier", re.compile(rf"(?<![\w.])({_NUM})\s*×")),
+)
+
+
+def _number_of(match: re.Match) -> str:
+    text = match.group(match.lastindex or 0)
+    return re.search(r"\d*\.?\d+", text).group(0) if match.lastindex is None else text
+
+
+def hard_coded_numbers(markdown: str) -> list[str]:
+    """Result-like numbers in a markdown text (empty when it quotes settings only)."""
+    text = _CITATION.sub(" ", markdown)
+    found = []
+    for kind, rule in _RULES:
+        for m in rule.finditer(text):
+            value = m.group(1) if m.lastindex else None
+            if kind == "percentage" and value in ALLOWED_PERCENTS:
+                continue
+            if kind == "multiplier" and value in ALLOWED_MULTIPLIERS:
+                continue
+            if kind in ("decimal", "comparison with a decimal"):
+                number = re.search(r"\d*\.\d+", m.group(0)).group(0)
+                if number in ALLOWED_DECIMALS:
+                    continue
+            found.append(f"{kind}: {m.group(0).strip()!r}")
+    return found
+
+
+@pytest.mark.parametrize("text", [
+    # claims from earlier versions of the notebooks, each of which went stale
+    "shift weighting recovers part of the loss: Cu(111) adsorbates 0.61 → 0.88 and high coverage 0.72 → 0.91",
+    "Global CP and the unweighted q_θ lose about the same (ethanol 900 K 0.44 vs 0.40)",
+    "refitting on a small B budget (5–10 % of the structures) gave the narrowest widths",
+    "so they under-cover (coverage ≈ 0.4–0.5) and rank whole structures poorly",
+    "On the LiCl demo every method is weak (ρ < 0.3)",
+    "their widths can explode (GMM: 3–5000× global CP)",
+    "the smallest widths (width ratio ≈ 0.8–0.9)",
+    "global CP covers 91 % of all sites but only 28 % of H",
+    "ended at test force MAE 0.047 (calibrated)",
+])
+def test_hard_coded_number_check_flags_result_claims(text):
+    assert hard_coded_numbers(text), f"the check missed a result number in {text!r}"
+
+
+@pytest.mark.parametrize("text", [
+    "a half-width such that e ≤ w for 90 % of sites (confidence 0.9)",
+    "Ho, Ortner & Wang (arXiv 2510.00721); Romano et al. 2019; Tibshirani et al. 2019",
+    "At $\\tau = 0.9$ a miss is 9× more expensive; AUROC for the top 10 % errors; levels 0.05..0.95 and 0.99",
+    "Set `CONFIDENCE = 0.5`, then `HOLDOUT_FRACTION = 0.05`; a 50/50 split; 300 K and 600 K",
+])
+def test_hard_coded_number_check_allows_settings_and_citations(text):
+    assert hard_coded_numbers(text) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_markdown_has_no_hard_coded_results(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    bad = [(i, hit) for i, c in enumerate(nb.cells) if c.cell_type == "markdown" for hit in hard_coded_numbers(c.source)]
+    assert not bad, (f"{path.name}: markdown cells quote result numbers (compute them in a code cell and show them "
+                     f"with core.teaching.show): {bad}")
+
+
+_DISPLAYERS = {"show", "print", "display"}
+
+
+def _bare_expression(source: str) -> str | None:
+    """The final bare expression of a code cell that Jupyter would display unlabelled, or None."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None  # IPython magics: not used by these notebooks; the execution test catches real errors
+    if not tree.body or not isinstance(tree.body[-1], ast.Expr):
+        return None
+    value = tree.body[-1].value
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id in _DISPLAYERS:
+        return None
+    if isinstance(value, ast.Constant):
+        return None
+    return ast.get_source_segment(source, tree.body[-1])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_results_are_shown_with_their_mode_label(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    bare = [(i, _bare_expression(c.source)) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    bare = [(i, expr) for i, expr in bare if expr]
+    assert not bare, (f"{path.name}: cells end in a bare expression that Jupyter displays without the FAST label; "
+                      f"display results with core.teaching.show(..., fast=FAST): {bare}")

@@ -3,17 +3,12 @@
 ``make_calibrator(method, confidence=0.9, seed=0, **options)`` builds any of
 :data:`METHODS`; ``load_calibrator(path)`` reads any saved one.
 
-==============  ==========================================  =========================
-method          calibrator                                   label
-==============  ==========================================  =========================
-``flexible``    FlexibleQuantile (q_θ, conformal-corrected)  q_θ (flexible)
-``split``       SplitConformal(heuristic="constant")         split CP
-``knn``         SplitConformal(heuristic="knn")              kNN-normalised CP
-``gmm``         SplitConformal(heuristic="gmm")              GMM-normalised CP
-``force``       SplitConformal(heuristic="force")            force-normalised CP
-``committee``   SplitConformal(heuristic="committee")        committee-normalised CP
-``mondrian``    SplitConformal("constant", mondrian=True)    Mondrian CP
-==============  ==========================================  =========================
+The methods live in the registry (:mod:`core.calibration.registry`: name -> factory, label,
+colour, help); built in: ``flexible`` (FlexibleQuantile, q_θ conformal-corrected),
+``flexible-ood`` (FlexibleOOD, q_θ whose widths grow off the calibration domain), ``split``,
+``knn``, ``gmm``, ``force``, ``committee`` (SplitConformal with that heuristic) and
+``mondrian`` (SplitConformal(mondrian=True)). ``RescaledCalibrator`` rescales any fitted
+calibrator on a few target labels; every calibrator's ``update(sites)`` recalibrates it.
 
 Importing this package does not import torch (FlexibleQuantile imports it when used).
 """

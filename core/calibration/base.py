@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from core.sites import SiteTable
+from core.sites import SiteTable, check_sites
 from core.validation import check_confidence, check_int, check_levels
 
 __all__ = [
@@ -67,13 +67,6 @@ _KINDS: dict[str, str] = {
     "rescaled": "core.calibration.rescaled:RescaledCalibrator",
     "flexible_ood": "core.calibration.ood:FlexibleOOD",
 }
-
-
-def check_sites(sites: Any, name: str = "sites") -> SiteTable:
-    """``sites`` if it is a SiteTable; TypeError naming ``name`` otherwise."""
-    if not isinstance(sites, SiteTable):
-        raise TypeError(f"{name}: expected a SiteTable, got {type(sites).__name__}")
-    return sites
 
 
 def check_labelled(sites: Any, name: str = "sites") -> SiteTable:

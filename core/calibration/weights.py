@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from core.sites import SiteTable
+from core.sites import check_sites as _check_sites
 from core.validation import check_float, check_int, check_seed
 
 __all__ = [
@@ -48,12 +49,6 @@ __all__ = [
     "make_weights",
     "weight_scheme_from_state",
 ]
-
-
-def _check_sites(sites: Any, name: str = "sites") -> SiteTable:
-    if not isinstance(sites, SiteTable):
-        raise TypeError(f"{name}: expected a SiteTable, got {type(sites).__name__}")
-    return sites
 
 
 def check_weight_array(values: Any, n: int | None = None, name: str = "weights") -> np.ndarray:

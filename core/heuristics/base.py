@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from core.sites import SiteTable
+from core.sites import check_sites as _check_sites
 from core.validation import check_float
 
 __all__ = ["SCORE_FLOOR", "UNSEEN_SCORE", "CommitteeHeuristic", "ConstantHeuristic", "ForceHeuristic", "Heuristic"]
@@ -15,12 +16,6 @@ __all__ = ["SCORE_FLOOR", "UNSEEN_SCORE", "CommitteeHeuristic", "ConstantHeurist
 SCORE_FLOOR = 1e-12
 #: Default score of a site whose species the reference set never showed (knn, gmm).
 UNSEEN_SCORE = 1e6
-
-
-def _check_sites(sites: Any, name: str = "sites") -> SiteTable:
-    if not isinstance(sites, SiteTable):
-        raise TypeError(f"{name}: expected a SiteTable, got {type(sites).__name__}")
-    return sites
 
 
 def _floor(u: np.ndarray) -> np.ndarray:
