@@ -115,7 +115,7 @@ def resolve_model(model, family: str | None = None):
     return str(demo_model_path(family))
 
 
-def _potential(model, committee: Sequence = (), device: str = "auto", dtype: str = "float64"):
+def _potential(model, committee: Sequence = (), device: str = "auto", dtype: str | None = None):
     if not isinstance(model, str):
         return model
     from core.potentials import load_potential
@@ -133,7 +133,7 @@ class SourceSettings:
     energy_key: str | None = None
     forces_key: str | None = None
     device: str = "auto"
-    dtype: str = "float64"
+    dtype: str | None = None  # None: the backend's own precision (MACE float64, CHGNet float32)
     info_keys: tuple[str, ...] = (SPLIT_KEY,)
     max_structures: int | None = None
     subset_seed: int = 0

@@ -17,7 +17,9 @@ streams them one at a time (peak memory = one shard), :meth:`SiteStore.column` r
 per-site column, and :meth:`SiteStore.load` builds the whole table for small stores.
 
 Calibrating on a store (:func:`fit_store`) and predicting on it (:func:`predict_store`) stream
-shard by shard; see their docstrings for what is exact and what is subsampled.
+shard by shard; they live in :mod:`core.store_calibration` (re-exported here); see their
+docstrings for what is exact and what is subsampled. Featurizing into a store on a Dask
+cluster: :func:`core.distributed.featurize_distributed`.
 """
 
 from __future__ import annotations

@@ -122,6 +122,19 @@ def test_resume_after_interruption(structures, serial, tiny_mace_model, client, 
     assert changed.run_info["computed"] == [0, 1, 2, 3, 4] and changed.load().descriptors.dtype == np.float64
 
 
+def test_unlabelled_structures(structures, tiny_mace_model, client, tmp_path):
+    from core.featurize import featurize
+    from core.potentials import load_potential
+
+    bare = [a.copy() for a in structures[:16]]
+    for a in bare:
+        del a.arrays["REF_forces"]
+    store = run(bare, tiny_mace_model, tmp_path / "u", client, labelled=False)
+    assert not store.labelled and store.manifest["columns"] == ["descriptors", "forces_pred"]
+    assert_tables_equal(store.load(), featurize(bare, load_potential(tiny_mace_model), batch_size=BATCH,
+                                                labelled=False))
+
+
 def test_killed_worker_chunk_reruns_elsewhere(structures, serial, tiny_mace_model, client, tmp_path):
     from distributed.diagnostics.plugin import WorkerPlugin
 

@@ -120,6 +120,13 @@ def _choose_calibrator():
             st.session_state["w_apply_session_method"] = labels[0]
         label = st.selectbox("Method", labels, key="w_apply_session_method")
         return f"session:{getattr(run, 'token', id(run))}:{label}", session[label], f"{label} (this session)"
+    held = st.session_state.get(CALIBRATOR)
+    if held and held[0] == "demo":
+        return held
+    st.caption("q_θ × distance (flexible-ood, the recommended method) fitted on the 75 calibration frames of "
+               "the ethanol demo at 300 K with its demo model: about 20 s the first time on this server.")
+    if not st.button("Fit the demo calibrator", key="btn_apply_demo_fit"):
+        return None
     try:
         return "demo", _demo_calibrator(), "flexible-ood on the ethanol demo's 300 K calibration frames"
     except Exception as exc:  # demo files missing: say so, the upload still works

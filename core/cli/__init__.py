@@ -8,6 +8,7 @@ Subcommands (``flexcal <command> --help`` teaches each):
   correlation, out-of-domain fraction, ...)
 * ``run``       — all of the above, end to end, for several methods at once
 * ``study``     — the studies of METHOD §5 (in-domain, unseen, transfer, active-learning)
+* ``predict``   — annotate structures with a saved calibrator (widths, flagged frames; core.apply)
 
 Layout: :mod:`core.cli.parser` (arguments and help), :mod:`core.cli.commands` and
 :mod:`core.cli.commands_study` (what each command does, over :mod:`core.sources`,

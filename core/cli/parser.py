@@ -145,7 +145,7 @@ def _add_model_args(p: argparse.ArgumentParser, subset: bool = True) -> None:
     g.add_argument("--forces-key", metavar="KEY", default=None,
                    help="reference forces key in atoms.arrays (eV/Å); default: auto-detect REF_forces, forces, ...")
     g.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda, cuda:N or mps")
-    g.add_argument("--dtype", default="float64", choices=("float32", "float64"), help="model precision")
+    g.add_argument("--dtype", default=None, choices=("float32", "float64"), help="model precision (default: the backend's own: MACE float64, CHGNet float32)")
     if subset:
         g.add_argument("--reference-data", metavar="TRAIN.xyz", default=None,
                        help="the model's training structures; their descriptors are the knn/gmm reference "
@@ -428,4 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluate_parser(sub, commands.cmd_evaluate)
     _run_parser(sub, commands.cmd_run)
     _study_parser(sub, commands_study.cmd_study)
+    from core.cli.commands_apply import add_predict_parser
+
+    add_predict_parser(sub, _Formatter)
     return parser
