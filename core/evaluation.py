@@ -350,7 +350,10 @@ def _domain_flags(calibration: SiteTable, tests: Mapping[str, SiteTable], refere
         from core.domain import DomainScore
     except ImportError:
         return None, {name: None for name in tests}
-    domain = DomainScore().fit(calibration)
+    try:
+        domain = DomainScore().fit(calibration)
+    except ValueError:  # e.g. fewer than 2 calibration structures: no leave-one-structure-out distances
+        return None, {name: None for name in tests}
     return domain, {name: np.asarray(domain.flags(t), dtype=bool) for name, t in tests.items()}
 
 

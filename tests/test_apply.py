@@ -496,3 +496,67 @@ def test_apply_page_annotates_the_demo_trajectory_with_an_uploaded_calibrator(de
     at.number_input(key="w_apply_threshold").set_value(1.0).run()
     assert len(at.dataframe[0].value) == int(ann.with_threshold(1.0).flagged.sum())
     assert at.session_state["apply_result"][1] is ann
+
+
+# ------------------------------------------------------------------------------- flexcal predict
+def _flexcal(argv, capsys):
+    from core.cli import main
+
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("flexcal predict: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_cli_predict_json_summary_and_files(predict_files, tmp_path, capsys):
+    data, model, cal_path = predict_files
+    out = tmp_path / "annotated.xyz"
+    rc, stdout, err = _flexcal(["predict", data, "--model", model, "--calibrator", cal_path, "-o", out,
+                                "--levels", "0.5,0.99", "--threshold", "1e-6", "--flagged", tmp_path / "f.xyz",
+                                "--json", "-q"], capsys)
+    assert rc == 0, err
+    summary = json.loads(stdout)
+    assert summary["frames"] == 12 and summary["flagged_frames"] == 12 and summary["levels"] == [0.5, 0.99]
+    assert set(summary["outputs"]) == {"extxyz", "table", "flagged"} and summary["warnings"] == []
+    assert out.is_file() and out.with_suffix(".csv").is_file() and (tmp_path / "f.xyz").is_file()
+    rc, stdout, _ = _flexcal(["predict", data, "--model", model, "--calibrator", cal_path, "-o", out, "-q"], capsys)
+    assert rc == 0 and "frames          12" in stdout and "coverage" in stdout and "flagged frames  0" in stdout
+
+
+def test_cli_predict_user_errors_exit_2_with_one_line(predict_files, make_tiny_mace_model, tmp_path, capsys,
+                                                     monkeypatch):
+    data, model, cal_path = predict_files
+    wide = make_tiny_mace_model(seed=0, hidden_irreps="16x0e + 16x1o")
+    rc, _, err = _flexcal(["predict", data, "--model", wide, "--calibrator", cal_path, "-o", tmp_path / "o.xyz"], capsys)
+    assert rc == 2 and "calibrator was fitted on 16 descriptor columns" in _error_line(err)
+    assert "these sites have 32 from model" in _error_line(err)
+    rc, _, err = _flexcal(["predict", data, "--model", model, "--calibrator", tmp_path / "nope.npz", "-o",
+                           tmp_path / "o.xyz"], capsys)
+    assert rc == 2 and "calibrator: " in _error_line(err) and "nope.npz: no such file" in _error_line(err)
+    import core.potentials
+
+    monkeypatch.setattr(core.potentials, "load_potential", lambda *a, **k: pytest.fail("model loaded"))
+    rc, _, err = _flexcal(["predict", data, "--model", model, "--calibrator", cal_path, "-o", data], capsys)
+    assert rc == 2 and "is also an input; refusing to overwrite an input file" in _error_line(err)
+    rc, _, err = _flexcal(["predict", data, "--model", model, "--calibrator", cal_path, "-o", tmp_path / "o.xyz",
+                           "--threshold", "-1"], capsys)
+    assert rc == 2 and "expected a positive width in eV/Å" in err
+    assert not (tmp_path / "o.xyz").exists()
+
+
+def test_cli_predict_warns_once_for_a_calibrator_of_another_model(predict_files, make_tiny_mace_model, tmp_path,
+                                                                 capsys):
+    data, _, cal_path = predict_files
+    other = make_tiny_mace_model(seed=1)
+    rc, stdout, err = _flexcal(["predict", data, "--model", other, "--calibrator", cal_path, "-o", tmp_path / "o.xyz",
+                                "-q"], capsys)
+    assert rc == 0 and stdout.count("WARNING: sites: calibrator was fitted on 16 descriptor columns") == 1
+    rc, _, err = _flexcal(["predict", data, "--model", other, "--calibrator", cal_path, "-o", tmp_path / "o.xyz",
+                           "--strict"], capsys)
+    assert rc == 2 and "not calibrated" in _error_line(err)
