@@ -52,6 +52,7 @@ W_TRUST = "w_trust_model_file"
 W_TRUST_PATH = "w_trust_model_path"
 W_DATA_UPLOAD = "w_data_upload"
 W_MODEL_UPLOAD = "w_model_upload"
+W_SESSION_UPLOAD = "w_session_upload"    # the sidebar's "Load a session file" uploader
 
 TEACHING_TAB = "Teaching view"
 # Diagnose tabs -> the figures each shows (app.services.method_figures names), two at most
@@ -123,6 +124,11 @@ OPEN_STRUCTURE = "open_structure"  # a plot point was picked: switch to the Stru
 QUICKSTART = "quickstart"          # True while the one-click demo walks the pages
 URL_DEMO_DONE = "url_demo_done"    # the ?demo=NAME query parameter was applied (once per session)
 DROPPED = "results_dropped"        # why the last results were discarded (dataset or model changed)
+DATASET_RAW = "dataset_raw"        # an upload's bytes when small enough to embed in session files (else None)
+MODEL_REF = "model_ref"            # what featurized SITES: {"choice", "kind", "value", "file", "sha256"}
+AUTOSAVED = "autosaved_token"      # token of the run last autosaved (app.session_panel)
+SESSION_NOTE = "session_note"      # (level, text) after a session save / load / restore
+WIDGET_SHADOW = "widget_shadow"    # last known value of every widget key (see init); a dict per session
 
 DATA_DEFAULTS = MappingProxyType({
     DATASET: None,
@@ -144,19 +150,45 @@ DATA_DEFAULTS = MappingProxyType({
     QUICKSTART: False,
     URL_DEMO_DONE: False,
     DROPPED: None,
+    DATASET_RAW: None,
+    MODEL_REF: None,
+    AUTOSAVED: None,
+    SESSION_NOTE: None,
 })
 
 
 def init() -> None:
-    """Create every key with its default (``setdefault``) and keep widget values alive."""
+    """Create every key with its default (``setdefault``) and keep widget values alive.
+
+    Widget values are re-committed on every run, and also shadowed in ``WIDGET_SHADOW``: in a
+    real browser a stray fragment rerun (the Calibrate page's live panel timer firing once
+    after the job ended) can end in a run without a body that drops *every* widget's state
+    (seen with Streamlit 1.67: the method list vanished and the results were falsely marked
+    out of date). A widget key that disappeared without :func:`forget` is put back from the shadow.
+    """
     ss = st.session_state
     for key, value in DATA_DEFAULTS.items():
         ss.setdefault(key, value)
+    shadow = ss.setdefault(WIDGET_SHADOW, {})
     for key, value in WIDGET_DEFAULTS.items():
         if key in ss:
             ss[key] = ss[key]  # re-commit: survives pages that don't draw this widget
+        elif key in shadow:
+            ss[key] = shadow[key]
         elif value is not None:
             ss[key] = list(value) if isinstance(value, tuple) else value
+        if key in ss:
+            shadow[key] = _copy(ss[key])
+
+
+def _copy(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def forget(key: str) -> None:
+    """Drop a widget's value (it goes back to its default), shadow included."""
+    st.session_state.pop(key, None)
+    st.session_state.get(WIDGET_SHADOW, {}).pop(key, None)
 
 
 def get(key: str) -> Any:
@@ -165,32 +197,38 @@ def get(key: str) -> Any:
 
 def put(key: str, value: Any) -> None:
     st.session_state[key] = value
+    if key in WIDGET_DEFAULTS:
+        st.session_state.setdefault(WIDGET_SHADOW, {})[key] = _copy(value)
 
 
-def set_dataset(dataset, key: str, label: str, origin: tuple[str, str]) -> None:
+def set_dataset(dataset, key: str, label: str, origin: tuple[str, str], raw: bytes | None = None) -> None:
     """A new dataset: drop features, results, the structure shown and selection derived from the old one.
 
     Call before the Data page draws its split widgets (it resets their values). The split
     goes back to random by structure (whose test part is exchangeable with the calibration
     part), even when the file marks its own calibration/test frames: a file's test part may
     hold environments never calibrated on. An upload leaves the demo model and the one-click
-    demo behind (the demo models know only the demo elements).
+    demo behind (the demo models know only the demo elements). ``raw``: an upload's bytes, kept for
+    session files when at most ``app.session.embed_limit_bytes()``.
     """
+    from app.session import embed_limit_bytes
+
     ss = st.session_state
     ss[DATASET] = dataset
+    ss[DATASET_RAW] = bytes(raw) if raw is not None and len(raw) <= embed_limit_bytes() else None
     ss[DATASET_KEY] = key
     ss[DATASET_LABEL] = label
     ss[DATASET_ORIGIN] = tuple(origin)
     ss[DATA_ERROR] = None
-    ss[W_CAL_TYPES] = []
-    ss[W_TEST_TYPES] = []
-    ss[W_SPLIT_MODE] = SPLIT_RANDOM
+    put(W_CAL_TYPES, [])
+    put(W_TEST_TYPES, [])
+    put(W_SPLIT_MODE, SPLIT_RANDOM)
     for key in (W_STRUCTURE, W_VIEW_METHOD, W_DIAG_METHOD, W_EXPORT_METHOD):
-        ss.pop(key, None)  # the previous dataset's structure and methods
+        forget(key)  # the previous dataset's structure and methods
     if origin[0] == "upload":
         ss[QUICKSTART] = False  # the one-click demo is for the demos
         if ss.get(W_MODEL_KIND) == MODEL_KINDS[0]:
-            ss[W_MODEL_KIND] = MODEL_KINDS[2]  # an uploaded dataset comes with its own model
+            put(W_MODEL_KIND, MODEL_KINDS[2])  # an uploaded dataset comes with its own model
     clear_sites("the dataset changed")
 
 
@@ -209,6 +247,47 @@ def set_sites(sites, key, potential_label: str) -> None:
     ss[SITES_KEY] = key
     ss[POTENTIAL_LABEL] = potential_label
     ss[MODEL_ERROR] = None
+    ss[MODEL_REF] = _model_ref(ss)
+
+
+def _model_ref(ss) -> dict:
+    """What the Model page's widgets say featurized the sites (the session file's model reference)."""
+    choice = ss.get(W_MODEL_KIND)
+    origin = ss.get(DATASET_ORIGIN) or ("upload", "")
+    ref = {"choice": choice, "kind": None, "value": None, "file": None, "sha256": None}
+    if choice == MODEL_KINDS[0]:
+        ref.update(kind=origin[0] if origin[0] in ("demo", "synthetic") else "demo", value=origin[1])
+    elif choice == MODEL_KINDS[1]:
+        ref.update(kind="named", value=ss.get(W_FOUNDATION))
+    elif choice == MODEL_KINDS[2]:
+        ref.update(kind="path", value=str(ss.get(W_MODEL_PATH) or "").strip())
+    else:
+        upload = ss.get(W_MODEL_UPLOAD)
+        ref.update(kind="upload", file=getattr(upload, "name", None))
+        if upload is not None:
+            import hashlib
+
+            ref["sha256"] = hashlib.sha256(upload.getvalue()).hexdigest()
+    return ref
+
+
+def restore_session(values: dict) -> None:
+    """Put a restored session (``app.session.restored_values``) into the state.
+
+    A running job is cancelled; the view choices of the previous dataset (structure shown,
+    methods picked on Diagnose/Structures/Export), its errors and the one-click demo are reset.
+    """
+    ss = st.session_state
+    job = ss.get(JOB)
+    if job is not None:
+        job.cancel()
+    for key in (W_STRUCTURE, W_VIEW_METHOD, W_DIAG_METHOD, W_EXPORT_METHOD):
+        forget(key)
+    ss.update({JOB: None, TRAIN_ERROR: None, DATA_ERROR: None, MODEL_ERROR: None, MODEL_ERROR_FOR: None,
+               UPLOAD_DIGEST: None, SELECTED: None, OPEN_STRUCTURE: False, QUICKSTART: False, DROPPED: None})
+    ss.update(values)
+    shadow = ss.setdefault(WIDGET_SHADOW, {})
+    shadow.update({k: _copy(v) for k, v in values.items() if k in WIDGET_DEFAULTS})
 
 
 def clear_results(reason: str | None = None) -> None:
@@ -245,7 +324,7 @@ def collect_finished_job() -> bool:
 def select_site(structure_id: int, atom_index: int | None) -> None:
     st.session_state[SELECTED] = {"structure_id": int(structure_id),
                                   "atom_index": None if atom_index is None else int(atom_index)}
-    st.session_state[W_STRUCTURE] = int(structure_id)
+    put(W_STRUCTURE, int(structure_id))
 
 
 # ------------------------------------------------------------------- staleness

@@ -13,15 +13,16 @@ Timed (CPU time of this process, torch on ``--threads`` threads; wall time along
 
 * featurize only: ``core.featurize.featurize(frames, potential, labelled=False)`` -- the MLIP
   forward passes (energies, forces, descriptors) and the SiteTable;
-* annotate: ``core.apply.annotate(frames, potential, flexible-ood)`` -- the same forward passes
-  plus widths, out-of-domain flags and per-frame summaries.
+* annotate: ``core.apply.annotate(frames, potential, calibrator)`` with ``flexible`` and with
+  ``flexible-ood`` -- the same forward passes plus widths, out-of-domain flags (flexible-ood)
+  and per-frame summaries.
 
-The two are interleaved in ``--blocks`` blocks (alternating which goes first), so a drift of a
-shared machine hits both alike; overhead = (annotate - featurize) / featurize over all blocks.
+They are interleaved in ``--blocks`` blocks (the order rotating per block), so a drift of a
+shared machine hits all alike; overhead = (annotate - featurize) / featurize over all blocks.
 Because two passes of the same forward computation differ by a few percent on a shared
-machine, the cost of the annotation itself is also timed piece by piece on the featurized sites
-(``annotate_sites`` per calibrator, the frame table, and the annotated copies of the
-structures): that part is what annotation adds, and its ratio to the featurize time is the
+machine, the cost of the annotation itself is also timed piece by piece on each block's
+featurized sites (``annotate_sites`` per calibrator, the frame table, the annotated copies of
+the structures): that part is what annotation adds, and its ratio to the featurize time is the
 robust number.
 
 Run: ``.venv/bin/python -m benchmarks.bench_apply [--frames 10000] [--blocks 10] [--threads 1]``.
@@ -46,7 +47,8 @@ if str(ROOT) not in sys.path:
 RESULTS = ROOT / "benchmarks" / "results" / "apply.md"
 DATA = ROOT.parent / "shared" / "data" / "3bpa"
 CACHE = ROOT.parent / "notes" / "cache" / "3bpa"
-METHODS = ("flexible-ood", "flexible", "knn")
+METHODS = ("flexible", "knn", "flexible-ood")
+END_TO_END = ("flexible", "flexible-ood")  # timed end to end against featurize
 
 
 def _timed(fn):
@@ -85,10 +87,11 @@ def calibration_sites(potential, pool: Path | None):
     return sites, f"the last 300 frames of train_300K.xyz ({len(sites)} sites), featurized here"
 
 
-def run(frames: int, blocks: int, threads: int, model: Path, pool: Path | None, seed: int = 0) -> dict:
+def run(frames: int, blocks: int, threads: int, model: Path, pool: Path | None, seed: int = 0,
+        on_block=None) -> dict:
+    """Time every block; ``on_block(result so far)`` after each (partial results survive an interrupted run)."""
     import torch
 
-    from core.apply import annotate, annotate_sites
     from core.calibration import make_calibrator
     from core.featurize import featurize
     from core.potentials import load_potential
@@ -102,81 +105,116 @@ def run(frames: int, blocks: int, threads: int, model: Path, pool: Path | None, 
     data = tiled_frames(DATA / "train_mixedT.xyz", frames, seed)
     featurize(data[:32], potential, labelled=False)  # warm-up (lazy imports, first graph)
     edges = np.linspace(0, frames, blocks + 1).astype(int)
-    t = {"featurize_cpu": 0.0, "featurize_wall": 0.0, "annotate_cpu": 0.0, "annotate_wall": 0.0}
-    per_block = []
+    totals = {k: 0.0 for k in ("featurize", *[f"annotate {m}" for m in END_TO_END], *[f"sites {m}" for m in METHODS],
+                               "frame_table", "structures")}
+    wall = dict.fromkeys(totals, 0.0)
+    counts = {"flagged_frames": 0, "ood_frames": 0}
+    facts = {"frames_planned": frames, "atoms_per_frame": len(data[0]), "blocks_planned": blocks, "threads": threads,
+             "model": str(model), "n_descriptors": int(sites_cal.n_descriptors), "calibration": cal_source,
+             "fit_seconds": fit_s,
+             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}"}
+    result = None
     for b in range(blocks):
-        chunk = data[edges[b]:edges[b + 1]]
-        jobs = [("featurize", lambda: featurize(chunk, potential, labelled=False)),
-                ("annotate", lambda: annotate(chunk, potential, cals["flexible-ood"]))]
-        row = {}
-        for name, job in (jobs if b % 2 == 0 else jobs[::-1]):
-            _, cpu, wall = _timed(job)
-            t[f"{name}_cpu"] += cpu
-            t[f"{name}_wall"] += wall
-            row[name] = cpu
-        per_block.append(100 * (row["annotate"] / row["featurize"] - 1))
-        print(f"block {b + 1}/{blocks}: featurize {row['featurize']:.1f} s CPU, annotate {row['annotate']:.1f} s "
-              f"({per_block[-1]:+.1f} %)", file=sys.stderr, flush=True)
-    # the annotation alone, piece by piece, on one featurized table of all frames
-    sites, feat_cpu, feat_wall = _timed(lambda: featurize(data, potential, labelled=False))
-    pieces, anns = {}, {}
-    for m, cal in cals.items():
-        anns[m], cpu, wall = _timed(lambda cal=cal: annotate_sites(sites, cal))
-        pieces[m] = {"annotate_sites_cpu": cpu, "annotate_sites_wall": wall}
-    ann = anns["flexible-ood"]
-    ann = ann.with_threshold(float(np.quantile(ann.max_width, 0.9)))
-    _, table_cpu, _ = _timed(ann.frame_table)
-    from dataclasses import replace
+        row = _block(data[edges[b]:edges[b + 1]], potential, cals, b)
+        for k, (cpu, w) in row["times"].items():
+            totals[k] += cpu
+            wall[k] += w
+        counts = {k: counts[k] + row[k] for k in counts}
+        print(f"block {b + 1}/{blocks}: " + ", ".join(f"{k} {row['times'][k][0]:.1f} s" for k in
+                                                        ("featurize", *[f"annotate {m}" for m in END_TO_END])),
+              file=sys.stderr, flush=True)
+        result = _summary(facts, totals, wall, counts, int(edges[b + 1]), b + 1)
+        if on_block is not None:
+            on_block(result)
+    return result
 
-    _, copies_cpu, _ = _timed(lambda: replace(ann, source=data).structures())
+
+def _summary(facts: dict, totals: dict, wall: dict, counts: dict, frames_done: int, blocks_done: int) -> dict:
+    f = totals["featurize"]
     return {
-        "frames": frames, "atoms_per_frame": len(data[0]), "sites": len(sites), "blocks": blocks, "threads": threads,
-        "model": str(model), "n_descriptors": int(sites.n_descriptors), "calibration": cal_source,
-        "fit_seconds": fit_s, **t, "block_overheads_pct": per_block,
-        "overhead_pct": 100 * (t["annotate_cpu"] / t["featurize_cpu"] - 1),
-        "overhead_wall_pct": 100 * (t["annotate_wall"] / t["featurize_wall"] - 1),
-        "featurize_all_cpu": feat_cpu, "featurize_all_wall": feat_wall, "pieces": pieces,
-        "frame_table_cpu": table_cpu, "structures_cpu": copies_cpu,
-        "flagged_frames": int(ann.flagged.sum()), "ood_frames": int(ann.frame_ood.sum()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}",
-        "load": os.getloadavg()[0],
+        **facts, "frames": frames_done, "blocks": blocks_done, "sites": frames_done * facts["atoms_per_frame"],
+        "cpu": dict(totals), "wall": dict(wall),
+        "overhead_pct": {m: 100 * (totals[f"annotate {m}"] / f - 1) for m in END_TO_END},
+        "overhead_wall_pct": {m: 100 * (wall[f"annotate {m}"] / wall["featurize"] - 1) for m in END_TO_END},
+        "annotation_share_pct": {m: 100 * totals[f"sites {m}"] / f for m in METHODS},
+        **counts, "load": os.getloadavg()[0],
     }
 
 
+def _block(chunk: list, potential, cals: dict, b: int) -> dict:
+    """One block: featurize and annotate (rotating the order), then the annotation pieces."""
+    from dataclasses import replace
+
+    from core.apply import annotate, annotate_sites
+    from core.featurize import featurize
+
+    jobs = [("featurize", lambda: featurize(chunk, potential, labelled=False))]
+    jobs += [(f"annotate {m}", lambda m=m: annotate(chunk, potential, cals[m])) for m in END_TO_END]
+    shift = b % len(jobs)
+    times, out = {}, {}
+    for name, job in jobs[shift:] + jobs[:shift]:
+        out[name], cpu, wall = _timed(job)
+        times[name] = (cpu, wall)
+    sites, anns = out["featurize"], {}
+    for m, cal in cals.items():
+        anns[m], cpu, wall = _timed(lambda cal=cal: annotate_sites(sites, cal))
+        times[f"sites {m}"] = (cpu, wall)
+    ann = replace(anns["flexible-ood"], source=chunk).with_threshold(0.25)
+    _, cpu, wall = _timed(ann.frame_table)
+    times["frame_table"] = (cpu, wall)
+    _, cpu, wall = _timed(ann.structures)
+    times["structures"] = (cpu, wall)
+    return {"times": times, "flagged_frames": int(ann.flagged.sum()), "ood_frames": int(ann.frame_ood.sum())}
+
+
 def write_markdown(r: dict, path: Path = RESULTS) -> None:
-    f_cpu = r["featurize_all_cpu"]
+    f_cpu = r["cpu"]["featurize"]
+    ends = "\n".join(
+        f"| `{m}` | {r['cpu'][f'annotate {m}']:.0f} | **{r['overhead_pct'][m]:+.2f} %** | {r['overhead_wall_pct'][m]:+.1f} % |"
+        for m in END_TO_END)
     rows = "\n".join(
-        f"| `{m}` | {p['annotate_sites_cpu']:.2f} | {1e3 * p['annotate_sites_cpu'] / r['frames']:.3f} | "
-        f"{100 * p['annotate_sites_cpu'] / f_cpu:.2f} % | {r['fit_seconds'][m]:.1f} |"
-        for m, p in r["pieces"].items())
-    blocks = ", ".join(f"{x:+.1f}" for x in r["block_overheads_pct"])
+        f"| `{m}` | {r['cpu'][f'sites {m}']:.2f} | {1e3 * r['cpu'][f'sites {m}'] / r['frames']:.3f} | "
+        f"{r['annotation_share_pct'][m]:.2f} % | {r['fit_seconds'][m]:.1f} |" for m in METHODS)
+    partial = ("" if r["blocks"] == r["blocks_planned"] else
+               f" (interrupted: {r['blocks']} of {r['blocks_planned']} blocks done, {r['frames']} frames)")
     text = f"""# Annotating structures with a fitted calibrator (`core.apply`)
 
-`python -m benchmarks.bench_apply --frames {r['frames']} --blocks {r['blocks']} --threads {r['threads']}` ·
+`python -m benchmarks.bench_apply --frames {r['frames_planned']} --blocks {r['blocks_planned']} --threads {r['threads']}`{partial} ·
 {r['machine']}, {r['threads']} torch thread(s), float64 MACE on CPU; 1-min load average {r['load']:.1f} at the end
-(a shared machine: CPU times of this process are the fair measure; wall times are longer).
+(a shared machine: CPU times of this process are the fair measure; wall times are longer and noisier).
 
 Data: {r['frames']} frames of 3BPA ({r['atoms_per_frame']} atoms, {r['sites']} atoms in all; `train_mixedT.xyz`
 tiled and rattled by 0.01 Å), model `{Path(r['model']).name}` ({r['n_descriptors']} descriptors), calibrators fitted
 on {r['calibration']}.
 
-## Summary
+## End to end: `annotate` vs `featurize` over the same frames
 
-- End to end, `annotate(frames, potential, flexible-ood)` vs `featurize(frames, potential)` over the same frames,
-  interleaved in {r['blocks']} blocks: **{r['overhead_pct']:+.2f} %** CPU time ({r['annotate_cpu']:.0f} s vs
-  {r['featurize_cpu']:.0f} s; wall {r['overhead_wall_pct']:+.1f} %). Goal: <= +5 %. Per block: {blocks} %
-  (two passes of the same forward computation scatter by a few percent here).
-- The annotation alone (widths, out-of-domain flags, per-frame summaries) on the featurized table, as a share of
-  one featurize pass of all frames ({f_cpu:.0f} s CPU, {1e3 * f_cpu / r['frames']:.1f} ms per frame):
+`featurize` (the MLIP forward passes: energies, forces, descriptors, SiteTable): {f_cpu:.0f} s CPU,
+{1e3 * f_cpu / r['frames']:.1f} ms per frame. Interleaved in {r['blocks']} blocks, the order rotating per block.
+Goal: <= +5 %.
 
-| calibrator | annotate_sites CPU s | ms per frame | share of the forward passes | fit s |
+| calibrator | annotate CPU s | overhead (CPU) | overhead (wall) |
+|---|---:|---:|---:|
+{ends}
+
+## The annotation alone, piece by piece (`annotate_sites` on the featurized blocks)
+
+Widths at the confidence, out-of-domain flags where the calibrator carries a domain score, per-frame
+maximum/mean/argmax. Two passes of the same forward computation scatter by a few percent on this machine, so
+this is the robust measure of what annotation adds.
+
+| calibrator | CPU s | ms per frame | share of the forward passes | fit s |
 |---|---:|---:|---:|---:|
 {rows}
 
-- Extras, not part of `annotate`: the frame table {r['frame_table_cpu']:.2f} s; annotated copies of all
-  {r['frames']} structures (`Annotation.structures()`, what `write_extxyz` writes) {r['structures_cpu']:.2f} s.
-- flexible-ood at a threshold of the 90th percentile of frame max widths flags {r['flagged_frames']} frames, of which
-  {r['ood_frames']} are out of the calibration domain (the 600 and 1200 K frames of `train_mixedT`).
+`flexible-ood` needs two k-NN queries of the descriptors against its domain set per site: one inside its own
+`predict` (the distance factor of the widths) and one for the out-of-domain site and frame scores (one query for
+both, `DomainScore.score/structure_scores(..., distances=)`); `knn` makes one; q_θ (`flexible`) none.
+
+Extras, not part of `annotate`: the frame table {r['cpu']['frame_table']:.2f} s; the annotated copies of all
+{r['frames']} structures (`Annotation.structures()`, what `write_extxyz` writes) {r['cpu']['structures']:.2f} s.
+With `flexible-ood` and a 0.25 eV/Å threshold, {r['flagged_frames']} frames are flagged, {r['ood_frames']} of them
+out of the calibration domain (the 600 and 1200 K frames of `train_mixedT`).
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -194,9 +232,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not (DATA / "train_mixedT.xyz").is_file() or not args.model.is_file():
         raise SystemExit(f"needs {DATA / 'train_mixedT.xyz'} and a 3BPA model (--model; {args.model} is missing)")
-    result = run(args.frames, args.blocks, args.threads, args.model, args.pool)
-    write_markdown(result, args.out)
-    print(f"overhead {result['overhead_pct']:+.2f} % (CPU); wrote {args.out}")
+    result = run(args.frames, args.blocks, args.threads, args.model, args.pool,
+                 on_block=lambda r: write_markdown(r, args.out))
+    print(f"overhead (CPU): {result['overhead_pct']}; wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -129,8 +129,9 @@ def synthetic_shards(n_sites: int, d: int, per_shard: int, seed: int = 0):
         x = rng.normal(size=(n, d)).astype(np.float32)
         z = rng.choice(np.array([1, 6, 8]), n)
         e = np.abs(rng.normal(size=n)) * 0.1 * (0.2 + np.abs(x[:, 0]) + 0.5 * (z == 8))
-        yield SiteTable.from_arrays(descriptors=x, errors=e, species=z, structure_ids=np.repeat(np.arange(first, first + m), 10),
-                                    structure_info={"structure_id": np.arange(first, first + m), "n_atoms": np.full(m, 10)},
+        ids = np.arange(first, first + m)
+        yield SiteTable.from_arrays(descriptors=x, errors=e, species=z, structure_ids=np.repeat(ids, 10),
+                                    structure_info={"structure_id": ids, "n_atoms": np.full(m, 10)},
                                     meta={"potential": "synthetic"})
         first += m
 
@@ -166,7 +167,8 @@ def store_child(n_sites: int, d: int, max_epochs: int, folder: Path, out_json: P
                                          "sites_per_cpu_s": len(table) / (time.process_time() - c1)}
         t0, c0 = time.perf_counter(), time.process_time()
         predict_store(cal, store)
-        covered = sum(int(np.sum(t.errors <= w)) for t, w in zip(store.iter_shards(("errors",)), store.iter_widths(name)))
+        pairs = zip(store.iter_shards(("errors",)), store.iter_widths(name))
+        covered = sum(int(np.sum(t.errors <= w)) for t, w in pairs)
         mark(f"predict_store_{name}", t0, c0, {"coverage": covered / store.n_sites})
     out_json.write_text(json.dumps(res, indent=1))
 
@@ -255,10 +257,12 @@ def _store_section(st: dict) -> list[str]:
              f"{w['shards']} shards, {w['disk_mb']:.0f} MB on disk. One process, 1 torch thread; peak RSS is the "
              "process's high-water mark so far (it includes torch).", "",
              "| step | wall (s) | CPU (s) | peak RSS so far (MB) | notes |", "|---|---|---|---|---|",
-             f"| write the store | {w['wall_s']:.0f} | {w['cpu_s']:.0f} | {w['peak_rss_mb']:.0f} | one shard in memory at a time |",
+             f"| write the store | {w['wall_s']:.0f} | {w['cpu_s']:.0f} | {w['peak_rss_mb']:.0f} | "
+             "one shard in memory at a time |",
              f"| fit_store split | {st['fit_split']['wall_s']:.0f} | {st['fit_split']['cpu_s']:.0f} | "
              f"{st['fit_split']['peak_rss_mb']:.0f} | exact: all {w['sites']:.1e} scores streamed (16 B/site) |",
-             f"| fit_store flexible | {fq['wall_s']:.0f} | {fq['cpu_s']:.0f} | {fq['peak_rss_mb']:.0f} | q_θ trained on "
+             f"| fit_store flexible | {fq['wall_s']:.0f} | {fq['cpu_s']:.0f} | {fq['peak_rss_mb']:.0f} | "
+             "q_θ trained on "
              f"{fq['n_train_used']:.1e} of {fq['n_train_sites']:.1e} training sites ({fq['epochs']} epochs, stop: "
              f"{fq['stop']}); ĉ exact over {fq['n_holdout_sites']:.1e} holdout sites = {fq['correction']:.3f} |"]
     for name in ("flexible", "split"):
@@ -287,7 +291,8 @@ def main(argv=None) -> None:
     ap.add_argument("--tmp", default=None, help="work folder (default: a temporary one, removed at the end)")
     args = ap.parse_args(argv)
     if args.part == "store-child":
-        store_child(args.store_sites, args.store_d, args.max_epochs, Path(args.tmp) / "store", Path(args.tmp) / "store.json")
+        tmp = Path(args.tmp)
+        store_child(args.store_sites, args.store_d, args.max_epochs, tmp / "store", tmp / "store.json")
         return
     import dask
 

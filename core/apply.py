@@ -24,7 +24,6 @@ of calibration sites / structures). Widths are in eV/Å throughout.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +50,9 @@ def annotate_sites(sites: SiteTable, calibrator, *, levels=None, domain=None, th
         Fitted; ``predict`` (and ``predict_levels`` when ``levels`` are given).
     levels : sequence of float in (0, 1), optional
         Extra confidence levels; widths (n, k) at each.
-    domain : object with ``flags(sites) -> (n,) bool`` (and optionally ``score``), optional
-        A fitted out-of-domain score; default: the calibrator's own ``domain_`` if it has one.
+    domain : core.domain.DomainScore, or any object with ``flags(sites) -> (n,) bool``, optional
+        A fitted out-of-domain score (site and frame scores, out above 1.0); default: the
+        calibrator's own ``domain_`` if it has one (``flexible-ood``).
     threshold : float, optional
         A frame whose largest width exceeds this (eV/Å) is flagged; frames out of domain are
         flagged too.
@@ -114,9 +114,10 @@ def _domain_columns(domain, sites: SiteTable, groups, counts: np.ndarray) -> dic
 
     n = len(sites)
     if isinstance(domain, DomainScore):
-        out["ood_score"] = np.asarray(domain.score(sites), dtype=np.float64)
+        d = domain.distances(sites)  # one k-NN query for the site and the frame scores
+        out["ood_score"] = np.asarray(domain.score(sites, distances=d), dtype=np.float64)
         out["ood"] = out["ood_score"] > THRESHOLD
-        ids, frame_score = domain.structure_scores(sites)
+        ids, frame_score = domain.structure_scores(sites, distances=d)
         if not np.array_equal(ids, frame_ids):
             raise RuntimeError("domain.structure_scores: structure ids do not match the sites' frames")
         out["frame_ood_score"] = np.asarray(frame_score, dtype=np.float64)
@@ -166,6 +167,11 @@ def annotate(structures, potential, calibrator, *, levels=None, domain=None, thr
     from core.data import REF_FORCES, Dataset
     from core.featurize import featurize
 
+    check_threshold(threshold)  # cheap arguments fail before the forward passes
+    if levels is not None:
+        from core.validation import check_levels
+
+        check_levels(levels)
     calibrator = _resolve_calibrator(calibrator)
     potential = _resolve_potential(potential)
     frames = list(structures.structures) if isinstance(structures, Dataset) else _atoms_list(structures)
@@ -174,19 +180,22 @@ def annotate(structures, potential, calibrator, *, levels=None, domain=None, thr
     _precheck_layout(calibrator, potential, strict)
     sites = featurize(structures, potential, batch_size=batch_size, progress=progress, labelled=bool(labelled),
                       cache_dir=cache_dir)
-    with warnings.catch_warnings():  # the identity was compared before the forward passes
-        warnings.simplefilter("ignore", _layout_warning())
-        ann = annotate_sites(sites, calibrator, levels=levels, domain=domain, threshold=threshold, strict=strict)
+    # the model was compared before the forward passes (one warning at most); check again only a
+    # descriptor width the potential did not declare in advance
+    layout = getattr(calibrator, "layout_", None)
+    recheck = layout is not None and sites.n_descriptors != layout["n_descriptors"]
+    ann = annotate_sites(sites, calibrator, levels=levels, domain=domain, threshold=threshold,
+                         check_layout=recheck, strict=strict)
     return _with_source(ann, frames)
 
 
-def run_predict(data, model, calibrator_path, output, *, levels=None, threshold: float | None = None,
-                table="auto", site_table=None, flagged_output=None, domain=None, batch_size: int = 16,
-                progress=None, strict: bool = False, read_options: dict | None = None) -> dict[str, Any]:
+def run_predict(data, model, calibrator_path, output, *, table="auto", site_table=None, flagged_output=None,
+                overwrite: bool = True, read_options: dict | None = None, **options) -> dict[str, Any]:
     """``flexcal predict``: annotate ``data`` with a saved calibrator and write the results.
 
-    Every output path is checked (not a directory, not an input, writable folder) before any
-    model is loaded; the outputs are written atomically afterwards.
+    Every output path is checked (not a directory, not an input nor another output, writable
+    folder, not existing unless ``overwrite``) before anything is read or loaded; the outputs
+    are written atomically afterwards.
 
     Parameters
     ----------
@@ -200,46 +209,38 @@ def run_predict(data, model, calibrator_path, output, *, levels=None, threshold:
     table : "auto", path or None
         Per-frame table, ``.csv`` or ``.parquet``; ``"auto"``: ``output`` with suffix ``.csv``.
     site_table, flagged_output : path, optional
-        Per-site table; extxyz of the flagged frames only (ready for labelling).
-    domain : fitted domain score or path of a saved one (``core.domain.DomainScore.load``), optional
+        Per-site table; extxyz of the flagged frames only (ready for labelling; not written when
+        no frame is flagged).
+    **options
+        Passed to :func:`annotate`: ``levels``, ``threshold`` (eV/Å), ``domain`` (a fitted domain
+        score or the path of a saved ``core.domain.DomainScore``), ``strict``, ``batch_size``,
+        ``progress``, ``cache_dir``.
 
     Returns
     -------
     dict
         :meth:`Annotation.summary` plus ``data``, ``model``, ``calibrator_file`` and ``outputs``.
     """
-    from core.io import check_output
-
     data, calibrator_path, output = Path(data), Path(calibrator_path), Path(output)
     for name, p in (("data", data), ("calibrator", calibrator_path)):
         if not p.is_file():
             raise FileNotFoundError(f"{name}: {p}: no such file")
     model_path = Path(model) if isinstance(model, (str, Path)) and Path(model).is_file() else None
-    inputs = [data, calibrator_path, model_path]
-    table = output.with_suffix(".csv") if table == "auto" else table
-    outputs = {"extxyz": output, "table": table, "site_table": site_table, "flagged": flagged_output}
-    seen: list[Path] = []
-    for what, p in outputs.items():
-        if p is None:
-            continue
-        if what in ("table", "site_table"):
-            table_suffix(Path(p), what)
-        check_output(p, inputs=[*inputs, *seen], what=what)
-        seen.append(Path(p))
+    outputs = {"extxyz": output, "table": output.with_suffix(".csv") if table == "auto" else table,
+               "site_table": site_table, "flagged": flagged_output}
+    _check_outputs(outputs, [data, calibrator_path, model_path], overwrite)
     calibrator = _resolve_calibrator(calibrator_path)
-    if isinstance(domain, (str, Path)):
+    if isinstance(options.get("domain"), (str, Path)):
         from core.domain import DomainScore
 
-        domain = DomainScore.load(domain)
+        options["domain"] = DomainScore.load(options["domain"])
     from core.data import read_dataset
 
     dataset = read_dataset(data, require_labels=False, **(read_options or {}))
-    potential = _resolve_potential(model)
-    ann = annotate(dataset, potential, calibrator, levels=levels, domain=domain, threshold=threshold,
-                   batch_size=batch_size, progress=progress, strict=strict)
+    ann = annotate(dataset, _resolve_potential(model), calibrator, **options)
     ann.write_extxyz(output)
-    if table is not None:
-        ann.write_table(table)
+    if outputs["table"] is not None:
+        ann.write_table(outputs["table"])
     if site_table is not None:
         ann.write_table(site_table, which="sites")
     written = {k: str(v) for k, v in outputs.items() if v is not None and k != "flagged"}
@@ -249,6 +250,20 @@ def run_predict(data, model, calibrator_path, output, *, levels=None, threshold:
     out = ann.summary()
     out.update({"data": str(data), "model": str(model), "calibrator_file": str(calibrator_path), "outputs": written})
     return out
+
+
+def _check_outputs(outputs: dict, inputs: list, overwrite: bool) -> None:
+    """Each output path usable, distinct from the inputs and from the other outputs (core.io.check_output)."""
+    from core.io import check_output
+
+    seen: list[Path] = []
+    for what, p in outputs.items():
+        if p is None:
+            continue
+        if what in ("table", "site_table"):
+            table_suffix(Path(p), what)
+        check_output(p, inputs=[*inputs, *seen], overwrite=overwrite, what=what)
+        seen.append(Path(p))
 
 
 def demo_calibrator(method: str = "flexible-ood", family: str = "molecule", *, confidence: float = 0.9,
@@ -297,12 +312,6 @@ def _atoms_list(structures) -> list:
         return list(structures)
     except TypeError:
         raise TypeError(f"structures: expected a Dataset or a list of ase.Atoms, got {type(structures).__name__}") from None
-
-
-def _layout_warning():
-    from core.calibration.base import LayoutWarning
-
-    return LayoutWarning
 
 
 def _precheck_layout(calibrator, potential, strict: bool) -> None:

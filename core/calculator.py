@@ -35,6 +35,15 @@ any other ASE calculator with ``get_descriptors(atoms)``
 
 The calibrator must have been fitted on descriptors of the **same** model: widths from a
 calibrator fitted on another model's descriptors are meaningless.
+
+Models by name are those of ``core.potentials.available_models()``: ``"chgnet-0.3.0"`` (alias
+``"chgnet"``), ``"chgnet-0.2.0"`` and ``"chgnet-r2scan"`` — CHGNet, **foundation model,
+available offline** (its weights ship in the ``chgnet`` package) — next to the MACE foundation
+names (``"mace-mp-0b3-medium"``, ...: offline once in mace-torch's cache) and the demo models
+(``"demo:licl"``, ...). A zero-shot foundation model, calibrated on a user's own labelled frames::
+
+    sites = featurize(frames, load_potential("chgnet-0.3.0"))
+    calc = CalibratedCalculator("chgnet-0.3.0", make_calibrator("flexible").fit(sites))
 """
 
 from __future__ import annotations

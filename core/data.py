@@ -15,7 +15,18 @@ cannot be confused with the reference. What was mapped is reported in
 ``Dataset.messages``.
 
 Every problem with the input raises :class:`DatasetError` (a ``ValueError``)
-whose message names the file, the frame index and the key involved.
+whose message names the file, the frame index (and, for extxyz, the line of the
+frame's atom count) and the key or value involved. Hints name the API's own
+parameters (``format=``, ``forces_key=``, ``max_bytes=``, ...); the CLI rewrites
+them into its flags.
+
+Cost is bounded before ASE parses anything (:mod:`core.data_checks`): the file
+size (``max_bytes``), the atoms per structure (``max_atoms``, checked on the atom
+count lines of an extxyz file against the bytes that follow), the header lines,
+and the spatial extent of each frame (``max_extent``: what a neighbour list
+costs). Frames that repeat an earlier one are dropped with a note
+(``duplicate_frames``): a duplicate would otherwise land on both sides of a
+by-structure split and inflate the coverage.
 
 Splits are always by structure (``split_structures``, ``split_by_config_type``):
 atoms of one structure are correlated and a by-atom split leaks.
@@ -23,30 +34,46 @@ atoms of one structure are correlated and a by-atom split leaks.
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
+from core.data_checks import (
+    DEFAULT_MAX_ATOMS,
+    DEFAULT_MAX_EXTENT,
+    DUPLICATE_FRAME_TOLERANCE,
+    XYZ_FORMATS,
+    DatasetError,
+    check_frame,
+    find_duplicate_frames,
+    frame_label,
+    resolve_format,
+    scan_xyz,
+    supported_formats,
+)
+from core.data_labels import (  # the label names are part of core.data's API
+    ENERGY_KEYS,
+    FORCES_KEYS,
+    REF_ENERGY,
+    REF_FORCES,
+    UNLABELLED_HINT,
+    fmt_list,
+    map_energies,
+    map_forces,
+)
 from core.sites import split_structure_ids
+from core.validation import check_choice, check_float, check_int
 
-REF_ENERGY = "REF_energy"
-REF_FORCES = "REF_forces"
 DEFAULT_CONFIG_TYPE = "default"
-ENERGY_KEYS = (REF_ENERGY, "energy", "DFT_energy")
-FORCES_KEYS = (REF_FORCES, "forces", "DFT_forces")
 DEFAULT_MAX_BYTES = 200 * 1024**2
-DUPLICATE_TOLERANCE = 1e-3  # Å
-_MAX_LISTED = 20
-
-
-class DatasetError(ValueError):
-    """Unreadable, inconsistent or mislabelled dataset (names file, frame and key)."""
+DUPLICATE_TOLERANCE = 1e-3  # Å, two atoms of one frame closer than this are an error
+DUPLICATE_FRAMES = ("drop", "error", "keep")
+DROPPED_NOTE = "dropped "  # how the note on dropped duplicate frames starts (the CLI makes it a WARNING)
 
 
 # --------------------------------------------------------------------- Dataset
@@ -175,11 +202,18 @@ class Dataset:
 
 
 # ------------------------------------------------------------------- reading
-def supported_formats() -> list[str]:
-    """Names of the formats ASE can read."""
-    from ase.io.formats import ioformats
+@dataclass(frozen=True)
+class _Options:
+    """How one read goes: labels, limits and duplicate handling (checked by read_dataset)."""
 
-    return sorted(name for name, fmt in ioformats.items() if fmt.can_read)
+    format: str | None
+    energy_key: str | None
+    forces_key: str | None
+    require_labels: bool
+    tol: float
+    max_atoms: int
+    max_extent: float
+    duplicate_frames: str
 
 
 def read_dataset(
@@ -192,8 +226,11 @@ def read_dataset(
     require_labels: bool = True,
     max_bytes: int = DEFAULT_MAX_BYTES,
     duplicate_tolerance: float = DUPLICATE_TOLERANCE,
+    max_atoms: int = DEFAULT_MAX_ATOMS,
+    max_extent: float = DEFAULT_MAX_EXTENT,
+    duplicate_frames: str = "drop",
 ) -> Dataset:
-    """Read and validate a dataset.
+    """Read and validate a dataset (bounded cost; see the module docstring).
 
     Parameters
     ----------
@@ -208,13 +245,22 @@ def read_dataset(
     name : str, optional
         Display name of the source (the upload's file name for bytes).
     require_labels : bool, default True
-        If True, every frame must carry reference forces. If False (unlabelled
-        target data), labels are read where present and missing ones are allowed;
-        ``Dataset.labelled`` says whether all frames have forces.
+        If True, every frame must carry reference forces; if False (unlabelled data)
+        missing ones are allowed and ``Dataset.labelled`` says whether all have them.
     max_bytes : int, default 200 MiB
-        Larger inputs are refused.
+        Larger inputs are refused before reading.
     duplicate_tolerance : float, default 1e-3 Å
-        Two atoms closer than this (minimum image when periodic) are an error.
+        Two atoms of one frame closer than this (minimum image when periodic) are an error.
+    max_atoms : int, default 100000
+        Atoms per structure; an extxyz atom count above it is refused before parsing.
+    max_extent : float, default 100 Å
+        A frame that is not periodic in all three directions must keep every
+        |coordinate| within this many Å of the origin; periodic cell vectors may be
+        10 x as long (see :mod:`core.data_checks` for the measured costs).
+    duplicate_frames : {"drop", "error", "keep"}, default "drop"
+        Frames equal to an earlier one (same atoms in the same order, positions and
+        cell within 1e-4 Å): dropped with a note naming them (``Dataset.indices`` keeps
+        the source positions of the rest), refused, or kept.
 
     Returns
     -------
@@ -223,173 +269,90 @@ def read_dataset(
     Raises
     ------
     DatasetError
-        Empty, too large or unparsable input; unsupported format; missing or
-        malformed labels; NaN/inf; zero-atom frames; duplicate atoms.
+        Empty, too large, too costly or unparsable input; unsupported format; bad labels;
+        NaN/inf; zero-atom frames; duplicate atoms; duplicate frames with
+        ``duplicate_frames="error"``. Bad arguments -> ValueError naming the argument.
     """
+    max_bytes = check_int("max_bytes", max_bytes, 1)
+    opts = _Options(
+        format=format, energy_key=energy_key, forces_key=forces_key, require_labels=bool(require_labels),
+        tol=check_float("duplicate_tolerance", duplicate_tolerance, 0.0), max_atoms=check_int("max_atoms", max_atoms, 1),
+        max_extent=check_float("max_extent", max_extent, 0.0, lo_open=True),
+        duplicate_frames=check_choice("duplicate_frames", duplicate_frames, DUPLICATE_FRAMES),
+    )
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        data = bytes(path_or_bytes)
-        source = name or "<bytes>"
-        if format is None and not name:
-            raise DatasetError(
-                "bytes input: pass name= (a file name whose extension gives the format) or format="
-            )
-        if len(data) > max_bytes:
-            raise DatasetError(f"{source}: {len(data)} bytes exceeds the limit of {max_bytes} bytes (max_bytes)")
-        if not data.strip():
-            raise DatasetError(f"{source}: file is empty")
-        suffix = Path(name).name if name else "upload"
-        with tempfile.TemporaryDirectory(prefix="flexcal-upload-") as tmp:
-            tmp_path = Path(tmp) / suffix
-            tmp_path.write_bytes(data)
-            return _read_file(
-                tmp_path, source, format, energy_key, forces_key, require_labels, duplicate_tolerance
-            )
+        return _read_bytes(bytes(path_or_bytes), name, max_bytes, opts)
     if not isinstance(path_or_bytes, (str, os.PathLike)):
-        raise TypeError(
-            f"path_or_bytes: expected a path or bytes, got {type(path_or_bytes).__name__}"
-        )
-    path = Path(path_or_bytes)
+        raise TypeError(f"path_or_bytes: expected a path or bytes, got {type(path_or_bytes).__name__}")
+    return _read_path(Path(path_or_bytes), name, max_bytes, opts)
+
+
+def _read_path(path: Path, name: str | None, max_bytes: int, opts: _Options) -> Dataset:
+    """A file: checked (exists, regular, not empty, not over ``max_bytes``) before it is opened."""
     source = name or str(path)
     if not path.exists():
         raise FileNotFoundError(f"{source}: no such file")
     if path.is_dir():
         raise DatasetError(f"{source}: is a directory, expected a file")
+    if not path.is_file():
+        raise DatasetError(f"{source}: not a regular file (a device, pipe or socket); give a structure file")
     size = path.stat().st_size
     if size > max_bytes:
-        raise DatasetError(f"{source}: {size} bytes exceeds the limit of {max_bytes} bytes (max_bytes)")
+        raise DatasetError(f"{source}: {size} bytes exceeds the limit of {max_bytes} bytes (max_bytes=)")
     if size == 0:
         raise DatasetError(f"{source}: file is empty")
-    return _read_file(path, source, format, energy_key, forces_key, require_labels, duplicate_tolerance)
+    return _read_file(path, source, opts)
 
 
-def _resolve_format(path: Path, source: str, format: str | None) -> str:
-    from ase.io.formats import UnknownFileTypeError, filetype, ioformats
-
-    if format is not None:
-        if format not in ioformats or not ioformats[format].can_read:
-            raise DatasetError(
-                f"{source}: unsupported format {format!r}; ASE reads: {', '.join(supported_formats())}"
-            )
-        return format
-    try:
-        fmt = filetype(str(path), guess=True)
-    except (UnknownFileTypeError, OSError, ValueError) as exc:
-        raise DatasetError(
-            f"{source}: cannot tell the file format ({exc}); pass format= with one of: "
-            f"{', '.join(supported_formats())}"
-        ) from None
-    if fmt not in ioformats or not ioformats[fmt].can_read:
-        raise DatasetError(
-            f"{source}: cannot tell the file format (guessed {fmt!r}, which ASE cannot read); "
-            f"pass format= with one of: {', '.join(supported_formats())}"
-        )
-    return fmt
+def _read_bytes(data: bytes, name: str | None, max_bytes: int, opts: _Options) -> Dataset:
+    """An upload: checked, written to a private temporary file, read like a path."""
+    source = name or "<bytes>"
+    if opts.format is None and not name:
+        raise DatasetError("bytes input: pass name= (a file name whose extension gives the format) or format=")
+    if len(data) > max_bytes:
+        raise DatasetError(f"{source}: {len(data)} bytes exceeds the limit of {max_bytes} bytes (max_bytes=)")
+    if not data.strip():
+        raise DatasetError(f"{source}: file is empty")
+    with tempfile.TemporaryDirectory(prefix="flexcal-upload-") as tmp:
+        tmp_path = Path(tmp) / ((Path(name).name if name else "") or "upload")
+        tmp_path.write_bytes(data)
+        return _read_file(tmp_path, source, opts)
 
 
-def _read_file(path, source, format, energy_key, forces_key, require_labels, tol) -> Dataset:
+def _parse_frames(path: Path, source: str, fmt: str, opts: _Options) -> tuple[list, np.ndarray | None]:
+    """ASE's frames, after the (ext)xyz pre-scan; ``lines`` = each frame's count line or None."""
     import ase.io
 
-    if path.stat().st_size and not _has_content(path):
-        raise DatasetError(f"{source}: file is empty")
-    fmt = _resolve_format(path, source, format)
-    frames = []
+    lines = scan_xyz(path, source, max_atoms=opts.max_atoms) if fmt in XYZ_FORMATS else None
+    frames: list = []
     try:
         for atoms in ase.io.iread(str(path), index=":", format=fmt):
             frames.append(atoms)
+            if len(atoms) > opts.max_atoms:  # formats without a pre-scan
+                break
     except Exception as exc:  # ASE raises many types on malformed input
         raise DatasetError(
-            f"{source}: frame {len(frames)} could not be parsed as {fmt} "
-            f"({type(exc).__name__}: {exc})"
+            f"{source}: {frame_label(len(frames), lines)} could not be parsed as {fmt} "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
         ) from None
     if not frames:
         raise DatasetError(f"{source}: no structures found (file is empty for format {fmt!r})")
+    for i, atoms in enumerate(frames):
+        check_frame(atoms, f"{source}: {frame_label(i, lines)}", tol=opts.tol, max_atoms=opts.max_atoms,
+                    max_extent=opts.max_extent)
+    return frames, lines
 
+
+def _read_file(path: Path, source: str, opts: _Options) -> Dataset:
+    if not _has_content(path):
+        raise DatasetError(f"{source}: file is empty")
+    fmt = resolve_format(path, source, opts.format)
+    frames, lines = _parse_frames(path, source, fmt, opts)
     messages: list[str] = []
-    for i, atoms in enumerate(frames):
-        _check_frame(atoms, i, source, tol)
-
-    fkey, fwhere = _choose_key(frames, forces_key, FORCES_KEYS, _forces_location, source, "forces")
-    ekey, ewhere = _choose_key(frames, energy_key, ENERGY_KEYS, _energy_location, source, "energy")
-
-    # forces
-    if fkey is None:
-        if require_labels:
-            raise DatasetError(
-                f"{source}: no reference forces found (looked for {', '.join(map(repr, FORCES_KEYS))}; "
-                f"per-atom keys in frame 0: {_per_atom_keys(frames[0])}); pass forces_key=, "
-                "or require_labels=False for unlabelled data"
-            )
-        messages.append("no reference forces found: dataset is unlabelled")
-        labelled = False
-    else:
-        missing = [i for i, a in enumerate(frames) if _forces_location(a, fkey) is None]
-        if missing and require_labels:
-            raise DatasetError(
-                f"{source}: forces key {fkey!r} missing in {len(missing)} of {len(frames)} frames: "
-                f"frames {_fmt_list(missing)}"
-            )
-        for i, atoms in enumerate(frames):
-            where = _forces_location(atoms, fkey)
-            if where is None:
-                continue
-            f = _get(atoms, fkey, where)
-            try:
-                f = np.asarray(f, dtype=np.float64)
-            except (TypeError, ValueError):
-                raise DatasetError(f"{source}: frame {i}: forces {fkey!r} are not numeric") from None
-            if f.shape != (len(atoms), 3):
-                raise DatasetError(
-                    f"{source}: frame {i}: forces {fkey!r} have shape {f.shape}, expected ({len(atoms)}, 3)"
-                )
-            bad = ~np.isfinite(f)
-            if bad.any():
-                atom = int(np.argwhere(bad)[0][0])
-                raise DatasetError(f"{source}: frame {i}: forces {fkey!r} contain NaN or inf (atom {atom})")
-            atoms.arrays[REF_FORCES] = f.copy()
-        where_txt = _where_text(fwhere)
-        if fkey == REF_FORCES:
-            messages.append(f"forces read from {REF_FORCES!r}")
-        else:
-            messages.append(f"forces read from {fkey!r} ({where_txt}) and stored as {REF_FORCES!r}")
-        labelled = not missing
-        if missing:
-            messages.append(
-                f"forces missing in {len(missing)} of {len(frames)} frames ({_fmt_list(missing)}): "
-                "dataset treated as unlabelled"
-            )
-
-    # energies
-    n_energy = 0
-    for i, atoms in enumerate(frames):
-        e = np.nan
-        if ekey is not None:
-            where = _energy_location(atoms, ekey)
-            if where is not None:
-                raw = _get(atoms, ekey, where)
-                try:
-                    e = float(np.asarray(raw, dtype=np.float64).reshape(()))
-                except (TypeError, ValueError):
-                    raise DatasetError(
-                        f"{source}: frame {i}: energy {ekey!r} is not a single number (got {raw!r})"
-                    ) from None
-                if not math.isfinite(e):
-                    raise DatasetError(f"{source}: frame {i}: energy {ekey!r} is NaN or inf")
-                n_energy += 1
-        atoms.info[REF_ENERGY] = e
-    if ekey is None:
-        messages.append(
-            f"no reference energies found (looked for {', '.join(map(repr, ENERGY_KEYS))}): energies set to NaN"
-        )
-    else:
-        if ekey == REF_ENERGY:
-            messages.append(f"energies read from {REF_ENERGY!r}")
-        else:
-            messages.append(
-                f"energies read from {ekey!r} ({_where_text(ewhere)}) and stored as {REF_ENERGY!r}"
-            )
-        if n_energy < len(frames):
-            messages.append(f"energies missing in {len(frames) - n_energy} of {len(frames)} frames: set to NaN")
-
+    ekey_messages: list[str] = []
+    ekey = map_energies(frames, source, opts.energy_key, ekey_messages, lines)
+    fkey, labelled = map_forces(frames, source, opts, messages, lines)
+    messages += ekey_messages
     for atoms in frames:
         calc = atoms.calc
         if calc is not None:
@@ -397,183 +360,35 @@ def _read_file(path, source, format, energy_key, forces_key, require_labels, tol
             if stress is not None and "REF_stress" not in atoms.info:
                 atoms.info["REF_stress"] = np.asarray(stress, dtype=np.float64)
             atoms.calc = None
+    dataset = Dataset(structures=frames, source=source, energy_key=ekey, forces_key=fkey, messages=messages,
+                      labelled=labelled, format=fmt)
+    return _handle_duplicates(dataset, opts.duplicate_frames)
 
-    return Dataset(
-        structures=frames,
-        source=source,
-        energy_key=ekey,
-        forces_key=fkey,
-        messages=messages,
-        labelled=labelled,
-        format=fmt,
-    )
+
+def _handle_duplicates(dataset: Dataset, mode: str) -> Dataset:
+    """Drop (with a note), refuse or keep frames that repeat an earlier frame."""
+    if mode == "keep" or len(dataset) < 2:
+        return dataset
+    dups = find_duplicate_frames(dataset.structures, DUPLICATE_FRAME_TOLERANCE)
+    if not dups:
+        return dataset
+    pairs = [f"{later} (= {first})" for later, first in dups.items()]
+    same = f"same atoms, positions and cell within {DUPLICATE_FRAME_TOLERANCE:g} Å as an earlier frame"
+    if mode == "error":
+        raise DatasetError(f"{dataset.source}: {len(dups)} of {len(dataset)} frames repeat an earlier frame ({same}): "
+                           f"frames {fmt_list(pairs)}; a duplicate would land on both sides of a by-structure split "
+                           "and inflate the coverage: remove them, or pass duplicate_frames='drop'")
+    keep = np.setdiff1d(np.arange(len(dataset)), np.fromiter(dups, dtype=np.int64))
+    out = dataset.subset(keep)
+    out.messages.append(f"{DROPPED_NOTE}{len(dups)} duplicate frame(s) of {len(dataset)} ({same}): frames "
+                        f"{fmt_list(pairs)}, so that no structure is both calibrated and tested on")
+    return out
 
 
 def _has_content(path: Path, probe: int = 1 << 16) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(probe)
     return bool(head.strip()) or path.stat().st_size > probe
-
-
-def _check_frame(atoms, i: int, source: str, tol: float) -> None:
-    if len(atoms) == 0:
-        raise DatasetError(f"{source}: frame {i} has zero atoms")
-    pos = atoms.positions
-    bad = ~np.isfinite(pos)
-    if bad.any():
-        atom = int(np.argwhere(bad)[0][0])
-        raise DatasetError(f"{source}: frame {i}: positions contain NaN or inf (atom {atom})")
-    pbc = atoms.pbc
-    if pbc.any():
-        cell = np.asarray(atoms.cell)
-        if not np.all(np.isfinite(cell)):
-            raise DatasetError(f"{source}: frame {i}: cell contains NaN or inf")
-        lengths = np.linalg.norm(cell, axis=1)
-        if np.any(lengths[pbc] < 1e-8) or (pbc.all() and abs(np.linalg.det(cell)) < 1e-8):
-            raise DatasetError(
-                f"{source}: frame {i}: periodic along {['xyz'[k] for k in np.flatnonzero(pbc)]} "
-                f"but the cell is degenerate (lengths {np.round(lengths, 6).tolist()})"
-            )
-    pair = _first_duplicate(atoms, tol)
-    if pair is not None:
-        a, b, d = pair
-        raise DatasetError(
-            f"{source}: frame {i}: atoms {a} and {b} are at the same position "
-            f"(distance {d:.2e} Å < {tol:g} Å{', minimum image' if pbc.any() else ''})"
-        )
-
-
-def _first_duplicate(atoms, tol: float):
-    """First pair (i, j, distance) closer than ``tol`` (minimum image), else None.
-
-    A k-d tree on the Cartesian positions finds direct pairs. When periodic, the
-    positions are wrapped into the cell first, so a minimum-image pair closer than
-    ``tol`` either is a direct pair or involves atoms within ``tol`` of a cell
-    face; only those few atoms are compared against the 3^k-1 shifted images.
-    """
-    from scipy.spatial import cKDTree
-
-    pbc = np.asarray(atoms.pbc, dtype=bool)
-    pos = np.asarray(atoms.positions, dtype=np.float64)
-    if len(pos) < 2:
-        return None
-    if not pbc.any():
-        pairs = cKDTree(pos).query_pairs(tol, output_type="ndarray")
-        if len(pairs):
-            a, b = sorted(pairs.tolist())[0]
-            return a, b, float(np.linalg.norm(pos[a] - pos[b]))
-        return None
-    cell = np.asarray(atoms.cell, dtype=np.float64)
-    if not pbc.all():
-        # pad non-periodic cell vectors so the cell is invertible; they are not wrapped
-        cell = atoms.cell.complete() if hasattr(atoms.cell, "complete") else cell
-        cell = np.asarray(cell, dtype=np.float64)
-    frac = np.linalg.solve(cell.T, pos.T).T
-    frac[:, pbc] -= np.floor(frac[:, pbc])
-    cart = frac @ cell
-    tree = cKDTree(cart)
-    pairs = tree.query_pairs(tol, output_type="ndarray")
-    if len(pairs):
-        a, b = sorted(pairs.tolist())[0]
-        return a, b, float(np.linalg.norm(cart[a] - cart[b]))
-    # heights of the cell (distance between opposite faces) along each vector
-    vol = abs(np.linalg.det(cell))
-    heights = np.array([vol / np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3])) for k in range(3)])
-    near = np.zeros(len(pos), dtype=bool)
-    for k in np.flatnonzero(pbc):
-        f = frac[:, k]
-        near |= (f * heights[k] < tol) | ((1.0 - f) * heights[k] < tol)
-    idx = np.flatnonzero(near)
-    if idx.size == 0:
-        return None
-    ranges = [(-1, 0, 1) if pbc[k] else (0,) for k in range(3)]
-    for s0 in ranges[0]:
-        for s1 in ranges[1]:
-            for s2 in ranges[2]:
-                if s0 == s1 == s2 == 0:
-                    continue
-                shifted = cart[idx] + np.array([s0, s1, s2], dtype=np.float64) @ cell
-                hits = tree.query_ball_point(shifted, tol)
-                for row, js in enumerate(hits):
-                    for j in js:
-                        a = int(idx[row])
-                        if j != a:
-                            return min(a, j), max(a, j), float(np.linalg.norm(shifted[row] - cart[j]))
-    return None
-
-
-def _calc_results(atoms) -> dict:
-    calc = atoms.calc
-    return getattr(calc, "results", {}) if calc is not None else {}
-
-
-def _forces_location(atoms, key: str) -> str | None:
-    if key in atoms.arrays:
-        return "arrays"
-    if key in _calc_results(atoms):
-        return "calc"
-    return None
-
-
-def _energy_location(atoms, key: str) -> str | None:
-    if key in atoms.info:
-        return "info"
-    if key in _calc_results(atoms):
-        return "calc"
-    return None
-
-
-def _get(atoms, key: str, where: str):
-    if where == "arrays":
-        return atoms.arrays[key]
-    if where == "info":
-        return atoms.info[key]
-    return _calc_results(atoms)[key]
-
-
-def _where_text(where: str | None) -> str:
-    return {
-        "calc": "ASE single-point calculator",
-        "arrays": "per-atom array",
-        "info": "per-frame info",
-    }.get(where or "", "not found")
-
-
-def _choose_key(frames, given, candidates, locate, source, what):
-    """The key to use and where it was first found, or (None, None)."""
-    if given is not None:
-        for atoms in frames:
-            where = locate(atoms, given)
-            if where is not None:
-                return given, where
-        keys = _per_atom_keys(frames[0]) if what == "forces" else _per_frame_keys(frames[0])
-        raise DatasetError(
-            f"{source}: {what} key {given!r} not found in any frame (frame 0 has: {keys})"
-        )
-    for key in candidates:
-        for atoms in frames:
-            where = locate(atoms, key)
-            if where is not None:
-                return key, where
-    return None, None
-
-
-def _per_atom_keys(atoms) -> list[str]:
-    keys = [k for k in atoms.arrays if k not in ("numbers", "positions")]
-    keys += [k for k, v in _calc_results(atoms).items() if np.ndim(v) == 2]
-    return keys
-
-
-def _per_frame_keys(atoms) -> list[str]:
-    keys = list(atoms.info)
-    keys += [k for k, v in _calc_results(atoms).items() if np.ndim(v) == 0]
-    return keys
-
-
-def _fmt_list(items: Sequence[int]) -> str:
-    shown = ", ".join(str(i) for i in items[:_MAX_LISTED])
-    more = len(items) - _MAX_LISTED
-    return shown + (f", ... ({more} more)" if more > 0 else "")
 
 
 # -------------------------------------------------------------------- splits

@@ -2,30 +2,22 @@
 
 ::
 
-    from core.distributed import featurize_distributed
-    store = featurize_distributed(dataset, "my.model", "sites_store/", workers=8)     # local cluster
-    store = featurize_distributed(dataset, "my.model", "sites_store/", scheduler="tcp://10.0.0.5:8786")
+    store = featurize_distributed(dataset, "my.model", "sites_store/", workers=8)   # a local cluster
+    store = featurize_distributed(dataset, "my.model", "/shared/store", scheduler="tcp://10.0.0.5:8786")
     sites = store.load()          # small stores: the SiteTable serial featurize returns, bit for bit
 
-How it works
-    The structures are cut into chunks of whole forward-pass batches (:func:`plan_chunks`): a
-    chunk boundary is always a batch boundary of the serial run, so every structure goes
-    through the potential in exactly the batch it would have serially, and the store equals
-    ``featurize(structures, load_potential(spec))`` bit for bit, in the same order (same torch
-    thread count per process; Dask workers run one thread per worker thread). Each chunk is one
-    Dask task; a worker loads the potential once per process from ``potential_spec`` (a model
-    path or name -- loaded potentials are never shipped) and keeps it. Every finished chunk is
-    written by its worker as ``out_dir/shard-<chunk>.npz`` (atomic rename), so ``out_dir``
-    must be on a filesystem the workers share. The manifest is written last.
+Chunks are whole forward-pass batches of the serial run (:func:`plan_chunks`), so every
+structure meets the potential in the batch it would have serially and the store equals
+``featurize(structures, load_potential(spec))`` bit for bit, in order (at the same torch thread
+count: workers use one per worker thread). One chunk = one task = one shard
+``out_dir/shard-<chunk>.npz``, written atomically by the worker (``out_dir`` must be on a
+filesystem the workers share); the manifest is written last. Each worker process loads the
+model once from ``potential_spec`` (a path or name; loaded potentials are never shipped).
 
-Faults and resume
-    A worker that dies mid-chunk loses nothing: Dask re-runs its tasks on other workers, and a
-    re-run rewrites the same shard file (keyed by chunk index), so no site is lost or duplicated.
-    An interrupted run leaves finished shards: rerunning the same call skips every shard whose
-    stored content key (hash of the chunk's structures, the potential identity and the settings)
-    and row count match, and computes only the rest.
-
-Dask is imported only when a cluster is used (``pip install 'flexcal[distributed]'``).
+Faults and resume: tasks of a worker that dies re-run elsewhere (Dask) and rewrite the same
+shard file, so no site is lost or duplicated; rerunning an interrupted call reuses every shard
+whose content key (hash of its structures, the potential identity, the settings) and row count
+match. Dask is imported only when a cluster is used (``pip install 'flexcal[distributed]'``).
 """
 
 from __future__ import annotations
@@ -43,7 +35,7 @@ import numpy as np
 from core.store import MANIFEST, SiteStore, shard_name, verify_shard, write_manifest, write_shard
 
 __all__ = ["featurize_distributed", "local_cluster", "connect", "plan_chunks", "normalise_potential_spec",
-           "load_on_workers", "worker_stats", "DEFAULT_CHUNK_SIZE"]
+           "load_on_workers", "worker_stats", "tune_worker", "DEFAULT_CHUNK_SIZE"]
 
 #: structures per chunk (one task, one shard) by default
 DEFAULT_CHUNK_SIZE = 256
@@ -124,9 +116,8 @@ def plan_chunks(sizes, chunk_size: int, batch_size: int = 16, max_batch_atoms: i
 def local_cluster(n_workers: int, *, threads_per_worker: int = 1, memory_limit="auto"):
     """Context manager: a Dask LocalCluster of ``n_workers`` processes on 127.0.0.1; yields its Client.
 
-    Dashboard off, logs quiet. Worker processes are started by a forkserver that has imported
-    torch and mace once, so starting (or restarting a killed) worker takes about a second
-    instead of the ~10 s of a fresh import. Cluster and client are closed on exit.
+    Dashboard off, logs quiet. Workers fork from a forkserver that imported torch and mace once,
+    so (re)starting one takes about a second, not a fresh import's ~10 s. Closed on exit.
     """
     from core.validation import check_int
 
@@ -138,6 +129,9 @@ def local_cluster(n_workers: int, *, threads_per_worker: int = 1, memory_limit="
     from distributed import Client, LocalCluster
     from distributed.utils import get_mp_context
 
+    # Dask's nannies export their pre-spawn variables (OMP_NUM_THREADS=1, ...) into this process's
+    # environment; they are put back as they were on exit
+    saved = {k: os.environ.get(k) for k in [*dask.config.get("distributed.nanny.pre-spawn-environ"), "PYTHONHASHSEED"]}
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
         get_mp_context().set_forkserver_preload(list(_FORKSERVER_PRELOAD))  # no effect once a forkserver runs
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
@@ -151,6 +145,8 @@ def local_cluster(n_workers: int, *, threads_per_worker: int = 1, memory_limit="
                 client.close()
         finally:
             cluster.close()
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def connect(address: str, *, timeout: float = 5.0):
@@ -186,21 +182,15 @@ def _client_for(client, workers, scheduler, timeout):
         if not isinstance(client, Client):
             raise TypeError(f"client: expected a dask.distributed.Client, got {type(client).__name__}")
         yield client
-    elif workers is not None:
-        with local_cluster(workers) as c:
-            yield c
-    else:
-        c = connect(scheduler, timeout=timeout)
-        try:
-            yield c
-        finally:
-            c.close()
+        return
+    made = local_cluster(workers) if workers is not None else contextlib.closing(connect(scheduler, timeout=timeout))
+    with made as c:
+        yield c
 
 
 # ------------------------------------------------------------------ on the workers
 def worker_stats() -> dict:
-    """Counters of this process: ``potential_loads``, ``chunks_computed``, ``chunks_reused``
-    (``client.run(worker_stats)`` gives them per worker)."""
+    """This process's ``potential_loads``, ``chunks_computed``, ``chunks_reused`` (``client.run(worker_stats)``)."""
     return dict(_STATS)
 
 
@@ -220,6 +210,34 @@ def _missing_model_message(path: str, workers: list[str], n_workers: int | None 
             "share, or copy it there")
 
 
+def tune_worker() -> None:
+    """On a Dask worker: torch threads = the worker's threads, and glibc keeps freed memory for
+    reuse (mmap threshold 64 MiB, trim threshold 256 MiB). A no-op in any other process.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins glibc's
+    mmap threshold at 128 KiB: every batch's tensors are then mapped and unmapped again, and
+    featurizing ran at half speed with 3x the page faults (benchmarks/results/distributed.md).
+    Called by every featurize and predict task (cheap).
+    """
+    try:
+        from distributed import get_worker
+
+        nthreads = int(get_worker().state.nthreads)  # ValueError outside a worker: leave the process alone
+    except (ImportError, ValueError, AttributeError):
+        return
+    import ctypes
+
+    import torch
+
+    torch.set_num_threads(nthreads)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker_potential(spec: dict):
     """The potential of ``spec``, loaded once per worker process (reloaded if the file changed)."""
     files = _model_files(spec)
@@ -230,14 +248,6 @@ def _worker_potential(spec: dict):
     key = json.dumps([spec, stamp], sort_keys=True)
     pot = _POTENTIALS.get(key)
     if pot is None:
-        try:
-            from distributed import get_worker
-
-            import torch
-
-            torch.set_num_threads(int(get_worker().state.nthreads))
-        except (ImportError, ValueError, AttributeError):
-            pass  # not on a worker: keep this process's thread count
         from core.potentials import load_potential
 
         pot = load_potential(spec["model"], **{k: v for k, v in spec.items() if k != "model"})
@@ -272,6 +282,7 @@ def _featurize_chunk(spec: dict, atoms: list, first: int, dataset_index, out_pat
         return {**info, "reused": True}
     from core.featurize import featurize
 
+    tune_worker()
     pot = _worker_potential(spec)
     table = featurize(atoms, pot, batch_size=settings["batch_size"], labelled=settings["labelled"],
                       descriptor_dtype=settings["descriptor_dtype"], max_batch_atoms=settings["max_batch_atoms"])
@@ -359,42 +370,36 @@ def _run_chunks(client, spec, atoms, index, chunks, keys, out: Path, settings, r
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
-    limit = max(2, 2 * sum(client.nthreads().values()))
     todo = iter(range(len(chunks)))
     infos: list = [None] * len(chunks)
-    which: dict = {}  # future key -> chunk index
-    live: dict = {}  # future key -> future not yet collected
+    live: dict = {}  # future key -> (chunk index, future) not collected yet
     queue = as_completed(loop=client.loop)
 
     def submit(i: int) -> None:
         lo, hi = chunks[i]
         fut = client.submit(_featurize_chunk, spec, atoms[lo:hi], lo, index[lo:hi], str(out / shard_name(i)),
                             keys[i], settings, key=f"flexcal-featurize-{i:06d}-{keys[i][:12]}", retries=2)
-        which[fut.key] = i
-        live[fut.key] = fut
+        live[fut.key] = (i, fut)
         queue.add(fut)
 
-    for i in itertools.islice(todo, limit):
+    for i in itertools.islice(todo, max(2, 2 * sum(client.nthreads().values()))):
         submit(i)
-    done = 0
     try:
         for fut in queue:
-            i = which.pop(fut.key)
-            live.pop(fut.key, None)
+            i, _ = live.pop(fut.key)
             try:
                 infos[i] = fut.result()
             except KilledWorker as exc:
-                lo, hi = chunks[i]
-                raise RuntimeError(f"chunk {i} (structures {lo}..{hi - 1}) killed every worker that ran it "
-                                   f"({exc}); out of memory? try a smaller chunk_size or batch_size") from None
-            done += chunks[i][1] - chunks[i][0]
+                raise RuntimeError(f"chunk {i} (structures {chunks[i][0]}..{chunks[i][1] - 1}) killed every "
+                                   f"worker that ran it ({exc}); out of memory? try a smaller chunk_size or "
+                                   "batch_size") from None
             if report:
-                report(done, int(chunks[-1][1]))
+                report(sum(hi - lo for (lo, hi), s in zip(chunks, infos) if s is not None), int(chunks[-1][1]))
             nxt = next(todo, None)
             if nxt is not None:
                 submit(nxt)
     except BaseException:
-        client.cancel(list(live.values()))
+        client.cancel([f for _, f in live.values()])
         raise
     return infos
 
@@ -482,15 +487,12 @@ def featurize_distributed(structures, potential_spec, out_dir, *, client=None, w
 def _finished_store(out: Path, content_hash: str) -> SiteStore | None:
     """The complete store of an identical earlier run, or None; a stale manifest is removed first
     (so an interrupted run over an older store never leaves a manifest naming mixed shards)."""
-    path = out / MANIFEST
-    if not path.is_file():
-        return None
     try:
-        store = SiteStore(out)
-        if store.manifest.get("content_hash") == content_hash:
-            store.run_info = {"computed": [], "reused": list(range(store.n_shards))}
-            return store
+        store = SiteStore(out) if (out / MANIFEST).is_file() else None
     except (ValueError, FileNotFoundError, KeyError):
-        pass
-    path.unlink()
+        store = None
+    if store is not None and store.manifest.get("content_hash") == content_hash:
+        store.run_info = {"computed": [], "reused": list(range(store.n_shards))}
+        return store
+    (out / MANIFEST).unlink(missing_ok=True)
     return None

@@ -234,17 +234,29 @@ class DomainScore:
         """ρ_i = d_i / (null median of the species), ndarray (n,), dimensionless; 1 = a typical in-domain site."""
         return self._ratios(self.distances(sites), sites.species)
 
-    def score(self, sites: SiteTable) -> np.ndarray:
-        """Site score s_i = d_i / t_Z, ndarray (n,); above :data:`THRESHOLD` (1.0) = out of domain."""
-        return self._site_scores(self.distances(sites), sites.species)
+    def score(self, sites: SiteTable, *, distances: np.ndarray | None = None) -> np.ndarray:
+        """Site score s_i = d_i / t_Z, ndarray (n,); above :data:`THRESHOLD` (1.0) = out of domain.
+
+        ``distances``: this score's own :meth:`distances` of ``sites`` when already computed (one
+        k-NN query for both site and structure scores, as ``core.apply`` does)."""
+        return self._site_scores(self._given_distances(sites, distances), sites.species)
+
+    def _given_distances(self, sites: SiteTable, distances: np.ndarray | None) -> np.ndarray:
+        if distances is None:
+            return self.distances(sites)
+        d = np.asarray(distances, dtype=np.float64)
+        if d.shape != (len(sites),):
+            raise ValueError(f"distances: expected shape ({len(sites)},) (one per site), got {d.shape}")
+        return d
 
     def flags(self, sites: SiteTable) -> np.ndarray:
         """True where a site is outside the calibration domain (score > 1.0), bool ndarray (n,)."""
         return self.score(sites) > THRESHOLD
 
-    def structure_scores(self, sites: SiteTable) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted structure ids (m,), structure scores (m,)); above 1.0 = out of domain."""
-        d = self.distances(sites)
+    def structure_scores(self, sites: SiteTable, *, distances: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted structure ids (m,), structure scores (m,)); above 1.0 = out of domain (``distances`` as in :meth:`score`)."""
+        d = self._given_distances(sites, distances)
         ids, smax = structure_reduce(sites.structure_ids, self._site_scores(d, sites.species), "max")
         _, smean = structure_reduce(sites.structure_ids, self._ratios(d, sites.species), "mean")
         return ids, np.maximum(smax / self.max_threshold_, smean / self.mean_threshold_)

@@ -325,39 +325,44 @@ class SiteTable:
         return path
 
     @classmethod
-    def load(cls, path) -> "SiteTable":
-        """Read a table written by :meth:`save`; validates it like ``from_arrays``."""
+    def load(cls, path, *, max_bytes: int | None = None) -> "SiteTable":
+        """Read a table written by :meth:`save`; validates it like ``from_arrays``.
+
+        The file is checked before decompression (:func:`core.safe_npz.read_npz`: a zip
+        archive of plain arrays declaring at most ``max_bytes``, default 4 GiB, and no zip
+        bomb); a damaged or tampered file raises ValueError starting with the path.
+        """
+        from core.safe_npz import DEFAULT_MAX_NPZ_BYTES, read_meta, read_npz
+
         path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no such SiteTable file") from None
-        except (ValueError, OSError, EOFError) as exc:
-            raise ValueError(f"{path}: not a readable SiteTable .npz file ({exc})") from None
-        if "__meta__" not in data:
-            raise ValueError(f"{path}: not a FlexCal SiteTable (no __meta__ entry)")
-        meta = json.loads(str(data.pop("__meta__")))
+        data = read_npz(path, "SiteTable", max_bytes=max_bytes or DEFAULT_MAX_NPZ_BYTES, title="SiteTable")
+        meta = read_meta(data, path, "SiteTable")
         if meta.get("format") != "flexcal.SiteTable":
             raise ValueError(f"{path}: format is {meta.get('format')!r}, expected 'flexcal.SiteTable'")
-        if meta.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path}: SiteTable format version {meta['version']} is newer than this FlexCal ({FORMAT_VERSION})")
+        version = meta.get("version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ValueError(f"{path}: SiteTable format version {version!r} is not an integer; damaged file")
+        if version > FORMAT_VERSION:
+            raise ValueError(f"{path}: SiteTable format version {version} is newer than this FlexCal "
+                             f"({FORMAT_VERSION})")
+        if not isinstance(meta.get("meta", {}), dict):
+            raise ValueError(f"{path}: its metadata must be a JSON object, got {type(meta['meta']).__name__}")
         info = {k[len(_STRUCTURE_PREFIX):]: data.pop(k) for k in list(data) if k.startswith(_STRUCTURE_PREFIX)}
         missing = [k for k in ("structure_ids", "species", "descriptors") if k not in data]
         if missing:
             raise ValueError(f"{path}: SiteTable file lacks {missing}")
-        return cls.from_arrays(
-            descriptors=data["descriptors"],
-            errors=data.get("errors"),
-            species=data["species"],
-            structure_ids=data["structure_ids"],
-            atom_index=data.get("atom_index"),
-            forces_pred=data.get("forces_pred"),
-            forces_ref=data.get("forces_ref"),
-            committee_std=data.get("committee_std"),
-            structure_info=info,
-            meta=meta.get("meta", {}),
-        )
+        if data["descriptors"].ndim == 2 and data["descriptors"].shape[1] == 0:
+            raise ValueError(f"{path}: the table has 0 descriptor columns (shape {data['descriptors'].shape}); "
+                             "damaged SiteTable file")
+        try:
+            return cls.from_arrays(
+                descriptors=data["descriptors"], errors=data.get("errors"), species=data["species"],
+                structure_ids=data["structure_ids"], atom_index=data.get("atom_index"),
+                forces_pred=data.get("forces_pred"), forces_ref=data.get("forces_ref"),
+                committee_std=data.get("committee_std"), structure_info=info, meta=meta.get("meta", {}),
+            )
+        except (TypeError, ValueError, IndexError) as exc:
+            raise ValueError(f"{path}: damaged SiteTable file: {exc}") from None
 
 
 def check_sites(sites: Any, name: str = "sites") -> SiteTable:

@@ -137,6 +137,16 @@ class SourceSettings:
     info_keys: tuple[str, ...] = (SPLIT_KEY,)
     max_structures: int | None = None
     subset_seed: int = 0
+    format: str | None = None             # the reader's limits and options (core.data.read_dataset);
+    max_bytes: int | None = None          # None keeps its default
+    max_atoms: int | None = None
+    max_extent: float | None = None
+    duplicate_frames: str | None = None
+
+    def read_options(self) -> dict[str, Any]:
+        """The :func:`core.data.read_dataset` keywords these settings give (None ones left out)."""
+        names = ("energy_key", "forces_key", "format", "max_bytes", "max_atoms", "max_extent", "duplicate_frames")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
 def load_sites(data, model=None, *, progress=None, messages: Callable[[str], Any] | None = None,
@@ -156,7 +166,8 @@ def load_sites(data, model=None, *, progress=None, messages: Callable[[str], Any
         Receives the reader's notes (which label keys were mapped, subsets).
     **settings
         Fields of :class:`SourceSettings` (committee, batch_size, cache_dir, energy_key,
-        forces_key, device, dtype, info_keys, max_structures, subset_seed).
+        forces_key, device, dtype, info_keys, max_structures, subset_seed, and the reader's
+        format, max_bytes, max_atoms, max_extent, duplicate_frames).
 
     Returns
     -------
@@ -170,7 +181,7 @@ def load_sites(data, model=None, *, progress=None, messages: Callable[[str], Any
     except TypeError as exc:
         raise TypeError(f"load_sites: {exc}") from None
     say = messages or (lambda m: None)
-    dataset, family = resolve_data(data, energy_key=s.energy_key, forces_key=s.forces_key)
+    dataset, family = resolve_data(data, **s.read_options())
     dataset = _subset(dataset, s.max_structures, s.subset_seed, say)
     for msg in getattr(dataset, "messages", []) or []:
         say(str(msg))
@@ -210,15 +221,24 @@ def demo_sites(family: str, *, cache_dir=None, progress=None, batch_size: int = 
 
 
 # ----------------------------------------------------------------------- partition
+#: Fewer test structures than this make a coverage number uninformative (``Partition.warnings``).
+MIN_TEST_STRUCTURES = 10
+
+
 @dataclass(frozen=True)
 class Partition:
-    """Calibration and test sites (disjoint structures) and the reference (training) sites or None."""
+    """Calibration and test sites (disjoint structures) and the reference (training) sites or None.
+
+    ``note``: what was set aside; ``warnings``: reasons to distrust the numbers this split
+    gives (a test part of fewer than ``MIN_TEST_STRUCTURES`` structures).
+    """
 
     calibration: SiteTable
     test: SiteTable
     reference: SiteTable | None
     mode: str
     note: str = ""
+    warnings: tuple[str, ...] = ()
 
 
 def exclude_training(sites: SiteTable) -> tuple[SiteTable, SiteTable | None, np.ndarray]:
@@ -282,7 +302,11 @@ def partition(sites: SiteTable, mode: str = "random", *, test_fraction: float = 
             test = select_by_column(pool, column, rest.tolist())
     if cal.n_structures == 0 or test.n_structures == 0:
         raise ValueError("the split leaves the calibration or the test part without structures")
-    return Partition(cal, test, reference, mode, note)
+    warnings = ()
+    if test.n_structures < MIN_TEST_STRUCTURES:
+        warnings = (f"test: coverage from {len(test)} sites of {test.n_structures} structures is not informative "
+                    f"(fewer than {MIN_TEST_STRUCTURES} test structures)",)
+    return Partition(cal, test, reference, mode, note, warnings)
 
 
 # ------------------------------------------------------------ per-structure columns

@@ -252,7 +252,8 @@ class SiteStore:
             raise ValueError(f"{mpath}: format is {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
                              f"expected {STORE_FORMAT!r}")
         if not isinstance(manifest.get("version"), int) or manifest["version"] > STORE_VERSION:
-            raise ValueError(f"{mpath}: store version {manifest.get('version')!r} is newer than this FlexCal ({STORE_VERSION})")
+            raise ValueError(f"{mpath}: store version {manifest.get('version')!r} is newer than this FlexCal "
+                             f"({STORE_VERSION})")
         missing = [s["file"] for s in manifest["shards"] if not (self.path / s["file"]).is_file()]
         if missing:
             raise FileNotFoundError(f"{self.path}: shard file(s) listed in the manifest are missing: {missing[:5]}")

@@ -262,6 +262,9 @@ def _predict_shard(shard_path: str, shard_sha: str, out_path: str, state, digest
                 return out_path
         except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile):
             pass
+    from core.distributed import tune_worker
+
+    tune_worker()  # on a Dask worker: torch threads, glibc memory reuse; nothing elsewhere
     cal = _CALIBRATORS.get(digest)
     if cal is None:
         from core.calibration.base import calibrator_from_state

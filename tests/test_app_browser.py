@@ -11,6 +11,11 @@ ones listed below).
 Screenshots of every page go to ``$FLEXCAL_ARTIFACTS`` (default ``test-artifacts/``),
 and also to ``docs/screenshots/`` when ``FLEXCAL_UPDATE_SCREENSHOTS=1``.
 
+Two more walks: a session saved from the sidebar, the page reloaded (a new Streamlit session),
+the file loaded back with identical metrics; and a real uploaded dataset with its own MACE
+model (the tiny model of ``tests/conftest.py``) through the trust gate, calibration, the
+out-of-domain warning, the "results out of date" badge after a split-seed change, and an export.
+
 Skips cleanly when Chromium, chromedriver or Selenium is missing. Every wait is
 bounded; the server and the browser are always shut down.
 
@@ -38,6 +43,8 @@ CHROMEDRIVER = os.environ.get("FLEXCAL_CHROMEDRIVER", "/usr/bin/chromedriver")
 START_TIMEOUT = 40     # s, server up
 FLOW_TIMEOUT = 100     # s, one-click demo until the Diagnose page has its plots
 STEP_TIMEOUT = 30      # s, any other wait
+MAIN = '[data-testid="stMain"]'          # the page (not the sidebar)
+SIDEBAR = '[data-testid="stSidebar"]'
 # Console messages that are not the app's fault (matched as substrings of SEVERE entries).
 BENIGN_CONSOLE = (
     "favicon.ico",                      # no favicon route in some Streamlit builds
@@ -45,6 +52,8 @@ BENIGN_CONSOLE = (
     "Failed to load resource: net::ERR_INTERNET_DISCONNECTED",  # blocked external fonts/telemetry
     "webgl",                            # software WebGL notices from headless GPU-less Chromium
     "GroupMarkerNotSet",
+    # a reload on a page URL (/calibrate): the frontend first probes <page>/_stcore/health for a base path
+    "/_stcore/health - Failed to load resource: the server responded with a status of 404",
 )
 
 pytestmark = pytest.mark.slow
@@ -196,8 +205,12 @@ def _go(drv, page: str, title: str):
     """Open a page through the sidebar (a new URL would start a new session and lose the state)."""
     from selenium.webdriver.common.by import By
 
-    link = _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, f'[data-testid="stSidebarNav"] a[href$="/{page}"]'),
-                 what=f"sidebar link to {page}")[0]
+    def links(d):  # the default page (Data) is linked as the app's root URL
+        return [a for a in d.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNav"] a')
+                if (a.get_attribute("href") or "").rstrip("/").endswith(f"/{page}")
+                or a.text.strip().splitlines()[-1:] == [title]]  # the text starts with the icon's name
+
+    link = _wait(drv, links, what=f"sidebar link to {page}")[0]
     link.click()
     _wait(drv, lambda d: title in _title(d), what=f"{page} page")
     _wait(drv, _idle, what=f"{page} page idle")
@@ -340,7 +353,7 @@ def test_demo_flow_in_a_real_browser(server, driver):
     _shot(drv, "model")
     _go(drv, "export", "Export")
     buttons = _wait(drv, lambda d: (lambda b: b if len(b) == 5 else None)(
-        d.find_elements(By.CSS_SELECTOR, '[data-testid="stDownloadButton"] button')), what="5 download buttons")
+        d.find_elements(By.CSS_SELECTOR, f'{MAIN} [data-testid="stDownloadButton"] button')), what="5 download buttons")
     _shot(drv, "export")
     buttons[0].click()  # sites.csv (built on click)
     csv = _wait(drv, lambda d: [p for p in d.downloads.glob("*.csv") if p.stat().st_size > 0],
@@ -354,4 +367,195 @@ def test_demo_flow_in_a_real_browser(server, driver):
     (_artifacts() / "browser-console.txt").write_text("\n".join(severe) + "\n")
     (_artifacts() / "browser-timings.txt").write_text(
         "\n".join(f"{k}: {v:.1f} s" for k, v in timings.items()) + f"\ndemo: {demo}\n")
+    assert not bad, f"SEVERE browser console messages: {bad}"
+
+
+# ------------------------------------------------------------------ helpers for the later walks
+def _xpath_text(text: str) -> str:
+    return "concat('" + text.replace("'", "', \"'\", '") + "', '')"
+
+
+def _button(drv, text: str, where: str = "//", timeout=STEP_TIMEOUT):
+    """A button whose text contains ``text`` (waited for)."""
+    from selenium.webdriver.common.by import By
+
+    xp = f"{where}button[contains(normalize-space(.), {_xpath_text(text)})]"
+    return _wait(drv, lambda d: [b for b in d.find_elements(By.XPATH, xp) if b.is_displayed()],
+                 timeout=timeout, what=f"button {text!r}")[0]
+
+
+def _click_label(drv, testid: str, text: str) -> None:
+    """Click the option/checkbox label ``text`` of a ``stRadio`` / ``stCheckbox`` widget."""
+    from selenium.webdriver.common.by import By
+
+    label = _wait(drv, lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, f'[data-testid="{testid}"] label')
+                                  if text in e.text], what=f"{testid} {text!r}")[0]
+    label.click()
+    _wait(drv, _idle, what=f"idle after {text!r}")
+
+
+def _upload(drv, scope: str, path: Path) -> None:
+    """Give ``path`` to the (hidden) file input of the first file uploader inside ``scope``."""
+    from selenium.webdriver.common.by import By
+
+    box = _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, f'{scope} [data-testid="stFileUploader"] '
+                                                                'input[type="file"]'), what=f"file input in {scope}")
+    box[0].send_keys(str(path))
+
+
+def _texts(drv, css: str) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [e.text for e in drv.find_elements(By.CSS_SELECTOR, css)]
+
+
+def _has_text(css: str, text: str):
+    return lambda d: [t for t in _texts(d, css) if text in t]
+
+
+def _grid_cells(drv) -> list[str]:
+    """The visible cells of the page's first st.dataframe (glide-data-grid's accessible table)."""
+    return drv.execute_script(
+        "const g = document.querySelector('[data-testid=\"stMain\"] [data-testid=\"stDataFrame\"]');"
+        "return g ? Array.from(g.querySelectorAll('td, th')).map(c => c.textContent.trim()) : [];")
+
+
+def _set_number(drv, label: str, value: int) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, f'{MAIN} [data-testid="stNumberInput"] '
+                                                                f'input[aria-label="{label}"]'),
+                what=f"number input {label}")[0]
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(str(value), Keys.ENTER)
+    _wait(drv, lambda d: box.get_attribute("value") == str(value), what=f"{label} = {value}")
+    _wait(drv, _idle, what=f"idle after {label}")
+
+
+def _one_click_demo(drv, server: str, demo: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    drv.get(f"{server}/?demo={demo}")
+    _wait(drv, lambda d: "Data" in _title(d), what="Data page")
+    _wait(drv, _idle, what="Data page idle")
+    _button(drv, "Run the whole demo").click()
+    _wait(drv, lambda d: "Diagnose" in _title(d), timeout=FLOW_TIMEOUT, what="Diagnose page after the demo")
+    _wait(drv, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 2, what="first tab's plots")
+    _wait(drv, _idle, what="Diagnose idle")
+
+
+# ------------------------------------------------------------------------- session walk
+def test_session_saved_reloaded_and_restored_in_a_real_browser(server, driver):
+    """Demo -> calibrate -> save session -> reload the page -> restore -> identical metrics."""
+    drv = driver
+    _one_click_demo(drv, server, _pick_demo())
+    metrics = _wait(drv, lambda d: (lambda v: v if len(v) >= 5 and all(v) else None)(
+        _texts(d, f'{MAIN} [data-testid="stMetricValue"]')), what="Diagnose metric cards")
+    _go(drv, "calibrate", "Calibrate")
+    _wait(drv, lambda d: _grid_cells(d) or d.find_elements("css selector", f'{MAIN} [data-testid="stDataFrame"]'),
+          what="results table")
+    cells = _wait(drv, _grid_cells, what="the results table's cells")
+    assert any(c.startswith("0.") for c in cells), cells  # coverage etc. as numbers
+    caption = _texts(drv, f'{MAIN} [data-testid="stCaptionContainer"]')
+
+    # save from the sidebar: a real download of one zip
+    for old in drv.downloads.glob("*.zip"):
+        old.unlink()
+    _button(drv, "Save session", where=f"//*[@data-testid='stSidebar']//").click()
+    saved = _wait(drv, lambda d: [p for p in d.downloads.glob("flexcal-session*.zip") if p.stat().st_size > 0],
+                  what="session download")[0]
+    import zipfile
+
+    with zipfile.ZipFile(saved) as zf:
+        assert "session.json" in zf.namelist() and "evaluation.npz" in zf.namelist()
+
+    # reload: a new Streamlit session, no results; the autosaved last session is offered
+    drv.refresh()
+    _wait(drv, _idle, what="reloaded page idle")
+    offer = _button(drv, "Restore the last session (dataset", where=f"//*[@data-testid='stSidebar']//")
+    assert "methods" in offer.text or "method," in offer.text, offer.text
+    _shot(drv, "session-offer")
+
+    # load the downloaded file through the sidebar uploader
+    from selenium.webdriver.common.by import By
+
+    drv.find_element(By.CSS_SELECTOR, f'{SIDEBAR} [data-testid="stExpander"] summary').click()
+    _upload(drv, SIDEBAR, saved)
+    _wait(drv, _has_text(f'{SIDEBAR} [data-testid="stAlert"]', "Restored the session"), what="restore note")
+    _wait(drv, _idle, what="idle after the restore")
+    _go(drv, "calibrate", "Calibrate")
+    _wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, f'{MAIN} [data-testid="stDataFrame"]'), what="table")
+    assert _grid_cells(drv) == cells
+    assert _texts(drv, f'{MAIN} [data-testid="stCaptionContainer"]') == caption  # sizes, seconds, note
+    assert not _has_text(f'{MAIN} [data-testid="stAlert"]', "out of date")(drv)
+    _shot(drv, "session-restored-calibrate")
+    _go(drv, "diagnose", "Diagnose")
+    after = _wait(drv, lambda d: (lambda v: v if len(v) >= 5 and all(v) else None)(
+        _texts(d, f'{MAIN} [data-testid="stMetricValue"]')), what="restored metric cards")
+    assert after == metrics, (metrics, after)
+
+
+# ------------------------------------------------------------ a real upload with its own model
+def test_uploaded_dataset_and_model_in_a_real_browser(server, driver, tiny_mace_model, tmp_path):
+    """Upload -> trust gate -> featurize -> calibrate -> warnings -> split seed -> out of date -> export."""
+    from ase.io import write
+    from selenium.webdriver.common.by import By
+
+    from tests.conftest import make_tiny_structures
+
+    data = tmp_path / "tiny.extxyz"
+    write(str(data), make_tiny_structures(0), format="extxyz")
+    model = tmp_path / "tiny.model"
+    model.write_bytes(tiny_mace_model.read_bytes())
+    drv = driver
+    drv.get(server)  # a new session
+    _wait(drv, lambda d: "Data" in _title(d), what="Data page")
+    _wait(drv, _idle, what="Data page idle")
+    _click_label(drv, "stRadio", "Upload a file")
+    _upload(drv, MAIN, data)
+    _wait(drv, lambda d: "tiny.extxyz" in " ".join(_texts(d, f"{MAIN} h3")), what="the upload's summary")
+    _go(drv, "model", "Model")
+    _click_label(drv, "stRadio", "Upload a model file")
+    _upload(drv, MAIN, model)
+    _wait(drv, _has_text(f'{MAIN} [data-testid="stAlert"]', "Tick the box above"), what="the trust gate")
+    assert not _button(drv, "Featurize").is_enabled(), "an untrusted model file is not opened"
+    _click_label(drv, "stCheckbox", "I trust this file")
+    _wait(drv, lambda d: _button(d, "Featurize").is_enabled(), what="Featurize enabled")
+    _button(drv, "Featurize").click()
+    _wait(drv, _has_text(f'{MAIN} [data-testid="stAlert"]', "Features ready"), timeout=FLOW_TIMEOUT,
+          what="features of the uploaded model")
+    _go(drv, "calibrate", "Calibrate")
+    _button(drv, "Train", where=f"//*[@data-testid='stMain']//").click()
+    _wait(drv, lambda d: "Results on" in " ".join(_texts(d, f"{MAIN} h3")), timeout=FLOW_TIMEOUT,
+          what="calibration results")
+    _wait(drv, _idle, what="Calibrate idle")
+
+    # Diagnose: the honest warnings are visible (these test structures leave the calibration domain)
+    _go(drv, "diagnose", "Diagnose")
+    _wait(drv, _has_text(f'{MAIN} [data-testid="stAlert"]', "Out of domain"), what="out-of-domain warning")
+    _wait(drv, lambda d: len(d.find_elements(By.CSS_SELECTOR, f"{MAIN} .js-plotly-plot")) >= 2, what="plots")
+    assert not _has_text(f'{MAIN} [data-testid="stAlert"]', "out of date")(drv)
+    _shot(drv, "upload-diagnose")
+
+    # a new split seed: the results stay, marked out of date on the page and in the sidebar
+    _go(drv, "data", "Data")
+    _set_number(drv, "Seed", 3)
+    _go(drv, "diagnose", "Diagnose")
+    stale = _wait(drv, _has_text(f'{MAIN} [data-testid="stAlert"]', "Results out of date"), what="out-of-date badge")
+    assert "split seed: 0 → 3" in stale[0], stale
+    assert [t for t in _texts(drv, SIDEBAR) if "Results out of date" in t], "the sidebar badge"
+    _shot(drv, "upload-out-of-date")
+
+    # Export: still marked, and a real download of the per-site table
+    _go(drv, "export", "Export")
+    _wait(drv, _has_text(f'{MAIN} [data-testid="stAlert"]', "Results out of date"), what="badge on Export")
+    for old in drv.downloads.glob("*.csv"):
+        old.unlink()
+    _button(drv, "sites.csv", where=f"//*[@data-testid='stMain']//").click()
+    csv = _wait(drv, lambda d: [p for p in d.downloads.glob("*.csv") if p.stat().st_size > 0], what="CSV")[0]
+    lines = csv.read_text().splitlines()
+    assert "structure_id" in lines[0] and "width_" in lines[0]
+    assert len(lines) - 1 == sum(len(a) for a in make_tiny_structures(0))  # one row per site of the upload
+    bad = [m for m in _severe(drv) if not any(b.lower() in m.lower() for b in BENIGN_CONSOLE)]
     assert not bad, f"SEVERE browser console messages: {bad}"

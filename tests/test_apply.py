@@ -36,9 +36,9 @@ def _sites(n_structures=60, atoms=5, d=8, seed=0, labelled=True, meta=None, shuf
 
 
 # ------------------------------------------------------------------------ layout record
-@pytest.mark.parametrize("method", ["split", "knn", "mondrian", "flexible"])
+@pytest.mark.parametrize("method", ["split", "knn", "mondrian", "flexible", "flexible-ood"])
 def test_fit_records_the_layout_and_the_file_keeps_it(method, tmp_path):
-    options = {"max_epochs": 3} if method == "flexible" else {}
+    options = {"max_epochs": 3} if method.startswith("flexible") else {}
     cal = make_calibrator(method, **options)
     assert cal.layout_ is None
     cal.fit(_sites())
@@ -382,6 +382,10 @@ def test_run_predict_checks_paths_before_loading_the_model(predict_files, tmp_pa
         run_predict(data, model, cal_path, tmp_path)
     with pytest.raises(ValueError, match="site_table: .*o.csv is also an input"):
         run_predict(data, model, cal_path, tmp_path / "o.xyz", site_table=tmp_path / "o.csv")
+    (tmp_path / "old.xyz").write_text("keep me")
+    with pytest.raises(ValueError, match="extxyz: .*old.xyz exists; remove it or choose another name"):
+        run_predict(data, model, cal_path, tmp_path / "old.xyz", overwrite=False)
+    assert (tmp_path / "old.xyz").read_text() == "keep me"
     with pytest.raises(FileNotFoundError, match="calibrator: .*missing.npz: no such file"):
         run_predict(data, model, tmp_path / "missing.npz", tmp_path / "o.xyz")
     with pytest.raises(FileNotFoundError, match="data: .*nothing.xyz: no such file"):
@@ -560,3 +564,128 @@ def test_cli_predict_warns_once_for_a_calibrator_of_another_model(predict_files,
     rc, _, err = _flexcal(["predict", data, "--model", other, "--calibrator", cal_path, "-o", tmp_path / "o.xyz",
                            "--strict"], capsys)
     assert rc == 2 and "not calibrated" in _error_line(err)
+
+
+def test_domain_scores_reuse_given_distances():
+    from core.domain import DomainScore
+
+    calib = _sites(seed=3)
+    domain = DomainScore(5).fit(calib)
+    test = _sites(n_structures=10, seed=11)
+    d = domain.distances(test)
+    np.testing.assert_array_equal(domain.score(test, distances=d), domain.score(test))
+    ids, s = domain.structure_scores(test, distances=d)
+    np.testing.assert_array_equal(s, domain.structure_scores(test)[1])
+    with pytest.raises(ValueError, match=r"distances: expected shape \(50,\) \(one per site\), got \(3,\)"):
+        domain.score(test, distances=d[:3])
+
+
+# ----------------------------------------------------------------------------------- the figure
+def test_plot_width_trajectory_traces_and_checks():
+    from core.figures_apply import plot_width_trajectory
+
+    x = np.arange(6)
+    w_max = np.array([0.1, 0.2, 0.6, np.inf, 0.3, 0.8])
+    w_mean = w_max / 2
+    flagged = w_max > 0.5
+    fig = plot_width_trajectory(x, w_max, w_mean, threshold=0.5, flagged=flagged)
+    names = [t.name for t in fig.data]
+    assert names == ["max per frame", "mean per frame", "flagged (3)", "threshold 0.5 eV/Å"]
+    assert np.isfinite(np.asarray(fig.data[0].y, dtype=float)).all(), "inf is drawn at the top of the range"
+    assert fig.data[0].text[3] == "inf" and list(fig.data[2].customdata) == [2, 3, 5]
+    assert list(fig.data[3].y) == [0.5, 0.5] and fig.layout.yaxis.title.text == "width (eV/Å)"
+    assert len(plot_width_trajectory(x, w_max, w_mean).data) == 2
+    with pytest.raises(ValueError, match="mean_width: expected 6 values"):
+        plot_width_trajectory(x, w_max, w_mean[:3])
+    with pytest.raises(ValueError, match="threshold: expected a positive finite width"):
+        plot_width_trajectory(x, w_max, w_mean, threshold=0)
+    with pytest.raises(ValueError, match="flagged: expected a boolean array of shape"):
+        plot_width_trajectory(x, w_max, w_mean, flagged=[1, 0])
+    with pytest.raises(ValueError, match="max_width: widths must be >= 0 and not NaN"):
+        plot_width_trajectory(x, -w_max, w_mean)
+
+
+def test_apply_page_says_plainly_when_the_model_does_not_fit(demo_knn, tmp_path):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    from app.pages_index import page
+
+    data = demo_knn.save(tmp_path / "knn.npz").read_bytes()
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=180).run()
+    at.switch_page(page("apply")).run()
+    at.radio(key="w_apply_cal_source").set_value("Upload a calibrator file (.npz)").run()
+    at.file_uploader(key="w_apply_cal_upload").set_value(("knn.npz", data, "application/octet-stream")).run()
+    at.radio(key="w_apply_model").set_value("Demo model: licl").run()  # Li/Cl model, ethanol frames
+    at.button(key="btn_apply_annotate").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("Could not annotate:") and "element" in errors[0]
+    assert "apply_result" not in at.session_state, "nothing was annotated"
+
+
+def test_a_shift_aware_calibrator_brings_its_domain_flags_into_the_files(tiny_setup, tiny_structures, tmp_path):
+    from ase.io import read
+
+    from core.featurize import featurize
+    from tests.conftest import make_tiny_structures
+
+    potential, _ = tiny_setup
+    train = sum((make_tiny_structures(s) for s in (1, 2, 3, 4)), [])
+    cal = make_calibrator("flexible-ood", max_epochs=5).fit(featurize(train, potential))
+    far = [a.copy() for a in tiny_structures]
+    for a in far[:6]:  # compress the molecules: environments the calibration never saw
+        a.positions *= 0.7
+    ann = annotate(far, potential, cal)
+    np.testing.assert_array_equal(ann.ood, cal.domain_.flags(ann.sites))
+    ids, frame_flags = cal.domain_.structure_flags(ann.sites)
+    np.testing.assert_array_equal(ann.frame_ood, frame_flags)
+    assert ann.frame_ood[:6].all(), "compressed molecules are out of the calibration domain"
+    back = read(ann.write_extxyz(tmp_path / "ood.xyz"), ":")
+    for i, atoms in enumerate(back):
+        rows = ann.sites.structure_ids == i
+        assert atoms.arrays["flexcal_ood"].tolist() == ann.ood[rows].astype(int).tolist()
+        assert bool(atoms.info["flexcal_frame_ood"]) == bool(ann.frame_ood[i])
+        assert atoms.info["flexcal_ood_score"] == pytest.approx(ann.frame_ood_score[i], rel=1e-6)
+
+
+def test_annotate_refuses_bad_cheap_arguments_before_any_forward_pass(tiny_setup, tiny_structures):
+    potential, cal = tiny_setup
+    counting = _Counting(potential)
+    with pytest.raises(ValueError, match="threshold: expected a number in"):
+        annotate(tiny_structures, counting, cal, threshold=-0.1)
+    with pytest.raises(ValueError, match="levels: every level must lie in"):
+        annotate(tiny_structures, counting, cal, levels=[0.0])
+    with pytest.raises(TypeError, match="structures: expected a Dataset or a list of ase.Atoms, got the path"):
+        annotate("traj.xyz", counting, cal)
+    assert counting.calls == 0
+
+
+def test_apply_page_demo_calibrator_is_fitted_on_request_only(demo_knn, monkeypatch):
+    pytest.importorskip("streamlit")
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    import core.apply
+    from app.pages_index import page
+
+    calls = []
+
+    def fake_demo(method="flexible-ood", family="molecule", **kwargs):
+        calls.append((method, family))
+        return demo_knn
+
+    monkeypatch.setattr(core.apply, "demo_calibrator", fake_demo)
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=180).run()
+        at.switch_page(page("apply")).run()
+        assert at.radio(key="w_apply_cal_source").value.startswith("Demo: flexible-ood")
+        assert calls == [] and at.button(key="btn_apply_annotate").disabled, "opening the page fits nothing"
+        at.button(key="btn_apply_demo_fit").click().run()
+        assert not at.exception and calls == [("flexible-ood", "molecule")]
+        assert not at.button(key="btn_apply_annotate").disabled
+        at.run()  # the fitted demo calibrator stays in the session: no refit
+        assert calls == [("flexible-ood", "molecule")] and not at.button(key="btn_apply_annotate").disabled
+    finally:
+        st.cache_resource.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import ase.io
 import numpy as np
@@ -62,7 +63,7 @@ def test_energy_forces_via_single_point_calculator_are_mapped(tmp_path):
 def test_ref_keys_take_priority_and_dft_keys_are_found(tmp_path):
     frames = []
     for k in range(2):
-        a = Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+        a = Atoms("OH2", positions=[[0, 0, 0], [0.96 + 0.01 * k, 0, 0], [-0.24, 0.93, 0]])
         a.info["DFT_energy"] = -5.0 - k
         a.arrays["DFT_forces"] = np.full((3, 3), 0.5 + k)
         frames.append(a)
@@ -200,14 +201,15 @@ def test_empty_file(tmp_path):
 def test_unparsable_frame_names_frame_index(tmp_path):
     bad = _frame(_water()).replace("0.96", "abc")
     p = _write(tmp_path, _frame(_water()) + _frame(_water(1.0)) + bad)
-    with pytest.raises(DatasetError, match=r"data.xyz: frame 2 could not be parsed as extxyz \(ValueError: .*abc"):
+    with pytest.raises(DatasetError, match=r"data.xyz: frame 2 \(line 11\) could not be parsed as extxyz \(ValueError: .*abc"):
         read_dataset(p)
     truncated = _frame(_water()) + "3\n" + HEADER.format(e=1) + "\nO 0 0 0 0 0 0\n"
     p = _write(tmp_path, truncated)
-    with pytest.raises(DatasetError, match=r"frame 1 could not be parsed"):
+    with pytest.raises(DatasetError, match=r"data.xyz: frame 1 \(line 6\) declares 3 atoms, but the file ends after "
+                                           r"1 atom lines: the file is truncated"):
         read_dataset(p)
     p = _write(tmp_path, "hello\nworld\n")
-    with pytest.raises(DatasetError, match=r"frame 0 could not be parsed"):
+    with pytest.raises(DatasetError, match=r"frame 0 \(line 1\): expected the number of atoms of a frame, got 'hello'"):
         read_dataset(p, format="extxyz")
 
 
@@ -233,37 +235,38 @@ def test_wrong_forces_shape(tmp_path):
     a.info["f"] = np.zeros(6)  # per-frame, wrong shape for forces
     a.arrays["REF_forces"] = np.zeros((2, 3))
     b = a.copy()
+    b.positions[1, 0] += 0.05  # another geometry (an exact copy would be dropped as a duplicate frame)
     b.arrays["g"] = np.zeros((2, 2))
     p = tmp_path / "s.extxyz"
     ase.io.write(p, [a, b], format="extxyz")
-    with pytest.raises(DatasetError, match=r"s.extxyz: frame 1: forces 'g' have shape \(2, 2\), expected \(2, 3\)"):
+    with pytest.raises(DatasetError, match=r"s.extxyz: frame 1 \(line 5\): forces 'g' have shape \(2, 2\), expected \(2, 3\)"):
         read_dataset(p, forces_key="g", require_labels=False)
 
 
 def test_nan_inf(tmp_path):
     p = _write(tmp_path, _frame(_water()) + _frame(_water(forces=((0, 0, 0), (0, "nan", 0), (0, 0, 0)))))
-    with pytest.raises(DatasetError, match=r"data.xyz: frame 1: forces 'forces' contain NaN or inf \(atom 1\)"):
+    with pytest.raises(DatasetError, match=r"data.xyz: frame 1 \(line 6\): forces 'forces' contain NaN or inf \(atom 1\)"):
         read_dataset(p)
     p = _write(tmp_path, _frame(_water(), energy="inf"))
-    with pytest.raises(DatasetError, match=r"frame 0: energy 'energy' is NaN or inf"):
+    with pytest.raises(DatasetError, match=r"frame 0 \(line 1\): energy 'energy' is NaN or inf"):
         read_dataset(p)
     bad_pos = _frame(_water()).replace("-0.24", "nan")
     p = _write(tmp_path, bad_pos)
-    with pytest.raises(DatasetError, match=r"frame 0: positions contain NaN or inf \(atom 2\)"):
+    with pytest.raises(DatasetError, match=r"frame 0 \(line 1\): positions contain NaN or inf \(atom 2\)"):
         read_dataset(p)
 
 
 def test_zero_atom_frame(tmp_path):
     zero = '0\nProperties=species:S:1:pos:R:3 pbc="F F F"\n'
     p = _write(tmp_path, _frame(_water()) + zero)
-    with pytest.raises(DatasetError, match=r"data.xyz: frame 1 has zero atoms"):
+    with pytest.raises(DatasetError, match=r"data.xyz: frame 1 \(line 6\) has zero atoms"):
         read_dataset(p)
 
 
 def test_duplicate_atoms_direct_and_minimum_image(tmp_path):
     dup = [("O", (0.0, 0.0, 0.0), (0, 0, 0)), ("H", (1.0, 0, 0), (0, 0, 0)), ("H", (1.0, 0, 0.0005), (0, 0, 0))]
     p = _write(tmp_path, _frame(_water()) + _frame(dup))
-    with pytest.raises(DatasetError, match=r"frame 1: atoms 1 and 2 are at the same position \(distance 5.00e-04 Å"):
+    with pytest.raises(DatasetError, match=r"frame 1 \(line 6\): atoms 1 and 2 are at the same position \(distance 5.00e-04 Å"):
         read_dataset(p)
 
     # periodic: atoms at x = 0.0002 and x = 3.9999 in a 4 Å cell are 3e-4 Å apart (minimum image)
@@ -271,7 +274,7 @@ def test_duplicate_atoms_direct_and_minimum_image(tmp_path):
     a.arrays["REF_forces"] = np.zeros((3, 3))
     p2 = tmp_path / "pbc.extxyz"
     ase.io.write(p2, [a], format="extxyz")
-    with pytest.raises(DatasetError, match=r"frame 0: atoms 0 and 1 are at the same position .*minimum image"):
+    with pytest.raises(DatasetError, match=r"frame 0 \(line 1\): atoms 0 and 1 are at the same position .*minimum image"):
         read_dataset(p2)
     # the same positions without periodicity are fine
     a.pbc = False
@@ -298,7 +301,7 @@ def test_unsupported_format_lists_ase_formats(tmp_path):
 
 def test_too_large(tmp_path):
     p = _write(tmp_path, _frame(_water()))
-    with pytest.raises(DatasetError, match=r"data.xyz: \d+ bytes exceeds the limit of 10 bytes \(max_bytes\)"):
+    with pytest.raises(DatasetError, match=r"data.xyz: \d+ bytes exceeds the limit of 10 bytes \(max_bytes=\)"):
         read_dataset(p, max_bytes=10)
     with pytest.raises(DatasetError, match=r"exceeds the limit of 10 bytes"):
         read_dataset(_frame(_water()).encode(), name="a.xyz", max_bytes=10)
@@ -310,7 +313,7 @@ def test_non_numeric_energy(tmp_path):
     a.info["REF_energy"] = "high"
     p = tmp_path / "e.extxyz"
     ase.io.write(p, [a], format="extxyz")
-    with pytest.raises(DatasetError, match=r"e.extxyz: frame 0: energy 'REF_energy' is not a single number"):
+    with pytest.raises(DatasetError, match=r"e.extxyz: frame 0 \(line 1\): energy 'REF_energy' is not a single number"):
         read_dataset(p)
 
 
@@ -324,6 +327,95 @@ def test_split_errors():
         split_structures(10, test_fraction=1.5)
     with pytest.raises(ValueError, match="need at least 2 structures"):
         split_structures(1)
+
+
+# ------------------------------------------------------------ messages (item 7)
+def test_parse_errors_name_the_real_frame_and_line(tmp_path):
+    frames = [_frame(_water(0.1 * k)) for k in range(5)]
+    frames[2] = frames[2].replace("3\n", "2\n", 1)  # declares 2 atoms, has 3: the 3rd atom line becomes a "count"
+    with pytest.raises(DatasetError, match=r"data.xyz: frame 3 \(line 15\): expected the number of atoms of a frame, "
+                                           r"got 'H -0.0399\d* 0.93 0.0 0 0 -0.3' \(the atom count of frame 2 may be wrong\)"):
+        read_dataset(_write(tmp_path, "".join(frames)))
+    frames = [_frame(_water(0.1 * k)) for k in range(5)]
+    frames[3] = frames[3].replace("\nO ", "\nO zz ", 1)
+    with pytest.raises(DatasetError, match=r"frame 3 \(line 16\) could not be parsed as extxyz \(ValueError: .*zz"):
+        read_dataset(_write(tmp_path, "".join(frames)))
+    (tmp_path / "junk.xyz").write_bytes(b"\x00\x9f\xff junk\n")
+    with pytest.raises(DatasetError, match=r"frame 0 \(line 1\): expected the number of atoms of a frame, got binary data"):
+        read_dataset(tmp_path / "junk.xyz")
+
+
+def test_a_blank_line_before_more_frames_is_refused_not_silently_truncated(tmp_path):
+    text = _frame(_water()) + "\n" + _frame(_water(1.0))
+    assert len(ase.io.read(_write(tmp_path, text), ":")) == 1  # what ASE alone would do: one frame lost
+    with pytest.raises(DatasetError, match=r"data.xyz: line 6 is blank but the file continues at line 7 \('3'\); ASE "
+                                           r"stops reading at a blank line, so frames 1 and later would be lost"):
+        read_dataset(tmp_path / "data.xyz")
+    assert len(read_dataset(_write(tmp_path, _frame(_water()) + _frame(_water(1.0)) + "\n\n  \n"))) == 2
+
+
+# ------------------------------------------------------------ duplicate frames (item 5)
+def _distinct(n, rng):
+    return [_frame(_water(forces=tuple(tuple(rng.normal(size=3).round(3)) for _ in range(3))), energy=-k)
+            .replace("0.96", f"{0.9 + 0.01 * k:.2f}") for k in range(n)]
+
+
+def test_duplicate_frames_are_dropped_with_a_note_and_never_split_apart(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = _distinct(20, rng)
+    near = frames[7].replace("-0.24", "-0.24002")  # 2e-5 Å away: the same structure
+    text = "".join(frames) + frames[3] + near + frames[3] + frames[12]
+    ds = read_dataset(_write(tmp_path, text))
+    assert len(ds) == 20
+    np.testing.assert_array_equal(ds.indices, np.arange(20))
+    assert ("dropped 4 duplicate frame(s) of 24 (same atoms, positions and cell within 0.0001 Å as an earlier frame): "
+            "frames 20 (= 3), 21 (= 7), 22 (= 3), 23 (= 12), so that no structure is both calibrated and tested on"
+            ) in ds.messages
+    positions = [a.positions.round(3).tobytes() for a in ds.structures]
+    assert len(set(positions)) == 20
+    for seed in range(20):
+        cal, test = split_structures(ds, 0.5, seed=seed)
+        assert not {positions[i] for i in cal} & {positions[i] for i in test}
+    with pytest.raises(DatasetError, match=r"4 of 24 frames repeat an earlier frame .*frames 20 \(= 3\), 21 \(= 7\).*"
+                                           r"pass duplicate_frames='drop'"):
+        read_dataset(tmp_path / "data.xyz", duplicate_frames="error")
+    assert len(read_dataset(tmp_path / "data.xyz", duplicate_frames="keep")) == 24
+    # 1e-3 Å apart is another structure (an MD step moves atoms further than that)
+    apart = frames[7].replace("-0.24", "-0.241")
+    assert len(read_dataset(_write(tmp_path, "".join(frames) + apart))) == 21
+    with pytest.raises(ValueError, match=r"duplicate_frames: expected one of drop, error, keep, got 'merge'"):
+        read_dataset(tmp_path / "data.xyz", duplicate_frames="merge")
+
+
+def test_duplicate_search_is_fast_on_many_distinct_frames():
+    from core.data_checks import find_duplicate_frames
+
+    rng = np.random.default_rng(1)
+    base = Atoms("C2H6O", positions=rng.normal(size=(9, 3)))
+    frames = []
+    for _ in range(5000):
+        a = base.copy()
+        a.positions += 0.005 * rng.normal(size=(9, 3))  # MD-like neighbours
+        frames.append(a)
+    frames.append(frames[1234].copy())
+    start = time.perf_counter()
+    assert find_duplicate_frames(frames) == {5000: 1234}
+    assert time.perf_counter() - start < 10
+
+
+def test_a_partition_with_few_test_structures_warns():
+    from core.sites import SiteTable
+    from core.sources import partition
+
+    rng = np.random.default_rng(0)
+    sites = SiteTable.from_arrays(descriptors=rng.normal(size=(12, 2)), errors=rng.random(12),
+                                  species=np.ones(12, dtype=int), structure_ids=np.repeat(np.arange(4), 3))
+    part = partition(sites, test_fraction=0.5, seed=0)
+    assert part.warnings == ("test: coverage from 6 sites of 2 structures is not informative (fewer than 10 test "
+                             "structures)",)
+    big = SiteTable.from_arrays(descriptors=rng.normal(size=(60, 2)), errors=rng.random(60),
+                                species=np.ones(60, dtype=int), structure_ids=np.repeat(np.arange(30), 2))
+    assert partition(big, test_fraction=0.5, seed=0).warnings == ()
 
 
 # ------------------------------------------------------------ public data

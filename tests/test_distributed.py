@@ -76,7 +76,8 @@ def test_equal_to_serial_bit_for_bit(client, structures, serial, tiny_mace_model
     seen = []
     store = run(structures, tiny_mace_model, tmp_path / "s", client, progress=lambda d, t: seen.append((d, t)))
     after = client.run(worker_stats)
-    assert isinstance(store, SiteStore) and store.n_shards == 6 == len(plan_chunks([len(a) for a in structures], CHUNK, BATCH))
+    assert isinstance(store, SiteStore)
+    assert store.n_shards == 6 == len(plan_chunks([len(a) for a in structures], CHUNK, BATCH))
     assert store.run_info == {"computed": list(range(6)), "reused": []}
     got = store.load()
     assert_tables_equal(got, serial)

@@ -51,9 +51,15 @@ def test_beta_binomial_widening_for_a_finite_test_set():
     assert lo_big == pytest.approx(blo, abs=2e-3) and hi_big == pytest.approx(bhi, abs=2e-3)
 
 
-def test_too_few_units_means_infinite_widths_and_full_coverage():
-    assert expected_coverage_interval(5, 0.9) == (1.0, 1.0)  # rank ceil(5.4) = 6 > 5
-    assert expected_coverage_interval(5, 0.9, n_test=10) == (1.0, 1.0)
+def test_too_few_units_use_the_smallest_size_whose_rank_fits():
+    """5 structures at 0.9: rank ceil(5.4) = 6 > 5; the law is taken at n = 9 (Beta(9, 1)), not (1, 1)."""
+    from scipy import stats
+
+    lo, hi = expected_coverage_interval(5, 0.9)
+    assert (lo, hi) == expected_coverage_interval(9, 0.9)
+    assert lo == pytest.approx(stats.beta.ppf(0.025, 9, 1)) and hi == pytest.approx(stats.beta.ppf(0.975, 9, 1))
+    assert lo < 0.7  # a wide, honest interval instead of a spurious (1.0, 1.0)
+    assert expected_coverage_interval(5, 0.9, n_test=10) == expected_coverage_interval(9, 0.9, n_test=10)
 
 
 def test_simulated_split_cp_coverage_falls_inside_about_95_percent_of_the_time():

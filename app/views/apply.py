@@ -31,6 +31,7 @@ KEEP = "apply_widgets"        # widget values kept across page switches (Streaml
 CALIBRATOR = "apply_calibrator"  # (key, calibrator, description)
 RESULT = "apply_result"       # (key, Annotation)
 ERROR = "apply_error"
+WARNINGS = "apply_warnings"   # layout warnings of the last annotation (another model than the calibrator's)
 WIDGETS = (("w_apply_cal_source", None), ("w_apply_session_method", None), ("w_apply_model", None),
            ("w_apply_model_path", ""), ("w_apply_data_source", DATA_DEMO), ("w_apply_threshold", 0.5),
            ("w_apply_flag_ood", True), ("w_apply_frame", None))
@@ -191,17 +192,24 @@ def _choose_structures():
 def _annotate(cal_key, cal, model_path, data_key, dataset) -> None:
     from core.apply import annotate
 
+    import warnings
+
+    from core.calibration.base import LayoutWarning
+
     bar = st.progress(0.0, text="Running the model over the structures ...")
     try:
         potential = _potential(model_path)
-        ann = annotate(dataset, potential, cal, progress=lambda done, total: bar.progress(
-            done / max(total, 1), text=f"Running the model: {done}/{total} frames"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", LayoutWarning)
+            ann = annotate(dataset, potential, cal, progress=lambda done, total: bar.progress(
+                done / max(total, 1), text=f"Running the model: {done}/{total} frames"))
     except Exception as exc:  # one plain line; the previous result is kept
         st.session_state[ERROR] = f"Could not annotate: {_say(exc)}"
         return
     finally:
         bar.empty()
     st.session_state[ERROR] = None
+    st.session_state[WARNINGS] = [str(w.message) for w in caught if issubclass(w.category, LayoutWarning)]
     st.session_state[RESULT] = ((cal_key, model_path, data_key), ann)
 
 
@@ -290,6 +298,8 @@ if st.session_state.get(ERROR):
 result = st.session_state.get(RESULT)
 if result is not None:
     key, ann = result
+    for message in st.session_state.get(WARNINGS) or ():
+        st.warning(message, icon=":material/warning:")
     if ready and key != (picked[0], model_path, structures[0]):
         st.info("The calibrator, model or structures changed since this annotation: press Annotate to update it.")
     _results(ann)

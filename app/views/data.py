@@ -38,7 +38,7 @@ def handle_upload(name: str, data: bytes) -> bool:
     except Exception as exc:
         state.put(state.DATA_ERROR, f"Could not use {name}: {catalog.describe_error(exc)}")
         return False
-    state.set_dataset(dataset, key, name, ("upload", name))
+    state.set_dataset(dataset, key, name, ("upload", name), raw=data)  # raw: embedded in session files
     return True
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import functools
 import json
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -198,21 +197,23 @@ class Calibrator:
             return
         meta = sites.meta or {}
         ident = meta.get("potential_identity")
+        other_width = sites.n_descriptors != fitted["n_descriptors"]
+        other_model = bool(ident and fitted.get("potential_identity") and str(ident) != fitted["potential_identity"])
+        if not (other_width or other_model):
+            return  # the usual case, every MD step of a calibrated calculator: no message built
 
         def describe(name, identity):
             return f"model {name or 'unknown'}" + (f" (identity {str(identity)[:12]}…)" if identity else "")
 
-        was = (f"calibrator was fitted on {fitted['n_descriptors']} descriptor columns from "
-               f"{describe(fitted.get('potential'), fitted.get('potential_identity'))}")
-        now = f"{sites.n_descriptors} from {describe(meta.get('potential'), ident)}"
-        if sites.n_descriptors != fitted["n_descriptors"]:
-            raise ValueError(f"sites: {was}; these sites have {now}")
-        if ident and fitted.get("potential_identity") and str(ident) != fitted["potential_identity"]:
-            msg = (f"sites: {was}; these sites have {now}: widths from another model's descriptors "
-                   "are not calibrated")
-            if strict:
-                raise ValueError(msg)
-            warnings.warn(msg, LayoutWarning, stacklevel=2)
+        msg = (f"sites: calibrator was fitted on {fitted['n_descriptors']} descriptor columns from "
+               f"{describe(fitted.get('potential'), fitted.get('potential_identity'))}; these sites have "
+               f"{sites.n_descriptors} from {describe(meta.get('potential'), ident)}")
+        if other_width:
+            raise ValueError(msg)
+        msg += ": widths from another model's descriptors are not calibrated"
+        if strict:
+            raise ValueError(msg)
+        warnings.warn(msg, LayoutWarning, stacklevel=2)
 
     # --------------------------------------------------------------- update
     def update(self, sites: SiteTable, *, fine_tune: int = 0) -> "Calibrator":
@@ -352,8 +353,14 @@ def calibrator_from_state(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -
     return cls.from_state(meta, arrays)
 
 
-def load_calibrator(path) -> Calibrator:
+def load_calibrator(path, *, max_bytes: int | None = None) -> Calibrator:
     """Read a calibrator written by :meth:`Calibrator.save` (any kind).
+
+    The file is checked before decompression (:func:`core.safe_npz.read_npz`: a zip archive
+    of plain numeric arrays declaring at most ``max_bytes``, default 4 GiB, and no zip
+    bomb); nothing is unpickled. Once rebuilt, the calibrator predicts on a few probe sites of
+    its recorded descriptor layout, so that arrays of the wrong shape or NaN parameters fail
+    here, with the path, rather than later.
 
     Raises
     ------
@@ -361,33 +368,72 @@ def load_calibrator(path) -> Calibrator:
         No file at ``path``.
     ValueError
         The file is not a readable FlexCal calibrator (corrupt, pickled, foreign
-        format, unknown kind, newer version, missing entries); the message names
-        the path.
+        format, unknown kind, newer version, missing, NaN or wrongly shaped entries,
+        wrongly typed metadata); the message starts with the path.
     """
+    from core.safe_npz import DEFAULT_MAX_NPZ_BYTES, read_meta, read_npz
+
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such calibrator file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, RuntimeError) as exc:
-        raise ValueError(f"{path}: not a readable FlexCal calibrator .npz file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, dict) or "__meta__" not in data:
-        raise ValueError(f"{path}: not a FlexCal calibrator (no __meta__ entry)")
-    try:
-        meta = json.loads(str(data.pop("__meta__")))
-    except ValueError as exc:
-        raise ValueError(f"{path}: __meta__ is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        fmt = meta.get("format") if isinstance(meta, dict) else None
-        raise ValueError(f"{path}: format is {fmt!r}, expected {FORMAT!r}")
+    data = read_npz(path, "calibrator", max_bytes=max_bytes or DEFAULT_MAX_NPZ_BYTES)
+    meta = read_meta(data, path, "calibrator")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
     version = meta.get("version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"{path}: calibrator format version {version!r} is newer than this FlexCal ({FORMAT_VERSION})")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"{path}: calibrator format version {version!r} is not an integer; damaged file")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path}: calibrator format version {version} is newer than this FlexCal ({FORMAT_VERSION})")
     kind = meta.get("kind")
-    if kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise ValueError(f"{path}: unknown calibrator kind {kind!r}; known kinds are {', '.join(_KINDS)}")
+    for key in ("params", "state", "update"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise ValueError(f"{path}: damaged {kind} calibrator: {key!r} must be a JSON object, "
+                             f"got {type(meta[key]).__name__}")
+    nan = [k for k, v in data.items() if v.dtype.kind in "fc" and np.isnan(v).any()] + _nan_in_meta(meta)
+    if nan:
+        raise ValueError(f"{path}: damaged {kind} calibrator: {nan[0]!r} contains NaN")
     try:
-        return calibrator_from_state(meta, data)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise ValueError(f"{path}: damaged {kind} calibrator ({type(exc).__name__}: {exc})") from None
+        cal = calibrator_from_state(meta, data)
+        _probe(cal, data)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        raise ValueError(f"{path}: damaged {kind} calibrator ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:300]})") from None
+    return cal
+
+
+def _nan_in_meta(value: Any, where: str = "__meta__") -> list[str]:
+    """Where NaN numbers sit in saved metadata (training histories, which may hold NaN, skipped)."""
+    if isinstance(value, float) and value != value:
+        return [where]
+    if isinstance(value, dict):
+        return [w for k, v in value.items() if "history" not in str(k) for w in _nan_in_meta(v, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [w for i, v in enumerate(value) for w in _nan_in_meta(v, f"{where}[{i}]")]
+    return []
+
+
+def _probe(cal: Calibrator, arrays: dict[str, np.ndarray]) -> None:
+    """Predict on one site per known species (zero descriptors of the recorded width).
+
+    Raises ValueError when the widths are not (n,) positive numbers (NaN, wrong shape);
+    errors of a damaged state propagate. Skipped for files without a recorded layout.
+    """
+    layout = getattr(cal, "layout_", None)
+    if not layout:
+        return
+    known = [int(z) for k, v in arrays.items() if k.endswith("species") and v.dtype.kind in "iu"
+             for z in np.unique(v)[:8] if 1 <= z <= 118]
+    species = np.array(sorted(set(known))[:8] or [1], dtype=np.int64)
+    n = species.size
+    probe = SiteTable.from_arrays(
+        descriptors=np.zeros((n, int(layout["n_descriptors"]))), errors=None, species=species,
+        structure_ids=np.arange(n), forces_pred=np.full((n, 3), 0.1), committee_std=np.full(n, 0.1),
+        meta={"potential": layout.get("potential"), "potential_identity": layout.get("potential_identity")},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        widths = np.asarray(cal.predict(probe), dtype=np.float64)
+    if widths.shape != (n,) or np.isnan(widths).any() or (widths <= 0).any():
+        raise ValueError(f"it predicts {widths.ravel()[:4].tolist()} (shape {widths.shape}) on probe sites; "
+                         "expected positive widths")

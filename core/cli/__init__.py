@@ -80,5 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ui.close()
         if not isinstance(exc, _user_error_types()) or os.environ.get("FLEXCAL_DEBUG"):
             raise
-        print(f"flexcal {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        text = one_line(exc)
+        if isinstance(exc, ValueError) and type(exc).__name__ == "DatasetError":  # the reader's hints as flags
+            from core.cli.guards import cli_hints
+
+            text = cli_hints(text)
+        print(f"flexcal {args.command}: error: {text}", file=sys.stderr)
         return EXIT_USAGE

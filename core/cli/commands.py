@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core import sources
+from core.cli.guards import check_layout, check_output, read_options, reader_note
 from core.cli.ui import EXIT_OK, UI, UserError, coverage_warnings, domain_warnings, expected_text, fmt, \
     format_table, size_warning
 
@@ -89,7 +90,7 @@ def load_data_sites(args, ui: UI, data, *, model=None, info_keys=(), subset: boo
     """Featurize DATA (path or demo name) with ``--model`` (or ``model``) -> SiteTable (cached)."""
     settings: dict[str, Any] = dict(
         committee=tuple(args.committee or ()), batch_size=args.batch_size, cache_dir=args.cache_dir,
-        energy_key=args.energy_key, forces_key=args.forces_key, device=args.device, dtype=args.dtype,
+        device=args.device, dtype=args.dtype, **read_options(args),
     )
     if subset and getattr(args, "max_structures", None):
         settings.update(max_structures=args.max_structures, subset_seed=args.split_seed)
@@ -97,13 +98,12 @@ def load_data_sites(args, ui: UI, data, *, model=None, info_keys=(), subset: boo
         settings["info_keys"] = tuple(dict.fromkeys((sources.SPLIT_KEY, *info_keys)))
     model = model if model is not None else args.model
     ui.info(f"featurizing {data} with {model or 'the embedded demo model'}")
-    return sources.load_sites(data, model, progress=ui.progress("featurize"), messages=ui.info, **settings)
+    return sources.load_sites(data, model, progress=ui.progress("featurize"), messages=lambda m: reader_note(ui, m),
+                              **settings)
 
 
 def check_outdir(args, inputs, names) -> Path | None:
     """Check ``-o OUTDIR`` and the files ``names`` it will receive, before any work."""
-    from core.io import check_output
-
     if not args.output:
         return None
     outdir = Path(args.output)
@@ -118,7 +118,7 @@ def precheck_split_values(args, data, key: str, wanted: list[str]) -> None:
     """Read DATA (cheap) and check that every value of ``--split-by KEY`` asked for is present."""
     from core.data import DEFAULT_CONFIG_TYPE
 
-    dataset, _ = sources.resolve_data(data, energy_key=args.energy_key, forces_key=args.forces_key)
+    dataset, _ = sources.resolve_data(data, **read_options(args))
     values = []
     for i, atoms in enumerate(dataset.structures):
         value = atoms.info.get(key, DEFAULT_CONFIG_TYPE if key == "config_type" else None)
@@ -157,8 +157,6 @@ def _save_atomic(obj, path: Path) -> Path:
 
 # ------------------------------------------------------------------------- featurize
 def cmd_featurize(args, ui: UI) -> int:
-    from core.io import check_output
-
     if getattr(args, "workers", None) or getattr(args, "scheduler", None):
         return _featurize_store(args, ui)
     out = check_output(args.output, inputs=_data_inputs(args.data) + _model_inputs(args),
@@ -168,6 +166,7 @@ def cmd_featurize(args, ui: UI) -> int:
     _save_atomic(sites, out)
     ui.info(f"wrote {len(sites)} sites from {sites.n_structures} structures ({sites.n_descriptors} descriptors per "
             f"site; mean force error {sites.errors.mean():.4f} eV/Å) to {out}")
+    ui.flush_warnings()
     return EXIT_OK
 
 
@@ -184,7 +183,9 @@ def _featurize_store(args, ui: UI) -> int:
     except ImportError:
         raise UserError("--workers/--scheduler need Dask: pip install 'flexcal[distributed]'") from None
     _check_device(args)
-    dataset, family = sources.resolve_data(args.data, energy_key=args.energy_key, forces_key=args.forces_key)
+    dataset, family = sources.resolve_data(args.data, **read_options(args))
+    for message in dataset.messages:
+        reader_note(ui, message)
     spec = {"model": sources.resolve_model(args.model, family), "committee": list(args.committee or ()),
             "device": args.device, "dtype": args.dtype}
     ui.info(f"featurizing {args.data} on Dask ({f'{args.workers} local workers' if args.workers else args.scheduler})")
@@ -196,6 +197,7 @@ def _featurize_store(args, ui: UI) -> int:
         raise UserError(f"--{exc}") from None
     ui.info(f"wrote {store.n_sites} sites from {store.n_structures} structures in {store.n_shards} shards "
             f"({len(store.run_info['reused'])} reused from an earlier run) to {out}")
+    ui.flush_warnings()
     return EXIT_OK
 
 
@@ -223,7 +225,6 @@ def _check_method_needs(method: str, sites) -> None:
 
 def cmd_calibrate(args, ui: UI) -> int:
     from core.calibration import make_calibrator
-    from core.io import check_output
 
     out = Path(args.output)
     out = out.with_suffix(".npz") if out.suffix == "" else out  # as Calibrator.save would
@@ -301,6 +302,7 @@ def cmd_evaluate(args, ui: UI) -> int:
 
     sites = load_site_file(args.sites, "SITES")
     cal = load_calibrator(existing_file(args.calibrator, "--calibrator"))
+    check_layout(ui, cal, sites)
     label = str(getattr(cal, "name", type(cal).__name__))
     notes, flags = [], None
     if args.calibration:

@@ -54,6 +54,16 @@ def _width(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def add_predict_parser(sub, formatter_class=argparse.RawDescriptionHelpFormatter) -> None:
     """Register ``predict`` on the ``flexcal`` subparsers."""
     from core.cli.parser import MODEL_TRUST
@@ -77,7 +87,9 @@ def add_predict_parser(sub, formatter_class=argparse.RawDescriptionHelpFormatter
                    help="a saved out-of-domain score (core.domain.DomainScore) for the flags")
     p.add_argument("--strict", action="store_true",
                    help="refuse (instead of warn about) a calibrator fitted with another model of the same width")
-    p.add_argument("--batch-size", type=int, default=16, help="structures per forward pass")
+    p.add_argument("--no-overwrite", action="store_true",
+                   help="refuse to replace existing output files (checked before any work)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="structures per forward pass")
     p.add_argument("--format", default=None, help="ASE file format of DATA (default: from the suffix)")
     p.add_argument("--forces-key", metavar="KEY", default=None,
                    help="reference forces key, for coverage (default: auto-detect REF_forces, forces, ...)")
@@ -94,10 +106,10 @@ def cmd_predict(args, ui: UI) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LayoutWarning)
         summary = run_predict(
-            args.data, args.model, args.calibrator, args.output, levels=args.levels, threshold=args.threshold,
-            table=None if args.table in ("", "none") else args.table, site_table=args.site_table,
-            flagged_output=args.flagged, domain=args.domain, batch_size=args.batch_size,
-            progress=ui.progress("annotate", "structure"), strict=args.strict, read_options=read_options)
+            args.data, args.model, args.calibrator, args.output, table=None if args.table in ("", "none") else args.table,
+            site_table=args.site_table, flagged_output=args.flagged, overwrite=not args.no_overwrite,
+            read_options=read_options, levels=args.levels, threshold=args.threshold, domain=args.domain,
+            strict=args.strict, batch_size=args.batch_size, progress=ui.progress("annotate", "structure"))
     for w in caught:
         if issubclass(w.category, LayoutWarning):
             ui.warn(str(w.message))

@@ -23,6 +23,10 @@ def cmd_study(args, ui: UI) -> int:
 
     name = args.name
     outdir = check_outdir(args, _data_inputs(args.dataset or "") + _model_inputs(args), [f"{name}.csv", f"{name}.json"])
+    if name == "zero-shot":
+        from core.cli.commands_zero_shot import study_zero_shot
+
+        return study_zero_shot(args, ui, outdir)
     if args.dataset is None:
         args.dataset = _default_study_dataset(name)
         ui.info(f"study {name}: using the embedded demo dataset {args.dataset!r} (choose with --dataset)")
@@ -59,15 +63,26 @@ def cmd_study(args, ui: UI) -> int:
     return EXIT_OK
 
 
-def _emit(args, ui: UI, table, name: str, outdir: Path | None) -> None:
+def _emit(args, ui: UI, table, name: str, outdir: Path | None, *, columns=None, extra=None) -> None:
+    """Print a study table (or its JSON, with ``extra`` keys) and write it to ``outdir``.
+
+    ``extra``: ``{key: (title, DataFrame)}`` shown below the table (JSON: ``key`` -> rows).
+    """
     from core import studies
 
     table_warnings(ui, table)
+    extra = extra or {}
     if args.json:
-        ui.json({**studies.study_to_json(table, name), "warnings": list(ui.warnings)})
+        ui.json({**studies.study_to_json(table, name), "warnings": list(ui.warnings),
+                 **{k: studies.jsonable(t.to_dict(orient="records")) for k, (_, t) in extra.items()}})
     else:
         ui.result(f"study {name} on {table.attrs.get('dataset') or args.dataset}: confidence {args.confidence:g}")
-        ui.result(format_table(table))
+        ui.result(format_table(table, columns))
+        for title, t in extra.values():
+            ui.result("")
+            ui.result(title)
+            several = "split" in t.columns and t["split"].nunique() > 1  # format_table adds it then
+            ui.result(format_table(t, [(c, c) for c in t.columns if c != "split" or not several]))
         table_notes(ui, table)
     ui.flush_warnings()
     if outdir is not None:
@@ -79,18 +94,26 @@ def table_warnings(ui: UI, table) -> None:
     """WARNING lines of a study table: coverage outside its expected range, out-of-domain and tiny splits."""
     if "coverage" not in table.columns:
         return
+    if "dataset" in table.columns and table["dataset"].nunique() > 1:  # zero-shot: several datasets
+        for dataset, part in table.groupby("dataset", sort=False):
+            _split_warnings(ui, part, f"{dataset}/")
+        return
+    _split_warnings(ui, table, "")
+
+
+def _split_warnings(ui: UI, table, prefix: str) -> None:
     several = "split" in table.columns and table["split"].nunique() > 1
     splits = table["split"].unique() if "split" in table.columns else [None]
     for split in splits:
         rows = table if split is None else table[table["split"] == split]
         first = rows.iloc[0]
-        name = str(split) if split is not None else "test"
+        name = prefix + (str(split) if split is not None else "test")
         if "n_structures" in rows.columns and first["n_structures"] == first["n_structures"]:
             for message in size_warning(name, int(first["n_sites"]), int(first["n_structures"])):
                 ui.warn(message)
         for _, row in rows.iterrows():
             for message in coverage_warnings(str(row.get("label", row.get("method"))), row.to_dict(),
-                                             f" on {split}" if several else ""):
+                                             f" on {name}" if several or prefix else ""):
                 ui.warn(message)
         reports = {str(r.get("label")): r.to_dict() for _, r in rows.iterrows()}
         for message in domain_warnings(name, None, None, reports):

@@ -11,12 +11,16 @@ from __future__ import annotations
 import argparse
 import math
 
+from core.cli.guards import add_read_args
 from core.cli.ui import UNITS
 
 __all__ = ["build_parser"]
 
 MODEL_TRUST = ("A .model file is a pickle: loading it RUNS CODE from the file; use only model files you trust "
                "(foundation-model names are downloaded by mace-torch from its own URLs).")
+MODELS_PLACEHOLDER = "<<models>>"  # --model help: replaced by _model_help() only when help is printed
+#: backends whose offline check imports their package (seconds): described, not checked, in --help
+_DESCRIBED_OFFLINE = {"mace": "offline only once in mace-torch's cache (~/.cache/mace)"}
 
 
 # ------------------------------------------------------------------ argument types
@@ -106,11 +110,35 @@ def _default_methods_help() -> str:
     return ",".join(default_methods()) + " (those the sites support; recommended first)"
 
 
+def _model_help() -> str:
+    """The model names ``load_potential`` knows, per backend, foundation models first.
+
+    From the backend registry's metadata (names, aliases, kind) with each backend's offline
+    check, except those in ``_DESCRIBED_OFFLINE`` whose check would import their package.
+    """
+    from core.potentials import backends
+
+    parts = []
+    for b in sorted(backends(), key=lambda b: b.kind != "foundation model"):
+        if not b.models:
+            continue
+        aliases = {target: a for a, target in b.aliases.items()}
+        names = ", ".join(f"{n} (= {aliases[n]})" if n in aliases else n for n in b.models)
+        if b.name in _DESCRIBED_OFFLINE:
+            status = _DESCRIBED_OFFLINE[b.name]
+        else:
+            status = "available offline" if all(b.is_offline(n) for n in b.models) else b.unavailable
+        parts.append(f"{names}: {b.label} ({b.kind}, {status})")
+    return "; ".join(parts)
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the hand-made layout of descriptions; shows defaults only where there is one."""
 
     def _get_help_string(self, action):
         text = action.help or ""
+        if MODELS_PLACEHOLDER in text:
+            text = text.replace(MODELS_PLACEHOLDER, _model_help().replace("%", "%%"))
         if "%(default)" not in text and action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
             text += " (default: %(default)s)"
         return text
@@ -132,8 +160,9 @@ def _add_model_args(p: argparse.ArgumentParser, subset: bool = True) -> None:
     g = p.add_argument_group("model and data")
     g.add_argument(
         "--model", metavar="NAME_OR_PATH", default=None,
-        help="a local MACE .model file or a foundation-model name (mace-mp-0b3-medium, mace-off23-small, ...); "
-             "omit for an embedded demo dataset to use the embedded demo model. " + MODEL_TRUST,
+        help="a model name or a local model file (a MACE .model, a CHGNet .pth.tar checkpoint). Names: "
+             + MODELS_PLACEHOLDER + ". Omit for an embedded demo dataset to use its demo model (study zero-shot: "
+             "chgnet-0.3.0). " + MODEL_TRUST,
     )
     g.add_argument("--committee", nargs="+", metavar="MODEL", default=None,
                    help="further models; their per-atom force spread (eV/Å) feeds the 'committee' method")
@@ -144,6 +173,7 @@ def _add_model_args(p: argparse.ArgumentParser, subset: bool = True) -> None:
                    help="reference energy key in atoms.info (eV); default: auto-detect REF_energy, energy, ...")
     g.add_argument("--forces-key", metavar="KEY", default=None,
                    help="reference forces key in atoms.arrays (eV/Å); default: auto-detect REF_forces, forces, ...")
+    add_read_args(p)
     g.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default=None, choices=("float32", "float64"), help="model precision (default: the backend's own: MACE float64, CHGNet float32)")
     if subset:
@@ -343,7 +373,8 @@ def _study_parser(sub, func) -> None:
     from core.studies import STUDIES
 
     p = sub.add_parser(
-        "study", formatter_class=_Formatter, help="run a study of the method (in-domain, unseen, transfer, active-learning)",
+        "study", formatter_class=_Formatter,
+        help="run a study of the method (in-domain, unseen, transfer, active-learning, zero-shot)",
         description=(
             "The studies of the method (METHOD §5), each a table with one row per calibrator x test split\n"
             "(coverage with its expected range, mean width in eV/Å, width ratio, spearman, auroc,\n"
@@ -356,16 +387,26 @@ def _study_parser(sub, func) -> None:
             "                   uniform and shift weights and with small budgets of B labels\n"
             "  active-learning  MD with the potential; pick frames by calibrated uncertainty vs a\n"
             "                   heuristic vs random; label, refit; error against number of labels\n"
-            "With no --dataset an embedded demo dataset and the demo model are used (offline).\n\n"
+            "  zero-shot        a foundation model without fine-tuning (--model, default chgnet-0.3.0,\n"
+            "                   offline) on several datasets: its force MAE, then every calibrator on an\n"
+            "                   in-domain split and on shift splits, and ρ of heuristic CP vs q_θ side by\n"
+            "                   side; --dataset takes comma-separated public set names (3bpa, acac,\n"
+            "                   ethanol, hea25: ../shared/data, 200 frames per file unless\n"
+            "                   --max-structures), demo names or one file (+ --test-data); default: the\n"
+            "                   public sets when present, else the demos. 30% of the calibration\n"
+            "                   structures are the knn/gmm reference (the model's training set is not at hand)\n"
+            "Other studies: with no --dataset an embedded demo dataset and its demo model are used (offline).\n\n"
             + UNITS + "\n\n"
             "Examples:\n"
             "  flexcal study in-domain --json\n"
             "  flexcal study unseen --dataset acac_300K.xyz --model my.model --test-data acac_600K.xyz\n"
-            "  flexcal study transfer --dataset molecule_transfer -o results/"
+            "  flexcal study transfer --dataset molecule_transfer -o results/\n"
+            "  flexcal study zero-shot --model chgnet-0.3.0 --dataset 3bpa,acac --json"
         ),
     )
     p.add_argument("name", metavar="NAME", choices=STUDIES, help="one of: " + ", ".join(STUDIES))
-    p.add_argument("--dataset", metavar="DATA", default=None, help="extxyz file or embedded demo name (default: a demo)")
+    p.add_argument("--dataset", metavar="DATA", default=None,
+                   help="extxyz file or embedded demo name (default: a demo); zero-shot: comma-separated")
     _add_model_args(p)
     _add_calibration_args(p)
     g = p.add_argument_group("splits")

@@ -336,8 +336,8 @@ def spearman_ideal(widths, confidence: float, seed: int = 0, n_draws: int = 32) 
     standard deviation sigma_i, so ``e_i = sigma_i * chi_3``; sigma_i is set so
     that the ``confidence``-quantile of ``sigma_i * chi_3`` equals ``w_i``. The
     Spearman correlation of (w, e) is averaged over ``n_draws`` seeded draws.
-    This is the ceiling a perfectly calibrated, perfectly informed width could
-    reach: a rho near it means the widths are as informative as they can be.
+    It is an expectation under that assumed error law, not a ceiling: observed rho can
+    exceed it when real errors are more (or less noisily) ordered than sigma_i * chi_3.
 
     Parameters
     ----------

@@ -47,8 +47,10 @@ def expected_coverage_interval(n_calibration: int, confidence: float, *, n_test:
     (lo, hi) : tuple of float
         Quantiles (1 - level)/2 and (1 + level)/2. For the beta-binomial the discrete
         quantiles (smallest x with CDF >= q, divided by m) are taken, so the interval holds
-        at least ``level`` of the mass. When k > n (too few units for this confidence, the
-        conformal quantile is +inf) every site is covered: (1.0, 1.0).
+        at least ``level`` of the mass. When k > n (fewer structures than this confidence
+        needs: the site-level quantile is still finite, but the structure-level law is not
+        defined) the law is evaluated at the smallest n whose rank fits (n = 9 at 0.9): the
+        widest finite interval, never a spurious (1.0, 1.0).
 
     Examples
     --------
@@ -65,8 +67,9 @@ def expected_coverage_interval(n_calibration: int, confidence: float, *, n_test:
     q = check_fraction("level", level)
     m = None if n_test is None else check_int("n_test", n_test, 1)
     k = conformal_rank(n, c)
-    if k > n:
-        return 1.0, 1.0
+    while k > n:  # fewer structures than the rank needs: the sites' quantile is finite, the units' law is
+        n += 1    # not; evaluate it at the smallest size whose rank fits (the widest finite interval)
+        k = conformal_rank(n, c)
     a, b = float(k), float(n + 1 - k)
     tails = ((1.0 - q) / 2.0, (1.0 + q) / 2.0)
     if m is None:
