@@ -6,9 +6,10 @@ STAMP   := $(VENV)/.flexcal-installed
 JS_DIR  := $(VENV)/share/flexcal/3dmol
 JS      := $(JS_DIR)/package/build/3Dmol-min.js
 PORT    ?= 8501
+LAB_PORT ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: app test venv js clean benchmarks
+.PHONY: app test venv js clean benchmarks lab
 
 venv: $(STAMP) $(JS)
 
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch==2.13.0 (CPU) is pinned in pyproject and comes from the local wheel cache
-	$(BIN)/python -m pip install -q -e '.[reference,test,chgnet]'
+	$(BIN)/python -m pip install -q -e '.[reference,test,chgnet,distributed]'
 	touch $(STAMP)
 
 # 3Dmol.js for the offline 3D viewer, from the npm registry at set-up time (never from a CDN at run time)
@@ -27,6 +28,12 @@ $(JS):
 
 app: venv
 	$(BIN)/streamlit run app/main.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+
+# JupyterLab on the notebooks with the project's kernel (offline: everything comes from the package registry)
+lab: venv
+	$(BIN)/python -m pip install -q -e '.[lab]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name flexcal --display-name "FlexCal (.venv)" >/dev/null
+	cd notebooks && ../$(BIN)/jupyter lab --no-browser --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT)
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

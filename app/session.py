@@ -208,14 +208,31 @@ def read_session(data: bytes, *, source: str = "session file", max_bytes: int | 
     except (ValueError, TypeError, KeyError) as exc:
         raise check.fail(f"the saved calibration cannot be rebuilt ({exc})") from None
     history = run.get("history", [])
-    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
-        raise check.fail("run.history: expected a list of epochs")
+    if not isinstance(history, list) or not all(_is_epoch(h) for h in history):
+        raise check.fail("run.history: expected a list of epochs {epoch, train_loss, val_loss}")
+    for key in ("settings", "provenance"):  # shown and compared as they are: plain values only
+        bad = [k for k, v in check.obj(run, key, "run").items() if not _is_plain(v)]
+        if bad:
+            raise check.fail(f"run.{key}: {bad[0]!r} is not a number, text or list of them")
     calibration = CalibrationRun(
         ev, settings=check.obj(run, "settings", "run"), provenance=check.obj(run, "provenance", "run"),
         note=str(run.get("note", "")), history=history, stopped_early=bool(run.get("stopped_early", False)),
         seconds=float(check.number(run, "seconds", "run")))
     widgets = check_widgets(check.obj(doc, "widgets"), source)
     return SessionSnapshot(doc, sites, calibration, widgets, raw, source)
+
+
+def _is_plain(v) -> bool:
+    scalar = (str, int, float, bool, type(None))
+    return isinstance(v, scalar) or (isinstance(v, list) and len(v) <= 1000 and all(isinstance(x, scalar) for x in v))
+
+
+def _is_epoch(h) -> bool:
+    def num(v) -> bool:  # NaN allowed (no validation split)
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    return (isinstance(h, dict) and isinstance(h.get("epoch"), int) and num(h.get("train_loss"))
+            and (h.get("val_loss") is None or num(h.get("val_loss"))))
 
 
 class _Checker:

@@ -261,13 +261,15 @@ def _model_ref(ss) -> dict:
         ref.update(kind="named", value=ss.get(W_FOUNDATION))
     elif choice == MODEL_KINDS[2]:
         ref.update(kind="path", value=str(ss.get(W_MODEL_PATH) or "").strip())
-    else:
+    elif choice == MODEL_KINDS[3]:
         upload = ss.get(W_MODEL_UPLOAD)
         ref.update(kind="upload", file=getattr(upload, "name", None))
         if upload is not None:
             import hashlib
 
             ref["sha256"] = hashlib.sha256(upload.getvalue()).hexdigest()
+    else:  # a model choice added later: recorded by its label (a session never loads it by itself)
+        ref.update(kind="other", value=str(choice))
     return ref
 
 

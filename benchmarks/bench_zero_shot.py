@@ -40,6 +40,7 @@ Writes ``benchmarks/results/zero_shot.md``, ``zero_shot.csv`` (every row, every 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -237,7 +238,7 @@ def coverage_check(sets, goals, n_seeds: int = 10, log=print) -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
-def report(table, transfer, feat, check, *, cmd: str, seeds, seconds: float) -> list[str]:
+def report(table, transfer, feat, check, *, cmd: str, seeds, seconds: float, load: float) -> list[str]:
     """The markdown of ``zero_shot.md``."""
     from core.studies import zero_shot_summary
 
@@ -246,8 +247,8 @@ def report(table, transfer, feat, check, *, cmd: str, seeds, seconds: float) -> 
     lines = [
         "# Zero-shot: CHGNet 0.3.0 (no fine-tuning) calibrated per dataset", "",
         f"`{cmd.strip()}` · confidence 0.9 · seeds {list(seeds)} (by-structure split and calibrator seed; "
-        "mean ± sd over them) · 1 torch thread · 2 shared cores, 1-min load average at the end "
-        f"{os.getloadavg()[0]:.1f} · total {seconds:.0f} s.",
+        f"mean ± sd over them) · 1 torch thread · 2 shared cores (1-min load average {load:.1f} at the end) · "
+        f"total {seconds:.0f} s (featurizing cached beforehand by `python -m benchmarks.zero_shot_data`).",
         "", "Public files subsampled to 200 random frames each (seed 0; shift files seed 1); demo families whole. "
         "In-domain = half of the calibration distribution's structures (held out); of the other half, 30 % "
         "are the knn/gmm/out-of-domain reference (descriptors only; CHGNet's training set is not at hand) and "
@@ -295,21 +296,26 @@ def main(argv=None) -> int:
     sets = datasets(args.only)
     feat = featurize_table(sets)
     transfer = None
-    if args.report_only:
+    cmd = "python -m benchmarks.bench_zero_shot " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.report_only:  # the tables of an earlier run, its command and time from zero_shot_run.json
         table = pd.read_csv(out / "zero_shot.csv", keep_default_na=True)
         table["note"] = table["note"].fillna("")
-        args.seeds = sorted(table["seed"].unique().tolist())
         if (out / "zero_shot_transfer.csv").is_file():
             transfer = pd.read_csv(out / "zero_shot_transfer.csv")
+        run = json.loads((out / "zero_shot_run.json").read_text())
+        cmd, args.seeds, seconds = f"{run['command']}`; this page: `{cmd.strip()}", run["seeds"], run["seconds"]
+        load = run["load_average"]
     else:
         table, _ = run_part1(sets, args.seeds)
         table.to_csv(out / "zero_shot.csv", index=False)
         if not args.skip_transfer:
             transfer = run_part2(transfer_pairs(sets), args.seeds)
             transfer.to_csv(out / "zero_shot_transfer.csv", index=False)
+        seconds, load = time.perf_counter() - t_all, os.getloadavg()[0]
+        (out / "zero_shot_run.json").write_text(json.dumps(
+            {"command": cmd.strip(), "seeds": list(args.seeds), "seconds": round(seconds, 1), "load_average": load}) + "\n")
     check = coverage_check(sets, goal_table(table)) if not args.quick else None
-    cmd = "python -m benchmarks.bench_zero_shot " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = report(table, transfer, feat, check, cmd=cmd, seeds=args.seeds, seconds=time.perf_counter() - t_all)
+    lines = report(table, transfer, feat, check, cmd=cmd, seeds=args.seeds, seconds=seconds, load=load)
     (out / "zero_shot.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

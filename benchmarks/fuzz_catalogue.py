@@ -69,6 +69,9 @@ def _check_dedup(d: Path, out: str, err: str) -> str | None:
     return None
 
 
+_check_dedup.shows = "dropped 3 duplicate frame(s)"
+
+
 def _quiet_and_six(d: Path, out: str, err: str) -> str | None:
     """6 structures written, and nothing on stderr with -q (no e3nn/cuequivariance notices)."""
     return _sites_out(d, 6) or (f"stderr not empty with -q: {err.strip()[:200]!r}" if err.strip() else None)
@@ -89,6 +92,7 @@ def _header_lie(d: Path, good: Path) -> Path:
 def _check_warning(text: str):
     def check(d: Path, out: str, err: str) -> str | None:
         return None if text in out + err else f"no {text!r} in the output"
+    check.shows = text  # the line the table shows
     return check
 
 

@@ -51,6 +51,7 @@ class Outcome:
     changed: list[str]
     verdict: str = ""
     note: str = ""
+    shows: str | None = None   # the output line the table shows for a valid input
 
     @property
     def traceback(self) -> bool:
@@ -89,7 +90,8 @@ def run_case(case, folder: Path, timeout: float = 180.0) -> Outcome:
     seconds = time.perf_counter() - start
     after = snapshot(folder)
     changed = [name for name, digest in before.items() if after.get(name) != digest]
-    outcome = Outcome(case.name, case.group, case.what, argv, code, out, err, seconds, changed)
+    outcome = Outcome(case.name, case.group, case.what, argv, code, out, err, seconds, changed,
+                      shows=getattr(case.check, "shows", None))
     judge(case, outcome, folder)
     return outcome
 
@@ -124,10 +126,12 @@ def judge(case, o: Outcome, folder: Path) -> None:
         o.verdict = "good"
 
 
-def message(o: Outcome, folder: Path, limit: int = 230) -> str:
-    """The line a user reads (the error line, else the last WARNING or stderr line), paths shortened."""
-    lines = o.error_lines or [line for line in (o.stdout + o.stderr).splitlines() if "WARNING" in line or "warning:" in line]
-    text = (lines[-1] if lines else "(no message)").replace(str(folder) + "/", "").replace(str(folder), ".")
+def message(o: Outcome, folder: Path, limit: int = 230, shows: str | None = None) -> str:
+    """The line a user reads (the error line, else the WARNING the case checks), paths shortened."""
+    warned = [line for line in (o.stdout + o.stderr).splitlines() if "WARNING" in line or "warning:" in line]
+    lines = o.error_lines or [line for line in warned if shows and shows in line] or warned
+    text = (lines[-1] if lines else "(exit 0, no message; result checked)")
+    text = text.replace(str(folder) + "/", "").replace(str(folder), ".")
     text = text.replace(str(ROOT) + "/", "")
     text = re.sub(r"/tmp/[\w./-]*?/(\w+\.(?:xyz|npz|model))", r"\1", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -140,7 +144,7 @@ def table(outcomes: list[Outcome], folders: dict[str, Path]) -> str:
     for i, o in enumerate(outcomes, 1):
         command = " ".join(a if not a.startswith("/") else Path(a).name for a in o.argv[:1]) + " …"
         code = "timeout" if o.code is None else str(o.code)
-        msg = message(o, folders[o.name]).replace("|", "\\|")
+        msg = message(o, folders[o.name], shows=o.shows).replace("|", "\\|")
         verdict = o.verdict + (f" ({o.note})" if o.note else "")
         rows.append(f"| {i} | {o.group} | {o.what} | `{command}` | {code} | {msg} | {'yes' if o.traceback else 'no'} | "
                     f"{'yes' if o.silent else 'no'} | {'no' if o.changed else 'yes'} | {verdict.replace('|', '/')} |")
@@ -200,7 +204,7 @@ def main(argv=None) -> int:
             folders[case.name] = folder
             o = run_case(case, folder, args.timeout)
             outcomes.append(o)
-            print(f"{o.verdict:5s} {o.seconds:6.1f}s  {case.name}: {o.note or message(o, folder, 150)}", flush=True)
+            print(f"{o.verdict:5s} {o.seconds:6.1f}s  {case.name}: {o.note or message(o, folder, 150, o.shows)}", flush=True)
         write_report(outcomes, folders, args.out, time.perf_counter() - start)
     print(summary(outcomes))
     print(f"wrote {args.out}")

@@ -195,25 +195,36 @@ def supported_formats() -> list[str]:
     return sorted(name for name, fmt in ioformats.items() if fmt.can_read)
 
 
+_COMMON_FORMATS = ("extxyz", "xyz", "traj", "db", "cif", "vasp", "vasp-out", "vasp-xml", "espresso-out",
+                   "lammps-dump-text", "aims-output", "castep-castep", "gpaw-out", "cp2k-dcd")
+
+
+def _formats_text() -> str:
+    """The common readable formats, and how many more ASE reads."""
+    every = supported_formats()
+    common = [f for f in _COMMON_FORMATS if f in every]
+    return f"{', '.join(common)} and {len(every) - len(common)} more (`ase info --formats` lists them)"
+
+
 def resolve_format(path: Path, source: str, format: str | None) -> str:
     """The ASE format to read ``path`` with: ``format`` checked, else guessed (DatasetError if neither)."""
     from ase.io.formats import UnknownFileTypeError, filetype, ioformats
 
     if format is not None:
         if format not in ioformats or not ioformats[format].can_read:
-            raise DatasetError(f"{source}: unsupported format {format!r}; ASE reads: {', '.join(supported_formats())}")
+            raise DatasetError(f"{source}: unsupported format {format!r}; ASE reads: {_formats_text()}")
         return format
     try:
         fmt = filetype(str(path), guess=True)
     except (UnknownFileTypeError, OSError, ValueError) as exc:
         raise DatasetError(
             f"{source}: cannot tell the file format ({exc}); pass format= with one of: "
-            f"{', '.join(supported_formats())}"
+            f"{_formats_text()}"
         ) from None
     if fmt not in ioformats or not ioformats[fmt].can_read:
         raise DatasetError(
             f"{source}: cannot tell the file format (guessed {fmt!r}, which ASE cannot read); "
-            f"pass format= with one of: {', '.join(supported_formats())}"
+            f"pass format= with one of: {_formats_text()}"
         )
     return fmt
 

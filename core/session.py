@@ -322,8 +322,9 @@ def evaluation_from_state(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarr
     """
     try:
         return _rebuild_evaluation(meta, arrays, calibration, tests)
-    except (KeyError, TypeError, IndexError, AttributeError) as exc:
-        raise ValueError(f"evaluation state: damaged ({type(exc).__name__}: {exc})") from None
+    except (KeyError, TypeError, IndexError, AttributeError, RuntimeError, OverflowError) as exc:
+        # RuntimeError: e.g. torch refusing q_θ weights of the wrong shape
+        raise ValueError(f"evaluation state: damaged ({type(exc).__name__}: {str(exc)[:300]})") from None
 
 
 def _rebuild_evaluation(meta, arrays, calibration, tests):
@@ -363,8 +364,27 @@ def _rebuild_evaluation(meta, arrays, calibration, tests):
     for label, split, report in meta["reports"]:
         if label not in labels or split not in splits or not isinstance(report, dict):
             raise ValueError(f"evaluation state: a report for an unknown method/split ({label!r}, {split!r})")
-        ev.reports[(str(label), str(split))] = report
+        ev.reports[(str(label), str(split))] = _checked_report(label, report)
     return ev
+
+
+def _is_num(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, str))
+
+
+def _checked_report(label: str, report: dict) -> dict:
+    """A report read back: numbers (or None) everywhere, except ``*_note`` texts, intervals
+    (lists of numbers) and per-group coverages (text -> number); anything else is refused."""
+    for key, value in report.items():
+        ok = (_is_num(value)
+              or (str(key).endswith("note") and isinstance(value, str) and len(value) <= 2000)
+              or (isinstance(value, list) and len(value) <= 1000 and all(_is_num(v) for v in value))
+              or (isinstance(value, dict) and len(value) <= 10_000
+                  and all(isinstance(k, str) and _is_num(v) for k, v in value.items())))
+        if not ok:
+            raise ValueError(f"evaluation state: report of {label!r}: {key!r} has an unexpected value "
+                             f"{str(value)[:60]!r}")
+    return report
 
 
 def _shaped(arrays: Mapping[str, np.ndarray], key: str, shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:

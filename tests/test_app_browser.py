@@ -229,12 +229,22 @@ def _open_tab(drv, name: str) -> None:
     """Click a tab of st.tabs and wait until the rerun it triggers is over."""
     from selenium.webdriver.common.by import By
 
-    tab = _wait(drv, lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, '[data-testid="stTab"]')
-                                if t.text.strip() == name], what=f"tab {name}")[0]
-    tab.click()
-    _wait(drv, lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, '[data-testid="stTab"]')
-                          if t.text.strip() == name and t.get_attribute("aria-selected") == "true"],
-          what=f"tab {name} selected")
+    def selected(d):
+        return [t for t in d.find_elements(By.CSS_SELECTOR, '[data-testid="stTab"]')
+                if t.text.strip() == name and t.get_attribute("aria-selected") == "true"]
+
+    for attempt in range(3):  # a click that lands while the page re-renders can be lost: click again
+        _wait(drv, _idle, what=f"idle before tab {name}")
+        tab = _wait(drv, lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, '[data-testid="stTab"]')
+                                    if t.text.strip() == name], what=f"tab {name}")[0]
+        tab.click()
+        try:
+            _wait(drv, selected, timeout=STEP_TIMEOUT // 3 if attempt < 2 else STEP_TIMEOUT,
+                  what=f"tab {name} selected")
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
     _wait(drv, _idle, what=f"tab {name} idle")
 
 

@@ -226,11 +226,27 @@ TAMPERED = {
                                                     .update(kind="evil")), "unknown calibrator kind 'evil'"),
     "report for unknown method": (lambda d: _edit_document(d, lambda doc: doc["run"]["evaluation"]["reports"]
                                                            .append(["ghost", "test", {}])), "unknown method/split"),
+    "report with text for a number": (
+        lambda d: _edit_document(d, lambda doc: doc["run"]["evaluation"]["reports"][0][2].update(coverage="high")),
+        "report of 'flexible': 'coverage' has an unexpected value 'high'"),
+    "bad history": (lambda d: _edit_document(d, lambda doc: doc["run"]["history"].append({"epoch": "x"})),
+                    "run.history: expected a list of epochs"),
+    "nested settings": (lambda d: _edit_document(d, lambda doc: doc["run"]["settings"].update(split={"a": 1})),
+                        "run.settings: 'split' is not a number, text or list of them"),
+    "calibrator weights of the wrong shape": (lambda d: _replace_member(d, "evaluation.npz", _reshaped(d)),
+                                              "the saved calibration cannot be rebuilt"),
     "object array": (lambda d: _replace_member(d, "evaluation.npz", _object_npz()), "holds an object array"),
     "split does not match the sites": (
         lambda d: _replace_member(d, "parts.npz", _npz(calibration=np.array([0, 1]), test=np.array([2, 3]))),
         "calibration sites given are not the ones it was computed on"),
 }
+
+
+def _reshaped(data: bytes) -> bytes:
+    """evaluation.npz with every array of the first calibrator (q_θ) cut to one element."""
+    with np.load(io.BytesIO(_members(data)["evaluation.npz"]), allow_pickle=False) as z:
+        arrays = {k: (z[k].ravel()[:1] if k.startswith("cal0__") else z[k]) for k in z.files}
+    return _npz(**arrays)
 
 
 def _npz(**arrays) -> bytes:
@@ -431,3 +447,29 @@ def test_large_upload_is_referred_to_by_hash_and_a_mismatch_refused(env, tiny_ma
     _ok(fresh)
     assert fresh.session_state[state.RESULTS] is not None, _note(fresh)
     assert fresh.session_state[state.RESULTS].reports == at.session_state[state.RESULTS].reports
+
+
+# ------------------------------------------------------------------------------ widget state
+def test_widget_values_survive_a_dropped_widget_state(monkeypatch):
+    """In a real browser a stray fragment run can drop every widget's state (Streamlit 1.67); the
+    values come back from the shadow, so results are not falsely marked out of date. A deliberate
+    reset (:func:`app.state.forget`) is not undone."""
+    from types import SimpleNamespace
+
+    ss: dict = {}
+    monkeypatch.setattr(state, "st", SimpleNamespace(session_state=ss))
+    state.init()
+    state.put(state.W_METHODS, ["split", "knn"])   # set by a page
+    ss[state.W_SPLIT_SEED] = 9                     # changed by the user (the widget's value)
+    state.put(state.W_STRUCTURE, 4)
+    state.init()                                   # the next run
+    before = state.current_settings()
+    for key in list(ss):
+        if key in state.WIDGET_DEFAULTS:
+            del ss[key]                            # the bodiless run: every widget value gone
+    state.init()
+    assert ss[state.W_METHODS] == ["split", "knn"] and ss[state.W_SPLIT_SEED] == 9 and ss[state.W_STRUCTURE] == 4
+    assert state.current_settings() == before
+    state.forget(state.W_STRUCTURE)
+    state.init()
+    assert state.W_STRUCTURE not in ss             # back to its default (None: not set)

@@ -210,3 +210,32 @@ def test_model_page_offers_chgnet_as_an_offline_foundation_model(monkeypatch):
     assert box.value == "chgnet-0.3.0"
     assert any(o.startswith("mace-mp-0b3-medium — foundation model") for o in box.options)
     assert any("CHGNet weights ship with its package (offline)" in c.value for c in at.caption)
+
+
+class _Notes:
+    def __init__(self):
+        self.lines = []
+
+    def info(self, text):
+        self.lines.append(text)
+
+
+def test_cli_default_datasets_are_the_public_sets_else_the_demos(tmp_path, monkeypatch):
+    from core.cli.commands_zero_shot import PUBLIC_FRAMES, _plan
+    from core.cli.parser import build_parser
+
+    (tmp_path / "ethanol").mkdir()
+    for name in ("train.xyz", "test_MD.xyz"):
+        (tmp_path / "ethanol" / name).write_text("")
+    monkeypatch.setenv("FLEXCAL_SHARED_DATA", str(tmp_path))
+    args, notes = build_parser().parse_args(["study", "zero-shot"]), _Notes()
+    plan = _plan(args, notes)
+    assert list(plan) == ["ethanol"] and plan["ethanol"][0] == "public"
+    assert plan["ethanol"][1] == (tmp_path / "ethanol" / "train.xyz", {"test_MD": tmp_path / "ethanol" / "test_MD.xyz"})
+    assert args.max_structures == PUBLIC_FRAMES and any("200 random frames per file" in n for n in notes.lines)
+
+    monkeypatch.setenv("FLEXCAL_SHARED_DATA", str(tmp_path / "nothing"))
+    args = build_parser().parse_args(["study", "zero-shot", "--max-structures", "50"])
+    plan = _plan(args, _Notes())
+    assert {k: v[0] for k, v in plan.items()} == {"licl": "demo", "surface": "demo", "molecule": "demo"}
+    assert args.max_structures == 50
