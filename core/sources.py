@@ -265,16 +265,22 @@ def exclude_training(sites: SiteTable) -> tuple[SiteTable, SiteTable | None, np.
 
 def partition(sites: SiteTable, mode: str = "random", *, test_fraction: float = 0.5, seed: int = 0,
               calibration_types: Iterable[str] | None = None, test_types: Iterable[str] | None = None,
-              column: str = "config_type") -> Partition:
+              column: str = "config_type", exclude_trained: bool = True) -> Partition:
     """Split sites by structure into calibration / test, the training frames set aside.
 
     ``mode``: ``"random"`` (seeded; ``test_fraction`` of the pool's structures to test),
     ``"file"`` (the file's own ``split`` = calibration / test) or ``"config_type"``
     (``calibration_types`` vs ``test_types`` of ``column``; default test = every other value).
-    The pool excludes the potential's training frames (:func:`exclude_training`).
+    The pool excludes the potential's training frames (:func:`exclude_training`) when
+    ``exclude_trained`` (the file's ``split`` labels describe the model in use, as for an
+    embedded demo with its own demo model); pass False for another model (e.g. a foundation
+    model on a demo file): every frame may then be calibrated on and there is no reference.
     """
     check_choice("mode", mode, PARTITION_MODES)
-    pool, reference, excluded = exclude_training(sites)
+    if exclude_trained:
+        pool, reference, excluded = exclude_training(sites)
+    else:
+        pool, reference, excluded = sites, None, np.array([], dtype=np.int64)
     note = (f"excluded the potential's {excluded.size} training/validation frames from calibration"
             + (f"; its {reference.n_structures} training frames are the knn/gmm reference" if reference else "")
             if excluded.size else "")

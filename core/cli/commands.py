@@ -377,7 +377,8 @@ def cmd_run(args, ui: UI) -> int:
     sites = load_data_sites(args, ui, args.data, info_keys=(args.split_by,) if args.split_by else ())
     part = sources.partition(sites, "config_type" if args.split_by else "random", test_fraction=args.test_fraction,
                              seed=args.split_seed, calibration_types=args.calibration_types,
-                             test_types=args.test_types, column=args.split_by or "config_type")
+                             test_types=args.test_types, column=args.split_by or "config_type",
+                             exclude_trained=not args.model)  # a file's train/valid frames are the demo model's
     if part.note:
         ui.info(part.note)
     reference = part.reference

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from core import sources
 from core.cli.commands import _check_device, _data_inputs, _model_inputs, check_outdir, existing_file, \
     load_data_sites, method_options, precheck_split_values, table_notes
@@ -123,7 +125,10 @@ def _split_warnings(ui: UI, table, prefix: str) -> None:
 def _study_sites(args, ui: UI):
     """(calibratable pool, reference or None, dataset label, demo family or None) of ``--dataset``."""
     sites = load_data_sites(args, ui, args.dataset)
-    pool, reference, excluded = sources.exclude_training(sites)
+    if args.model:  # the file's train/valid labels describe the demo model, not this one
+        pool, reference, excluded = sites, None, np.array([], dtype=np.int64)
+    else:
+        pool, reference, excluded = sources.exclude_training(sites)
     if excluded.size:
         ui.info(f"excluded the potential's {excluded.size} training/validation frames from calibration"
                 + (f"; its {reference.n_structures} training frames are the knn/gmm reference" if reference else ""))

@@ -91,7 +91,10 @@ class GMMHeuristic(_StandardisedHeuristic):
 
         _check_sites(reference, "reference")
         x = self._standardise_fit(reference)
-        self.species_ = reference.unique_species.copy()
+        # a species with fewer than 2 reference sites has no density to fit: it scores as unseen
+        counts = {int(z): int(np.sum(reference.species == z)) for z in reference.unique_species}
+        self.species_ = np.array([z for z in reference.unique_species if counts[int(z)] >= 2],
+                                 dtype=reference.unique_species.dtype)
         self.components_, self.n_components_ = {}, {}
         # single-threaded: for these many small fits, thread start-up in k-means/BLAS costs far more
         # than it saves (10-50x slower on a loaded 2-core machine)

@@ -48,6 +48,8 @@ cutoff (an isolated atom) are refused, as CHGNet's own converter does.
 
 from __future__ import annotations
 
+import warnings
+
 import contextlib
 import hashlib
 import io
@@ -306,7 +308,9 @@ class CHGNetPotential:
         hooks = [layer.register_forward_hook(lambda _m, _args, out: layers.append(out.detach()))
                  for layer in self.model.atom_conv_layers]
         try:
-            with torch.enable_grad():  # forces are a gradient, even under a caller's no_grad
+            with torch.enable_grad(), warnings.catch_warnings():  # forces are a gradient, even under no_grad
+                # chgnet converts a graph tensor to a Python scalar inside its forward: a harmless notice
+                warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True")
                 pred = self.model(graphs, task="ef")
         finally:
             for h in hooks:
