@@ -551,10 +551,12 @@ def test_uploaded_dataset_and_model_in_a_real_browser(server, driver, tiny_mace_
     # a new split seed: the results stay, marked out of date on the page and in the sidebar
     _go(drv, "data", "Data")
     _set_number(drv, "Seed", 3)
+    # the Data page's own rerun already shows the badge in the sidebar (drawn after the page)
+    _wait(drv, lambda d: [t for t in _texts(d, SIDEBAR) if "Results out of date" in t], what="sidebar badge")
     _go(drv, "diagnose", "Diagnose")
     stale = _wait(drv, _has_text(f'{MAIN} [data-testid="stAlert"]', "Results out of date"), what="out-of-date badge")
     assert "split seed: 0 → 3" in stale[0], stale
-    assert [t for t in _texts(drv, SIDEBAR) if "Results out of date" in t], "the sidebar badge"
+    assert [t for t in _texts(drv, SIDEBAR) if "Results out of date" in t], "the sidebar badge on Diagnose"
     _shot(drv, "upload-out-of-date")
 
     # Export: still marked, and a real download of the per-site table

@@ -191,3 +191,17 @@ def test_fitted_checks_and_dimension_mismatch():
         h.score(table(np.zeros((1, 2))))
     with pytest.raises(TypeError, match=r"reference: expected a SiteTable, got list"):
         KNNHeuristic().fit([0.0, 1.0])
+
+
+def test_gmm_species_with_one_reference_site_scores_as_unseen():
+    """A species with a single reference site has no density to fit: it is scored as unseen, no crash."""
+    from core.heuristics import make_heuristic
+
+    rng = np.random.default_rng(0)
+    species = np.r_[np.full(30, 1), [8]]
+    ref = SiteTable.from_arrays(descriptors=rng.normal(size=(31, 2)), errors=rng.random(31), species=species,
+                                structure_ids=np.arange(31))
+    h = make_heuristic("gmm", unseen_score=123.0).fit(ref)
+    u = h.score(ref)
+    assert u.shape == (31,) and np.all(np.isfinite(u))
+    assert u[-1] == 123.0

@@ -82,3 +82,11 @@ def test_resolve_data_and_model(tmp_path):
     assert sources.resolve_model("my.model", "molecule") == "my.model"
     with pytest.raises(ValueError, match="model: required for a dataset that is not one of the embedded demos"):
         sources.resolve_model(None, None)
+
+
+def test_partition_with_another_model_keeps_every_frame():
+    """The file's train/valid labels describe the demo model: with another model nothing is excluded."""
+    sites = demo_like()
+    part = sources.partition(sites, "random", test_fraction=0.5, seed=0, exclude_trained=False)
+    assert part.reference is None and part.note == ""
+    assert part.calibration.n_structures + part.test.n_structures == 40
