@@ -52,9 +52,9 @@ SYSTEMS = {
 
 
 def _sites(potential, frames, batch_size=16):
-    from core.active import _sites as active_sites  # one forward pass per batch, labelled
+    from core.featurize import featurize  # one forward pass per batch, labelled
 
-    return active_sites(frames, potential, batch_size, labelled=True)
+    return featurize(frames, potential, batch_size=batch_size)
 
 
 class _PotentialOnly:
@@ -126,7 +126,7 @@ def _time_md(atoms0, calc, steps: int, seed: int) -> tuple[float, float]:
 
 def _components(potential, calibrator, atoms, n: int = 50) -> dict[str, float]:
     """Median CPU seconds of the pieces of one CalibratedCalculator call."""
-    from core.calculator import _one_structure_sites
+    from core.calculator import one_structure_sites
 
     t_pass, t_table, t_pred = [], [], []
     for i in range(n):
@@ -135,7 +135,7 @@ def _components(potential, calibrator, atoms, n: int = 50) -> dict[str, float]:
         t0 = time.process_time()
         out = potential.compute([a])
         t1 = time.process_time()
-        sites = _one_structure_sites(a, out.descriptors, out.forces, out.committee_std)
+        sites = one_structure_sites(a, out.descriptors, out.forces, out.committee_std)
         t2 = time.process_time()
         calibrator.predict(sites)
         t3 = time.process_time()

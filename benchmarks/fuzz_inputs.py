@@ -142,11 +142,12 @@ def table(outcomes: list[Outcome], folders: dict[str, Path]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|\n")
     rows = []
     for i, o in enumerate(outcomes, 1):
-        command = " ".join(a if not a.startswith("/") else Path(a).name for a in o.argv[:1]) + " …"
+        command = " ".join(Path(a).name if a.startswith("/") and a != "/proc/flexcal-fuzz.npz" else a for a in o.argv)
+        command = command if len(command) <= 110 else command[:109] + "…"
         code = "timeout" if o.code is None else str(o.code)
         msg = message(o, folders[o.name], shows=o.shows).replace("|", "\\|")
         verdict = o.verdict + (f" ({o.note})" if o.note else "")
-        rows.append(f"| {i} | {o.group} | {o.what} | `{command}` | {code} | {msg} | {'yes' if o.traceback else 'no'} | "
+        rows.append(f"| {i} | {o.group} | {o.what} | `{command.replace('|', '/')}` | {code} | {msg} | {'yes' if o.traceback else 'no'} | "
                     f"{'yes' if o.silent else 'no'} | {'no' if o.changed else 'yes'} | {verdict.replace('|', '/')} |")
     return head + "\n".join(rows) + "\n"
 

@@ -164,7 +164,7 @@ class CalibratedCalculator(Calculator):
         atoms = self.atoms
         energy, forces, descriptors, committee_std = self._backend(atoms)
         n = len(atoms)
-        sites = _one_structure_sites(atoms, descriptors, forces, committee_std)
+        sites = one_structure_sites(atoms, descriptors, forces, committee_std)
         widths = np.asarray(self.calibrator.predict(sites), dtype=np.float64).reshape(-1)
         if widths.shape != (n,):
             raise RuntimeError(f"calibrator.predict returned shape {widths.shape}, expected ({n},) for {n} atoms")
@@ -279,7 +279,7 @@ class _TwoPassBackend(_Backend):
         return energy, forces, desc, std
 
 
-def _one_structure_sites(atoms, descriptors, forces, committee_std) -> SiteTable:
+def one_structure_sites(atoms, descriptors, forces, committee_std) -> SiteTable:
     """The SiteTable of one structure, built without ``from_arrays``' validation.
 
     The arrays come straight from the potential with known shapes, and this runs every MD

@@ -276,7 +276,8 @@ def read_dataset(
     max_bytes = check_int("max_bytes", max_bytes, 1)
     opts = _Options(
         format=format, energy_key=energy_key, forces_key=forces_key, require_labels=bool(require_labels),
-        tol=check_float("duplicate_tolerance", duplicate_tolerance, 0.0), max_atoms=check_int("max_atoms", max_atoms, 1),
+        tol=check_float("duplicate_tolerance", duplicate_tolerance, 0.0),
+        max_atoms=check_int("max_atoms", max_atoms, 1),
         max_extent=check_float("max_extent", max_extent, 0.0, lo_open=True),
         duplicate_frames=check_choice("duplicate_frames", duplicate_frames, DUPLICATE_FRAMES),
     )

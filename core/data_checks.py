@@ -153,7 +153,8 @@ def _check_columns(header: bytes, where: str) -> None:
         try:
             total += int(count)
         except ValueError:
-            raise DatasetError(f"{where}: Properties= has a column count that is not an integer: {_shown(count)}") from None
+            raise DatasetError(f"{where}: Properties= has a column count that is not an integer: "
+                               f"{_shown(count)}") from None
     if total > MAX_COLUMNS:
         raise DatasetError(f"{where}: Properties= declares {total} columns per atom (over {MAX_COLUMNS})")
 
@@ -276,9 +277,9 @@ def _check_cell(atoms, pbc: np.ndarray, where: str, max_extent: float) -> None:
     limit = PERIODIC_EXTENT_FACTOR * max_extent
     longest = int(np.argmax(np.where(pbc, lengths, -1.0)))
     if lengths[longest] > limit:
-        raise DatasetError(f"{where}: periodic cell vector {'abc'[longest]} is {lengths[longest]:.4g} Å long; a neighbour "
-                     f"list over such a cell costs seconds and GB per frame (6 s and 4 GB at 10^4 Å), so the limit "
-                     f"is {limit:g} Å ({PERIODIC_EXTENT_FACTOR:g} x max_extent=)")
+        raise DatasetError(f"{where}: periodic cell vector {'abc'[longest]} is {lengths[longest]:.4g} Å long; "
+                           "a neighbour list over such a cell costs seconds and GB per frame (6 s and 4 GB at "
+                           f"10^4 Å), so the limit is {limit:g} Å ({PERIODIC_EXTENT_FACTOR:g} x max_extent=)")
 
 
 def first_duplicate_atoms(atoms, tol: float):

@@ -67,7 +67,8 @@ def read_meta(data: dict[str, np.ndarray], path, what: str) -> dict[str, Any]:
         raise ValueError(f"{path}: not a FlexCal {what} (no __meta__ entry)")
     raw = data.pop("__meta__")
     if raw.dtype.kind != "U" or raw.ndim != 0:
-        raise ValueError(f"{path}: __meta__ must be one JSON string, got an array of {raw.dtype} with shape {raw.shape}")
+        raise ValueError(f"{path}: __meta__ must be one JSON string, got an array of {raw.dtype} "
+                         f"with shape {raw.shape}")
     try:
         meta = json.loads(str(raw))
     except ValueError as exc:
@@ -103,7 +104,8 @@ def _checked_entries(zf: zipfile.ZipFile, path: Path, what: str, max_bytes: int)
         raise ValueError(f"{path}: its {len(infos)} entries declare {expanded} bytes once decompressed, over the limit "
                          f"of {max_bytes} bytes (max_bytes=); refused before decompressing")
     if expanded > _EXPANSION_FLOOR and expanded > MAX_EXPANSION * packed:
-        raise ValueError(f"{path}: its entries would expand from {packed} to {expanded} bytes ({expanded / packed:.0f}x; "
+        raise ValueError(f"{path}: its entries would expand from {packed} to {expanded} bytes "
+                         f"({expanded / packed:.0f}x; "
                          f"FlexCal files expand at most a few times): a damaged file or a zip bomb, refused "
                          "before decompressing")
     return infos
@@ -118,12 +120,13 @@ def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, what: st
             raise ValueError(f"{path}: entry {name!r} is not a valid .npy array ({_clean(exc)}); damaged {what} "
                              "file") from None
         if dtype.hasobject or dtype.kind not in _KINDS or dtype.fields is not None:
-            raise ValueError(f"{path}: entry {name!r} holds {'Python objects (a pickle)' if dtype.hasobject else dtype}; "
+            held = "Python objects (a pickle)" if dtype.hasobject else dtype
+            raise ValueError(f"{path}: entry {name!r} holds {held}; "
                              f"a FlexCal {what} stores plain numbers and text only, so the file is refused")
         count = math.prod(shape)
         if min(shape, default=0) < 0 or count * dtype.itemsize > info.file_size:
-            raise ValueError(f"{path}: entry {name!r} declares shape {shape} ({count * dtype.itemsize} bytes) but holds "
-                             f"{info.file_size} bytes; damaged {what} file")
+            raise ValueError(f"{path}: entry {name!r} declares shape {shape} ({count * dtype.itemsize} bytes) "
+                             f"but holds {info.file_size} bytes; damaged {what} file")
     with zf.open(info) as fh:
         try:
             return np.lib.format.read_array(fh, allow_pickle=False)

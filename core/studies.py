@@ -32,7 +32,7 @@ happening, and ``epoch_callback`` to follow q_θ training.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
-from core.cli.ui import UI, UserError
+from core.cli.ui import UI
 
 __all__ = ["add_read_args", "read_options", "cli_hints", "reader_note", "check_output", "check_layout"]
 
-_API_TO_FLAG = re.compile(r"\b(format|forces_key|energy_key|max_bytes|max_atoms|max_extent|duplicate_frames)=(?:'(\w+)')?")
+_API_TO_FLAG = re.compile(
+    r"\b(format|forces_key|energy_key|max_bytes|max_atoms|max_extent|duplicate_frames)=(?:'(\w+)')?")
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
@@ -116,22 +115,10 @@ def reader_note(ui: UI, message: str) -> None:
 
 
 def check_output(path, *, inputs=(), overwrite: bool = True, what: str = "--output") -> Path:
-    """:func:`core.io.check_output`, then a probe file created and removed beside ``path``.
-
-    The probe catches folders that pass the permission bits but refuse writes (a read-only
-    mount, /proc, root on a read-only filesystem) before any expensive work.
-    """
+    """:func:`core.io.check_output` (which writes a probe file) with the CLI's default name."""
     from core.io import check_output as check
 
-    out = check(path, inputs=inputs, overwrite=overwrite, what=what)
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.resolve().parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UserError(f"{what}: cannot write into the folder {out.resolve().parent} ({exc.strerror or exc}); "
-                        "nothing was computed") from None
-    return out
+    return check(path, inputs=inputs, overwrite=overwrite, what=what)
 
 
 def check_layout(ui: UI, cal, sites) -> None:
