@@ -158,7 +158,7 @@ def _fit_flexible(cal, store: SiteStore, max_train_sites: int, callback):
     if not cal.conformal:
         q.store_fit_ = info
         return q
-    scores = _holdout_ratios(q, store, hold_ids)
+    scores = _holdout_ratios(q, store, hold_ids, int(counts[np.isin(ids, hold_ids)].sum()))
     meta, arrays = q.get_state()
     meta["params"] = params
     arrays.update(holdout_scores=scores, holdout_weights=np.ones(scores.shape[0]),
@@ -169,29 +169,32 @@ def _fit_flexible(cal, store: SiteStore, max_train_sites: int, callback):
     return out
 
 
-def _holdout_ratios(q, store: SiteStore, hold_ids: np.ndarray) -> np.ndarray:
-    """e / q_θ,τ (n_holdout, K) of every holdout site, streamed; q_θ runs on blocks of
-    ``_HOLDOUT_BLOCK`` consecutive holdout sites whatever the shard boundaries (float32 matrix
-    products can round differently for other block shapes), as FlexibleQuantile.fit does."""
-    out, buf, held = [], [], 0
+def _holdout_ratios(q, store: SiteStore, hold_ids: np.ndarray, n_holdout: int) -> np.ndarray:
+    """e / q_θ,τ (n_holdout, K) of every holdout site, streamed into one preallocated array; q_θ runs
+    on blocks of ``_HOLDOUT_BLOCK`` consecutive holdout sites whatever the shard boundaries (float32
+    matrix products can round differently for other block shapes), as FlexibleQuantile.fit does."""
+    out = np.empty((n_holdout, q.levels_.size))
+    done, carry = 0, None  # carry: holdout rows not evaluated yet (less than one block)
 
     def run(x, z, e):
+        nonlocal done
         block = SiteTable.from_arrays(descriptors=x, errors=e, species=z, structure_ids=np.zeros(z.size, np.int64))
-        out.append(e[:, None] / q.predict_levels(block, q.levels_))  # conformal=False: the raw q_θ
+        out[done:done + z.size] = e[:, None] / q.predict_levels(block, q.levels_)  # conformal=False: raw q_θ
+        done += z.size
 
     for table in store.iter_shards(("descriptors", "errors")):
         rows = np.flatnonzero(np.isin(table.structure_ids, hold_ids))
-        if rows.size:
-            buf.append((table.descriptors[rows], table.species[rows], table.errors[rows]))
-            held += rows.size
-        while held >= _HOLDOUT_BLOCK:
-            x, z, e = (np.concatenate(c) for c in zip(*buf))
-            run(x[:_HOLDOUT_BLOCK], z[:_HOLDOUT_BLOCK], e[:_HOLDOUT_BLOCK])
-            buf = [(x[_HOLDOUT_BLOCK:], z[_HOLDOUT_BLOCK:], e[_HOLDOUT_BLOCK:])]
-            held -= min(held, _HOLDOUT_BLOCK)
-    if held:
-        run(*(np.concatenate(c) for c in zip(*buf)))
-    return np.concatenate(out)
+        if not rows.size:
+            continue
+        parts = (table.descriptors[rows], table.species[rows], table.errors[rows])
+        x, z, e = parts if carry is None else tuple(np.concatenate(c) for c in zip(carry, parts))
+        full = z.size - z.size % _HOLDOUT_BLOCK
+        for a in range(0, full, _HOLDOUT_BLOCK):
+            run(x[a:a + _HOLDOUT_BLOCK], z[a:a + _HOLDOUT_BLOCK], e[a:a + _HOLDOUT_BLOCK])
+        carry = (x[full:], z[full:], e[full:])
+    if carry is not None and carry[1].size:
+        run(*carry)
+    return out
 
 
 def _shard_array(path: Path, name: str) -> np.ndarray:
@@ -226,10 +229,15 @@ def predict_store(calibrator, store, client=None, *, name: str | None = None, le
     digest = _state_digest(state, levels)
     jobs = [(str(p), s["sha256"], str(w)) for p, s, w in zip(store.shard_paths, store.manifest["shards"], paths)]
     if client is None:
-        for i, job in enumerate(jobs):
-            _predict_shard(*job, state, digest, levels, overwrite)
-            if report:
-                report(i + 1, len(jobs))
+        _CALIBRATORS.clear()
+        _CALIBRATORS[digest] = calibrator  # this process predicts with the calibrator itself
+        try:
+            for i, job in enumerate(jobs):
+                _predict_shard(*job, state, digest, levels, overwrite)
+                if report:
+                    report(i + 1, len(jobs))
+        finally:
+            _CALIBRATORS.clear()
         return paths
     from distributed import as_completed
 

@@ -365,11 +365,11 @@ def _upload(at, name: str, data: bytes) -> AppTest:
 
 BAD_FILES = {
     "empty.extxyz": (b"", "file is empty"),
-    "junk.xyz": (b"this is not a structure file\nhello\n", "could not be parsed"),
+    "junk.xyz": (b"this is not a structure file\nhello\n", "expected the number of atoms of a frame"),
     "noforces.extxyz": (b'2\nProperties=species:S:1:pos:R:3 energy=1.0 pbc="F F F"\nH 0 0 0\nH 0 0 0.74\n',
                         "no reference forces"),
     "nan.extxyz": (None, "NaN"),
-    "truncated.extxyz": (None, "could not be parsed"),
+    "truncated.extxyz": (None, "the file is truncated"),
 }
 
 
