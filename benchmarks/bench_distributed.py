@@ -136,50 +136,60 @@ def synthetic_shards(n_sites: int, d: int, per_shard: int, seed: int = 0):
         first += m
 
 
-def store_child(n_sites: int, d: int, max_epochs: int, folder: Path, out_json: Path) -> None:
+def store_child(phase: str, n_sites: int, d: int, max_epochs: int, tmp: Path) -> None:
+    """One phase (write | fit | predict) in its own process, so its peak RSS is its own."""
     import torch
 
     torch.set_num_threads(1)
+    from core.calibration import load_calibrator
     from core.store import SiteStore, fit_store, predict_store
 
-    def mark(name, t0, c0, extra=None):
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        res[name] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-                     "peak_rss_mb": r.ru_maxrss / 1024, **(extra or {})}
+    res: dict = {}
+    folder = tmp / "store"
 
-    res: dict = {"n_sites": n_sites, "d": d, "max_epochs": max_epochs}
-    t0, c0 = time.perf_counter(), time.process_time()
-    store = SiteStore.from_tables(synthetic_shards(n_sites, d, 500_000), folder)
-    size = sum(p.stat().st_size for p in store.shard_paths) / 2**20
-    mark("write", t0, c0, {"shards": store.n_shards, "disk_mb": size, "sites": store.n_sites})
-    t0, c0 = time.perf_counter(), time.process_time()
-    split = fit_store("split", store)
-    mark("fit_split", t0, c0)
-    t0, c0 = time.perf_counter(), time.process_time()
-    q = fit_store("flexible", store, max_epochs=max_epochs)
-    mark("fit_flexible", t0, c0, {**q.store_fit_, "epochs": len(q.history_), "stop": q.stop_reason_,
-                                   "correction": q.correction_})
-    table = store.read_shard(0)
-    for name, cal in (("flexible", q), ("split", split)):
-        c1, t1 = time.process_time(), time.perf_counter()
-        cal.predict(table)
-        res[f"predict_memory_{name}"] = {"sites_per_s": len(table) / (time.perf_counter() - t1),
-                                         "sites_per_cpu_s": len(table) / (time.process_time() - c1)}
+    def step(name, fn, extra=lambda out: {}):
         t0, c0 = time.perf_counter(), time.process_time()
-        predict_store(cal, store)
-        pairs = zip(store.iter_shards(("errors",)), store.iter_widths(name))
-        covered = sum(int(np.sum(t.errors <= w)) for t, w in pairs)
-        mark(f"predict_store_{name}", t0, c0, {"coverage": covered / store.n_sites})
-    out_json.write_text(json.dumps(res, indent=1))
+        out = fn()
+        res[name] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra(out)}
+        return out
+
+    if phase == "write":
+        step("write", lambda: SiteStore.from_tables(synthetic_shards(n_sites, d, 500_000), folder),
+             lambda st: {"shards": st.n_shards, "sites": st.n_sites,
+                         "disk_mb": sum(p.stat().st_size for p in st.shard_paths) / 2**20})
+    elif phase == "fit":
+        store = SiteStore(folder)
+        step("fit_split", lambda: fit_store("split", store)).save(tmp / "split.npz")
+        q = step("fit_flexible", lambda: fit_store("flexible", store, max_epochs=max_epochs),
+                 lambda q: {**q.store_fit_, "epochs": len(q.history_), "stop": q.stop_reason_,
+                            "correction": q.correction_})
+        q.save(tmp / "flexible.npz")
+    else:
+        store = SiteStore(folder)
+        for name in ("flexible", "split"):
+            cal = load_calibrator(tmp / f"{name}.npz")
+            step(f"predict_store_{name}", lambda: predict_store(cal, store))
+            pairs = zip(store.iter_shards(("errors",)), store.iter_widths(name))
+            res[f"predict_store_{name}"]["coverage"] = sum(int(np.sum(t.errors <= w)) for t, w in pairs) / store.n_sites
+        table = store.read_shard(0)
+        for name in ("flexible", "split"):
+            cal = load_calibrator(tmp / f"{name}.npz")
+            c0 = time.process_time()
+            cal.predict(table)
+            res[f"predict_memory_{name}"] = {"sites_per_cpu_s": len(table) / (time.process_time() - c0)}
+    (tmp / f"store_{phase}.json").write_text(json.dumps(res, indent=1))
 
 
 def part_store(n_sites: int, d: int, max_epochs: int, tmp: Path) -> dict:
-    out = tmp / "store.json"
-    cmd = [sys.executable, "-m", "benchmarks.bench_distributed", "--part", "store-child", "--store-sites",
-           str(n_sites), "--store-d", str(d), "--max-epochs", str(max_epochs), "--tmp", str(tmp)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
-    res = json.loads(out.read_text())
+    res: dict = {"n_sites": n_sites, "d": d, "max_epochs": max_epochs}
+    for phase in ("write", "fit", "predict"):
+        cmd = [sys.executable, "-m", "benchmarks.bench_distributed", "--part", f"store-{phase}", "--store-sites",
+               str(n_sites), "--store-d", str(d), "--max-epochs", str(max_epochs), "--tmp", str(tmp)]
+        subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        res.update(json.loads((tmp / f"store_{phase}.json").read_text()))
+        print(phase, json.dumps(res)[-300:], flush=True)
+    shutil.rmtree(tmp / "store", ignore_errors=True)
     res["load"] = _load()
     return res
 
@@ -254,8 +264,10 @@ def _store_section(st: dict) -> list[str]:
     w, fq = st["write"], st["fit_flexible"]
     lines = ["## q_θ and split CP on a synthetic store, predicting shard by shard", "",
              f"{w['sites']:.2e} synthetic sites (d = {st['d']}, 10-atom structures, float32 descriptors), "
-             f"{w['shards']} shards, {w['disk_mb']:.0f} MB on disk. One process, 1 torch thread; peak RSS is the "
-             "process's high-water mark so far (it includes torch).", "",
+             f"{w['shards']} shards, {w['disk_mb']:.0f} MB on disk; loaded whole it would take "
+             f"{w['sites'] * (4 * st['d'] + 32) / 2**30:.1f} GB. Three fresh processes (write; fit split then "
+             "flexible; predict flexible then split), 1 torch thread each; peak RSS is that process's high-water "
+             "mark so far, torch included (a bare process with torch imported: ~300 MB).", "",
              "| step | wall (s) | CPU (s) | peak RSS so far (MB) | notes |", "|---|---|---|---|---|",
              f"| write the store | {w['wall_s']:.0f} | {w['cpu_s']:.0f} | {w['peak_rss_mb']:.0f} | "
              "one shard in memory at a time |",
@@ -282,17 +294,17 @@ def _store_section(st: dict) -> list[str]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", default="all", choices=("all", "scaling", "memory", "store", "store-child"))
+    ap.add_argument("--part", default="all",
+                    choices=("all", "scaling", "memory", "store", "store-write", "store-fit", "store-predict"))
     ap.add_argument("--scaling-structures", type=int, default=4000)
     ap.add_argument("--memory-sites", type=int, nargs="+", default=[100_000, 300_000])
     ap.add_argument("--store-sites", type=int, default=10_000_000)
-    ap.add_argument("--store-d", type=int, default=32)
+    ap.add_argument("--store-d", type=int, default=64)
     ap.add_argument("--max-epochs", type=int, default=60)
     ap.add_argument("--tmp", default=None, help="work folder (default: a temporary one, removed at the end)")
     args = ap.parse_args(argv)
-    if args.part == "store-child":
-        tmp = Path(args.tmp)
-        store_child(args.store_sites, args.store_d, args.max_epochs, tmp / "store", tmp / "store.json")
+    if args.part.startswith("store-"):
+        store_child(args.part[len("store-"):], args.store_sites, args.store_d, args.max_epochs, Path(args.tmp))
         return
     import dask
 

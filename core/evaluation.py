@@ -42,6 +42,10 @@ INFINITE_NOTE = ("some widths are infinite: the (weighted) conformal quantile's 
                  "sites at this confidence (too few of them)")
 
 
+#: Keyword hooks of :func:`evaluate`.
+HOOKS = ("log", "epoch_callback", "should_stop")
+
+
 class EvaluationCancelled(RuntimeError):
     """Raised by :func:`evaluate` when ``should_stop()`` returned True between two methods."""
 
@@ -210,9 +214,7 @@ def evaluate(
     levels=None,
     rescale_on: SiteTable | None = None,
     bootstrap: int = 0,
-    log: Callable[[str], Any] | None = None,
-    epoch_callback: Callable[[int, float, float], Any] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    **hooks: Callable | None,
 ) -> Evaluation:
     """Fit each method variant on ``calibration`` and score it on every test split.
 
@@ -242,12 +244,12 @@ def evaluate(
         recalibrated on them with ``update()`` (the transfer study's "A + B budget").
     bootstrap : int
         By-structure bootstrap resamples for coverage/spearman CIs (0 = none).
-    log : callable(str), optional
-        Receives one line per step ("fitting knn on ...").
-    epoch_callback : callable(epoch, train_loss, val_loss) -> bool | None, optional
-        Passed to q_θ training; returning True stops it early (best weights kept).
-    should_stop : callable() -> bool, optional
-        Checked before each method; True raises :class:`EvaluationCancelled`.
+    **hooks
+        ``log`` callable(str): receives one line per step ("fitting knn on ...");
+        ``epoch_callback`` callable(epoch, train_loss, val_loss) -> bool | None: passed to
+        q_θ training, returning True stops it early (best weights kept);
+        ``should_stop`` callable() -> bool: checked before each method, True raises
+        :class:`EvaluationCancelled`.
     """
     confidence = check_confidence(confidence)
     seed = check_seed(seed)
@@ -260,20 +262,30 @@ def evaluate(
     variants = resolve_variants(methods, calibration, method_options)
     ev = Evaluation(calibration=calibration, tests=dict(tests), confidence=confidence,
                     levels=_levels(levels, confidence), seed=seed, variants=variants)
-    say = log or (lambda message: None)
+    unknown = sorted(set(hooks) - set(HOOKS))
+    if unknown:
+        raise TypeError(f"evaluate: unknown keyword(s) {unknown}; hooks are {', '.join(HOOKS)}")
     reference_cal = _fit_one(Variant("split", "split"), calibration, confidence, seed, {}, rescale_on)
     ev.reference_widths = {name: np.asarray(reference_cal.predict(t), dtype=np.float64) for name, t in tests.items()}
     ev.domain, ev.ood = _domain_flags(calibration, tests, reference)
     fit_kwargs = {"reference": reference, "target": target}
-    if epoch_callback is not None:
-        fit_kwargs["callback"] = epoch_callback
-    for v in variants:
+    if hooks.get("epoch_callback") is not None:
+        fit_kwargs["callback"] = hooks["epoch_callback"]
+    _fit_all(ev, fit_kwargs, rescale_on, hooks.get("log") or (lambda message: None), hooks.get("should_stop"))
+    _score_all(ev, bootstrap)
+    return ev
+
+
+def _fit_all(ev: Evaluation, fit_kwargs: dict, rescale_on, say: Callable[[str], Any], should_stop) -> None:
+    """Fit every variant of ``ev`` on its calibration sites; a ValueError becomes the variant's note."""
+    calibration = ev.calibration
+    for v in ev.variants:
         if should_stop is not None and should_stop():
             raise EvaluationCancelled(f"stopped before fitting {v.label}")
         say(f"fitting {v.label} on {len(calibration)} sites ({calibration.n_structures} structures)")
         t0 = time.perf_counter()
         try:
-            cal = _fit_one(v, calibration, confidence, seed, fit_kwargs, rescale_on)
+            cal = _fit_one(v, calibration, ev.confidence, ev.seed, fit_kwargs, rescale_on)
         except ValueError as exc:  # e.g. a label budget too small for this method
             ev.notes[v.label] = f"fit failed: {exc}"
             say(f"  {v.label}: {ev.notes[v.label]}")
@@ -281,8 +293,6 @@ def evaluate(
         finally:
             ev.fit_seconds[v.label] = time.perf_counter() - t0
         ev.calibrators[v.label] = cal
-    _score_all(ev, bootstrap)
-    return ev
 
 
 def score(calibrators: Mapping[str, Any], calibration: SiteTable, tests: Mapping[str, SiteTable], *,
