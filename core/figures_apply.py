@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.figures import SCATTERGL_THRESHOLD, _go, _layout, _vec
+from core.figures import SCATTERGL_THRESHOLD, _go, _layout, _vec  # noqa: F401  (shared figure helpers)
 
 __all__ = ["plot_width_trajectory"]
 
