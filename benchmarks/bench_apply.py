@@ -213,8 +213,8 @@ both, `DomainScore.score/structure_scores(..., distances=)`); `knn` makes one; q
 
 Extras, not part of `annotate`: the frame table {r['cpu']['frame_table']:.2f} s; the annotated copies of all
 {r['frames']} structures (`Annotation.structures()`, what `write_extxyz` writes) {r['cpu']['structures']:.2f} s.
-With `flexible-ood` and a 0.25 eV/Å threshold, {r['flagged_frames']} frames are flagged, {r['ood_frames']} of them
-out of the calibration domain (the 600 and 1200 K frames of `train_mixedT`).
+`flexible-ood` finds {r['ood_frames']} of the {r['frames']} frames out of the calibration domain (structure score
+> 1; a third of `train_mixedT` is 300 K data like the calibration frames, the rest 600 and 1200 K).
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

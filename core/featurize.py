@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -347,19 +345,8 @@ def _read_cache(path: Path, key: str) -> SiteTable | None:
 
 
 def _write_cache(table: SiteTable, path: Path) -> None:
-    """Write atomically (temp file + rename) so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
-        table.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+    """Write the cache entry (``SiteTable.save`` is atomic: a crash never leaves half a file)."""
+    table.save(path)
 
 
 def _with_meta(table: SiteTable, meta: dict, **changes) -> SiteTable:

@@ -304,7 +304,7 @@ class SiteTable:
         return pd.DataFrame(cols)
 
     def save(self, path) -> Path:
-        """Write the table to one ``.npz`` file (no pickle). Returns the path."""
+        """Write the table to one ``.npz`` file (no pickle), atomically. Returns the path."""
         path = Path(path)
         arrays = {
             "structure_ids": self.structure_ids,
@@ -319,8 +319,9 @@ class SiteTable:
             arrays[_STRUCTURE_PREFIX + k] = v
         meta = {"format": "flexcal.SiteTable", "version": FORMAT_VERSION, "meta": self.meta}
         arrays["__meta__"] = np.array(json.dumps(meta))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
+        from core.io import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a crash never leaves half a file
             np.savez_compressed(fh, **arrays)
         return path
 

@@ -330,8 +330,9 @@ class Calibrator:
         meta, payload = self.get_state()
         meta = {"format": FORMAT, "version": FORMAT_VERSION, **meta}
         payload["__meta__"] = np.array(json.dumps(meta, allow_nan=True))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
+        from core.io import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a crash never leaves half a file
             np.savez(fh, **payload)
         return path
 
