@@ -99,3 +99,28 @@ class HoldoutCorrection:
     def site_factors(self, ratios: np.ndarray) -> np.ndarray:
         """ĉ_τ per test site and trained level, ndarray (n, K) (``shift`` only)."""
         return np.stack([self.factor(k, float(p), ratios) for k, p in enumerate(self.levels)], axis=1)
+
+
+def widths_at_requested_levels(trained: np.ndarray, widths: np.ndarray, requested: np.ndarray, above,
+                               atol: float = 1e-9) -> np.ndarray:
+    """Widths (n, r) at ``requested`` levels from widths (n, K) at sorted ``trained`` levels.
+
+    A trained level uses its column; between two trained levels the widths are interpolated
+    linearly in the level; below the lowest they go linearly to 0 at level 0; above the highest
+    ``above(p) -> (n,)`` gives them (a conformal factor re-derived at ``p``). Shared by every
+    q_θ-based calibrator so the rule is written once.
+    """
+    out = np.empty((widths.shape[0], requested.size))
+    for j, p in enumerate(requested):
+        k = np.flatnonzero(np.abs(trained - p) <= atol)
+        if k.size:
+            out[:, j] = widths[:, k[0]]
+        elif p < trained[0]:
+            out[:, j] = widths[:, 0] * (p / trained[0])
+        elif p > trained[-1]:
+            out[:, j] = above(float(p))
+        else:
+            b = int(np.searchsorted(trained, p))
+            t = (p - trained[b - 1]) / (trained[b] - trained[b - 1])
+            out[:, j] = (1.0 - t) * widths[:, b - 1] + t * widths[:, b]
+    return out

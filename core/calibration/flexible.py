@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from core.calibration.base import Calibrator, check_labelled, check_sites, nest_arrays, nested_arrays
-from core.calibration.correction import HoldoutCorrection
+from core.calibration.correction import HoldoutCorrection, widths_at_requested_levels
 from core.calibration.qtheta import (
     EPS as _EPS,
     MIN_STEPS_PER_EPOCH,
@@ -410,24 +410,13 @@ class FlexibleQuantile(Calibrator):
         req = check_levels(levels)
         raw, w, ratios = self._corrected(sites)
         lv = self.levels_
-        out = np.empty((len(sites), req.size))
-        for j, p in enumerate(req):
-            k = np.flatnonzero(np.abs(lv - p) <= _LEVEL_ATOL)
-            if k.size:
-                out[:, j] = w[:, k[0]]
-            elif p < lv[0]:
-                out[:, j] = w[:, 0] * (p / lv[0])
-            elif p > lv[-1]:
-                if self.conformal:
-                    c = self._holdout_correction.factor(lv.size - 1, float(p), ratios)
-                    out[:, j] = np.maximum(raw[:, -1] * c, w[:, -1])
-                else:
-                    out[:, j] = w[:, -1]
-            else:
-                b = int(np.searchsorted(lv, p))
-                t = (p - lv[b - 1]) / (lv[b] - lv[b - 1])
-                out[:, j] = (1.0 - t) * w[:, b - 1] + t * w[:, b]
-        return out
+
+        def above(p: float) -> np.ndarray:
+            if not self.conformal:
+                return w[:, -1]
+            return np.maximum(raw[:, -1] * self._holdout_correction.factor(lv.size - 1, p, ratios), w[:, -1])
+
+        return widths_at_requested_levels(lv, w, req, above, _LEVEL_ATOL)
 
     def _check_descriptors(self, sites: SiteTable) -> None:
         d = self.x_mean_.shape[0]

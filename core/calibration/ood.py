@@ -39,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from core.calibration.base import Calibrator, check_labelled, check_sites, nest_arrays, nested_arrays
-from core.calibration.correction import HoldoutCorrection
+from core.calibration.correction import HoldoutCorrection, widths_at_requested_levels
 from core.calibration.flexible import FlexibleQuantile
 from core.calibration.qtheta import structure_parts
 from core.calibration.weights import UniformWeights
@@ -250,20 +250,9 @@ class FlexibleOOD(Calibrator):
         req = check_levels(levels)
         shape, w = self._widths(sites)
         lv = self.levels_
-        out = np.empty((len(sites), req.size))
-        for j, p in enumerate(req):
-            k = np.flatnonzero(np.abs(lv - p) <= _LEVEL_ATOL)
-            if k.size:
-                out[:, j] = w[:, k[0]]
-            elif p < lv[0]:
-                out[:, j] = w[:, 0] * (p / lv[0])
-            elif p > lv[-1]:
-                out[:, j] = np.maximum(shape[:, -1] * self._correction.factor(lv.size - 1, float(p)), w[:, -1])
-            else:
-                b = int(np.searchsorted(lv, p))
-                t = (p - lv[b - 1]) / (lv[b] - lv[b - 1])
-                out[:, j] = (1.0 - t) * w[:, b - 1] + t * w[:, b]
-        return out
+        return widths_at_requested_levels(
+            lv, w, req, lambda p: np.maximum(shape[:, -1] * self._correction.factor(lv.size - 1, p), w[:, -1]),
+            _LEVEL_ATOL)
 
     def ood_flags(self, sites: SiteTable) -> np.ndarray:
         """Per-site out-of-domain flags of the fitted domain score (site score > 1.0), bool (n,)."""
