@@ -48,6 +48,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "featurize": ("core.featurize", "featurize"),
     "load_potential": ("core.potentials", "load_potential"),
     "CalibratedCalculator": ("core.calculator", "CalibratedCalculator"),
+    "annotate": ("core.apply", "annotate"),
+    "annotate_sites": ("core.apply", "annotate_sites"),
+    "Annotation": ("core.annotation", "Annotation"),
+    "DomainScore": ("core.domain", "DomainScore"),
     "run_active_learning": ("core.active", "run_active_learning"),
 }
 

@@ -9,7 +9,10 @@ hold with probability ``calibrator.confidence``. ``results`` then holds, besides
 
 * ``force_uncertainty``: ndarray (n_atoms,), eV/Å, the calibrated width of every atom;
 * ``max_force_uncertainty``: float, eV/Å, their maximum (what active learning and
-  on-the-fly triggers look at).
+  on-the-fly triggers look at);
+* ``force_out_of_domain``: ndarray of bool (n_atoms,), each atom outside the calibration
+  domain (:mod:`core.domain`), when the calibrator carries a domain score (``flexible-ood``).
+  Widths there are extrapolated: trust them less than the coverage promise says.
 
 An optional ``threshold`` (eV/Å) on ``max_force_uncertainty`` turns the calculator into
 an on-the-fly trigger, like FLARE's: when it is exceeded, ``on_threshold`` decides what
@@ -54,6 +57,7 @@ from typing import Any
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
+from core.apply import annotate_sites
 from core.sites import SiteTable
 
 __all__ = ["CalibratedCalculator", "UncertaintyThresholdExceeded"]
@@ -165,9 +169,8 @@ class CalibratedCalculator(Calculator):
         energy, forces, descriptors, committee_std = self._backend(atoms)
         n = len(atoms)
         sites = one_structure_sites(atoms, descriptors, forces, committee_std)
-        widths = np.asarray(self.calibrator.predict(sites), dtype=np.float64).reshape(-1)
-        if widths.shape != (n,):
-            raise RuntimeError(f"calibrator.predict returned shape {widths.shape}, expected ({n},) for {n} atoms")
+        annotated = annotate_sites(sites, self.calibrator, check_layout=False)  # the one per-structure rule
+        widths = annotated.widths
         i_max = int(np.argmax(widths))
         self.results = {
             "energy": float(energy),
@@ -176,6 +179,8 @@ class CalibratedCalculator(Calculator):
             "force_uncertainty": widths,
             "max_force_uncertainty": float(widths[i_max]),
         }
+        if annotated.ood is not None:  # calibrators that carry a domain score (flexible-ood)
+            self.results["force_out_of_domain"] = np.asarray(annotated.ood, dtype=bool)
         self.n_calls += 1
         if self.threshold is not None and widths[i_max] > self.threshold:
             self.threshold_events.append({"call": self.n_calls, "value": float(widths[i_max]), "atom_index": i_max})

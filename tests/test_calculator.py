@@ -333,3 +333,26 @@ def test_model_name_is_loaded_through_the_registry(chgnet_potential, chgnet_cali
     assert calc.mode == "potential" and calc._backend.potential.identity == chgnet_potential.identity
     ethanol.calc = calc
     assert calc.get_force_uncertainty(ethanol).shape == (9,)
+
+
+def test_flexible_ood_calculator_reports_per_atom_out_of_domain_flags():
+    """A calibrator with a domain score adds ``force_out_of_domain`` (bool per atom) to the results."""
+
+    from core import demo
+    from core.apply import demo_calibrator
+    from core.calculator import CalibratedCalculator
+    from core.potentials import load_potential
+
+    potential = load_potential(str(demo.demo_model_path("molecule")))
+    cal = demo_calibrator("flexible-ood", family="molecule")
+    atoms = demo.demo_frames("molecule", split="test")[0].copy()
+    atoms.calc = CalibratedCalculator(potential, cal)
+    atoms.get_forces()
+    flags = atoms.calc.results["force_out_of_domain"]
+    assert flags.shape == (len(atoms),) and flags.dtype == bool
+    far = atoms.copy()
+    far.positions[0] += [0.0, 0.0, 0.8]  # stretch one bond far outside the MD it was calibrated on
+    far.calc = CalibratedCalculator(potential, cal)
+    far.get_forces()
+    assert far.calc.results["force_out_of_domain"].sum() >= flags.sum()
+    assert far.calc.results["max_force_uncertainty"] > atoms.calc.results["max_force_uncertainty"]
