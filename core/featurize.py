@@ -84,8 +84,41 @@ def featurize(
         ``n_descriptors``, ``source``, ``labelled``, ``descriptor_dtype``,
         ``cache_key``.
     """
-    from core.data import DEFAULT_CONFIG_TYPE, REF_ENERGY, REF_FORCES, Dataset
-    from core.potentials.base import check_elements
+    atoms_list, dataset_index, source = _unpack_structures(structures)
+    _validate_args(atoms_list, potential, batch_size, descriptor_dtype, max_batch_atoms)
+    _validate_labels(atoms_list, potential, labelled)
+
+    m = len(atoms_list)
+    sizes = np.array([len(a) for a in atoms_list], dtype=np.int64)
+    settings = {"labelled": bool(labelled), "descriptor_dtype": descriptor_dtype}
+
+    key = None
+    cache_path = None
+    report = _progress_reporter(progress, m)
+    if cache_dir is not None:
+        key = cache_key(atoms_list, potential, settings, dataset_index)
+        cache_path = Path(cache_dir) / f"featurize-{key[:40]}.npz"
+        cached = _read_cache(cache_path, key)
+        if cached is not None:
+            return _cache_hit(cached, report, m, source, labelled)
+
+    # (forces_pred, descriptors, committee_std, energy_pred)
+    computed = _run_batches(atoms_list, potential, sizes, batch_size, max_batch_atoms, descriptor_dtype, report)
+    meta = {
+        "potential": potential.name, "potential_identity": potential.identity,
+        "n_descriptors": int(computed[1].shape[1]), "source": source, "labelled": bool(labelled),
+        "descriptor_dtype": descriptor_dtype, "cache_key": key, "cache_hit": False,
+    }
+    table = _assemble(atoms_list, sizes, labelled, computed, dataset_index, meta)
+    if cache_path is not None:
+        _write_cache(table, cache_path)
+    return table
+
+
+# ----------------------------------------------------------- featurize steps
+def _unpack_structures(structures):
+    """(atoms_list, dataset_index (m,) int64, source) from a Dataset or a list of Atoms."""
+    from core.data import Dataset
 
     if isinstance(structures, Dataset):
         atoms_list = list(structures.structures)
@@ -100,7 +133,14 @@ def featurize(
             ) from None
         dataset_index = np.arange(len(atoms_list), dtype=np.int64)
         source = None
-    _validate_args(atoms_list, potential, batch_size, descriptor_dtype, max_batch_atoms)
+    return atoms_list, dataset_index, source
+
+
+def _validate_labels(atoms_list, potential, labelled: bool) -> None:
+    """Reference forces present with shape (n_atoms, 3) when labelled; elements known to ``potential``."""
+    from core.data import REF_FORCES
+    from core.potentials.base import check_elements
+
     if labelled:
         missing = [i for i, a in enumerate(atoms_list) if REF_FORCES not in a.arrays]
         if missing:
@@ -117,30 +157,26 @@ def featurize(
                 )
     check_elements(atoms_list, potential.atomic_numbers, f"potential {potential.name!r}")
 
+
+def _cache_hit(cached: SiteTable, report, m: int, source, labelled: bool) -> SiteTable:
+    """Finish progress at ``m`` and return the cached table with this call's source/labelled."""
+    report(m)
+    report.close()
+    meta = dict(cached.meta)
+    meta["source"] = source
+    meta["cache_hit"] = True
+    if not labelled and cached.errors is not None:  # entry written when unlabelled meant errors 0
+        cached = _with_meta(cached, meta, errors=None)
+    return _with_meta(cached, meta)
+
+
+def _run_batches(atoms_list, potential, sizes, batch_size, max_batch_atoms, descriptor_dtype, report):
+    """Forward passes over the batches, filling preallocated arrays.
+
+    Returns forces_pred (N, 3) float64 eV/Å, descriptors (N, d) ``descriptor_dtype``,
+    committee_std (N,) float64 or None, energy_pred (m,) float64 eV.
+    """
     m = len(atoms_list)
-    sizes = np.array([len(a) for a in atoms_list], dtype=np.int64)
-    config_types = np.array([str(a.info.get("config_type", DEFAULT_CONFIG_TYPE)) for a in atoms_list])
-    energy_ref = np.array([_float_or_nan(a.info.get(REF_ENERGY)) for a in atoms_list], dtype=np.float64)
-    settings = {"labelled": bool(labelled), "descriptor_dtype": descriptor_dtype}
-
-    key = None
-    cache_path = None
-    report = _progress_reporter(progress, m)
-    if cache_dir is not None:
-        key = cache_key(atoms_list, potential, settings, dataset_index)
-        cache_path = Path(cache_dir) / f"featurize-{key[:40]}.npz"
-        cached = _read_cache(cache_path, key)
-        if cached is not None:
-            report(m)
-            report.close()
-            meta = dict(cached.meta)
-            meta["source"] = source
-            meta["cache_hit"] = True
-            if not labelled and cached.errors is not None:  # entry written when unlabelled meant errors 0
-                cached = _with_meta(cached, meta, errors=None)
-            return _with_meta(cached, meta)
-
-    # ---- compute, filling preallocated arrays
     n_total = int(sizes.sum())
     offsets = np.r_[0, np.cumsum(sizes)]
     forces_pred = np.empty((n_total, 3), dtype=np.float64)
@@ -173,7 +209,21 @@ def featurize(
         report.close()
     if committee_std is not None and np.isnan(committee_std).any():
         raise ValueError(f"potential {potential.name!r}: committee_std returned for some batches only")
+    return forces_pred, descriptors, committee_std, energy_pred
 
+
+def _assemble(atoms_list, sizes, labelled, computed, dataset_index, meta):
+    """The SiteTable from ``computed`` = ``_run_batches``'s (forces_pred, descriptors,
+    committee_std, energy_pred): reference forces and errors (N,) eV/Å when labelled,
+    else None; ``structure_info`` per structure (see ``featurize``)."""
+    from core.data import DEFAULT_CONFIG_TYPE, REF_ENERGY, REF_FORCES
+
+    forces_pred, descriptors, committee_std, energy_pred = computed
+    m = len(atoms_list)
+    config_types = np.array([str(a.info.get("config_type", DEFAULT_CONFIG_TYPE)) for a in atoms_list])
+    energy_ref = np.array([_float_or_nan(a.info.get(REF_ENERGY)) for a in atoms_list], dtype=np.float64)
+    n_total = int(sizes.sum())
+    offsets = np.r_[0, np.cumsum(sizes)]
     structure_ids = np.repeat(np.arange(m, dtype=np.int64), sizes)
     species = np.concatenate([a.numbers for a in atoms_list]).astype(np.int64)
     if labelled:
@@ -184,17 +234,7 @@ def featurize(
     else:
         forces_ref = None
         errors = None
-    meta = {
-        "potential": potential.name,
-        "potential_identity": potential.identity,
-        "n_descriptors": int(descriptors.shape[1]),
-        "source": source,
-        "labelled": bool(labelled),
-        "descriptor_dtype": descriptor_dtype,
-        "cache_key": key,
-        "cache_hit": False,
-    }
-    table = SiteTable.from_arrays(
+    return SiteTable.from_arrays(
         descriptors=descriptors,
         errors=errors,
         species=species,
@@ -212,9 +252,6 @@ def featurize(
         },
         meta=meta,
     )
-    if cache_path is not None:
-        _write_cache(table, cache_path)
-    return table
 
 
 # ------------------------------------------------------------------ checks

@@ -40,7 +40,7 @@ import numpy as np
 
 from core.evaluation import ID_COLUMNS, Variant, evaluate, jsonable
 from core.sites import SiteTable, split_structure_ids
-from core.validation import check_confidence, check_fraction, check_seed
+from core.validation import check_confidence, check_seed
 
 __all__ = [
     "STUDIES",
@@ -61,12 +61,6 @@ __all__ = [
 
 STUDIES = ("in-domain", "unseen", "transfer", "active-learning", "zero-shot")
 #: Study 5's public DFT sets under ``../shared/data``: calibration file, {shift split: file} (forces in all)
-ZERO_SHOT_PUBLIC: dict[str, tuple[str, dict[str, str]]] = {
-    "3bpa": ("3bpa/train_300K.xyz", {"mixedT": "3bpa/train_mixedT.xyz"}),
-    "acac": ("acac/train_300K.xyz", {"600K": "acac/test_MD_600K.xyz"}),
-    "ethanol": ("ethanol/train.xyz", {"test_MD": "ethanol/test_MD.xyz"}),
-    "hea25": ("hea25/hea25_excerpt.xyz", {}),
-}
 #: The comparison every shift case runs (issue: flexible, flexible with shift weights,
 #: flexible-ood, knn, gmm, split).
 SHIFT_METHODS = ("flexible", Variant("flexible (shift)", "flexible", {"weights": "shift"}), "flexible-ood",
@@ -128,8 +122,22 @@ def run_unseen(cal_sites: SiteTable, test_sets: Mapping[str, SiteTable], methods
     tests.update(test_sets)
     if target is None:
         target = _stack_targets(list(test_sets.values()))
+    if methods is None:
+        methods = _supported(SHIFT_METHODS, cal)
     ev = evaluate(cal, tests, methods, confidence=confidence, seed=seed, target=target, **_common(engine))
     return ev.table(study="unseen", dataset=dataset)
+
+
+def _supported(methods, sites: SiteTable) -> list:
+    """The entries of ``methods`` (names or Variants) whose registry method ``sites`` support."""
+    from core.calibration.registry import method_names, method_spec
+
+    out = []
+    for m in methods:
+        name = m.method if isinstance(m, Variant) else m
+        if name in method_names() and method_spec(name).available_for(sites):
+            out.append(m)
+    return out
 
 
 def _stack_targets(tables: list[SiteTable]) -> SiteTable:
@@ -171,7 +179,8 @@ def _budget(pool: SiteTable, order: np.ndarray, n: int) -> SiteTable:
 
 def run_transfer(sites_A: SiteTable, sites_B: SiteTable, methods=None, confidence: float = 0.9,
                  test_fraction: float = 0.5, seed: int = 0, *, budgets: Sequence[float] = (0.05, 0.10),
-                 include_oracle: bool = True, dataset: str = "", **engine):
+                 n_new: Sequence[int] = (1, 2, 5, 10, 20), include_oracle: bool = True, dataset: str = "",
+                 **engine):
     """Study 3: calibrate against level of theory A, test against level B.
 
     ``sites_A`` and ``sites_B`` hold errors of the same potential against two reference
@@ -184,6 +193,9 @@ def run_transfer(sites_A: SiteTable, sites_B: SiteTable, methods=None, confidenc
     * ``<method>, B <k>%`` — fitted in place of A on B labels of ``k`` % of the pool;
     * ``<method>, A + B <k>% rescale`` — fitted on A, then recalibrated on the same B budget
       (``update()``): A gives the shape, B the scale;
+    * ``<method>, A + B <k> structures`` — fitted on A, recalibrated (``update()``) on the first
+      ``k`` pool structures for each ``k`` in ``n_new`` (column ``n_new``): coverage against
+      the number of new labelled structures;
     * ``<method>, B 100%`` (``include_oracle``) — fitted on B labels of every pool structure.
     """
     from core.evaluation import resolve_variants
@@ -203,7 +215,8 @@ def run_transfer(sites_A: SiteTable, sites_B: SiteTable, methods=None, confidenc
         vs = [Variant(v.label + suffix, v.method, v.options) for v in vs]
         return evaluate(cal, tests, vs, **kw, **extra).table(study="transfer", dataset=dataset)
 
-    tables = [run(cal_A, variants, ", A")]
+    base = evaluate(cal_A, tests, [Variant(v.label + ", A", v.method, v.options) for v in variants], **kw)
+    tables = [base.table(study="transfer", dataset=dataset)]
     flex = [v for v in variants if v.method == "flexible" and v.label == "flexible"]
     if flex:
         shift = Variant("flexible (shift)", "flexible", {**flex[0].options, "weights": "shift"})
@@ -214,11 +227,35 @@ def run_transfer(sites_A: SiteTable, sites_B: SiteTable, methods=None, confidenc
         pct = f"{100 * k:g}%"
         tables.append(run(budget, variants, f", B {pct}"))
         tables.append(run(cal_A, variants, f", A + B {pct} rescale", rescale_on=budget))
+    tables += _recalibrated(base, pool_B, order, n_new, study="transfer", dataset=dataset,
+                            rename=lambda label, k: label.replace(", A", f", A + B {k} structures"),
+                            reference=engine.get("reference"))
     if include_oracle:
         tables.append(run(pool_B, variants, ", B 100%"))
     return _concat(tables, dict(confidence=confidence, seed=seed, study="transfer", dataset=dataset,
                                 test_fraction=float(test_fraction), budgets=budgets,
                                 paired=_paired(sites_A, sites_B)))
+
+
+def _recalibrated(base, pool: SiteTable, order: np.ndarray, n_new: Sequence[int], *, study: str, dataset: str,
+                  rename: Callable[[str, int], str], reference=None) -> list:
+    """Tables of ``base``'s calibrators, each copy recalibrated on the first k pool structures.
+
+    One table per ``k`` in ``n_new`` (nested: the first k of ``order``), scored on ``base``'s
+    test splits against its calibration sites; column ``n_new`` = k; labels via ``rename``.
+    """
+    from core.evaluation import score
+
+    tables = []
+    for k in n_new:
+        if k > order.size:
+            break
+        budget = _budget(pool, order, int(k))
+        updated = {rename(label, int(k)): c.copy().update(budget) for label, c in base.calibrators.items()}
+        ev = score(updated, base.calibration, base.tests, confidence=base.confidence, seed=base.seed,
+                   reference=reference)
+        tables.append(ev.table(study=study, dataset=dataset).assign(n_new=int(k)))
+    return tables
 
 
 def run_recalibration(cal_sites: SiteTable, new_sites: SiteTable, methods=None, confidence: float = 0.9,
@@ -231,140 +268,15 @@ def run_recalibration(cal_sites: SiteTable, new_sites: SiteTable, methods=None, 
     of every fitted calibrator is recalibrated on the first ``k`` pool structures (a seeded
     order, nested) and scored on the test part. Rows carry ``n_new`` (0 = no update).
     """
-    from core.evaluation import score
-
     confidence = check_confidence(confidence)
     pool, test = new_sites.split(test_fraction, check_seed(seed))
     base = evaluate(cal_sites, {"new": test}, methods, confidence=confidence, seed=seed, **_common(engine))
     tables = [base.table(study="recalibration", dataset=dataset).assign(n_new=0)]
     order = np.random.default_rng(seed).permutation(pool.unique_structures)
-    for k in n_new:
-        if k > order.size:
-            break
-        budget = _budget(pool, order, int(k))
-        updated = {lab: c.copy().update(budget) for lab, c in base.calibrators.items()}
-        ev = score(updated, cal_sites, {"new": test}, confidence=confidence, seed=seed,
-                   reference=engine.get("reference"))
-        tables.append(ev.table(study="recalibration", dataset=dataset).assign(n_new=int(k)))
+    tables += _recalibrated(base, pool, order, n_new, study="recalibration", dataset=dataset,
+                            rename=lambda label, k: label, reference=engine.get("reference"))
     return _concat(tables, dict(confidence=confidence, seed=seed, study="recalibration", dataset=dataset,
                                 n_new=[int(k) for k in n_new]))
-
-
-def run_zero_shot(datasets: Mapping[str, tuple[SiteTable, Mapping[str, SiteTable]]], methods=None,
-                  confidence: float = 0.9, seed: int = 0, *, test_fraction: float = 0.5,
-                  split_seed: int | None = None, references: Mapping[str, SiteTable] | None = None,
-                  reference_fraction: float | None = 0.3, **engine):
-    """Study 5: a foundation model, not fine-tuned, calibrated on a user's own data (the seed's setting).
-
-    ``datasets[name] = (sites, shifts)``: labelled sites of one distribution (e.g. 300 K MD) and
-    ``{split: sites}`` of others (may be empty), all featurized with the same potential. Per
-    dataset, ``sites`` is split **by structure** (``test_fraction`` of its structures to the
-    ``"in-domain"`` split, seeded by ``split_seed``, default ``seed``); every method (default:
-    the registry's defaults the sites support) is fitted on the rest and scored on
-    ``"in-domain"`` and on each shift split. ``target`` of ``weights="shift"`` variants: the
-    shift splits' descriptors (the in-domain split when there are none).
-
-    The foundation model's training set is not at hand: the knn/gmm reference (also that of the
-    out-of-domain score and flexible-ood) is ``references[name]``, else ``reference_fraction`` of
-    the remaining structures set aside (descriptors only, never calibrated or tested on), so no
-    heuristic is scored on the sites it was fitted on (a GMM fitted on the calibration sites
-    rates them typical and over-widens new ones); None: the calibration part itself.
-    ``engine``: ``method_options``, ``bootstrap``, ``log``, ``epoch_callback``.
-
-    Returns the study table (one row per dataset × variant × split) with four more columns:
-    ``model`` (``sites.meta["model"]``), ``force_mae`` (eV/Å: mean |F̂ − F| over the force
-    components of the split, NaN without forces), ``mean_error`` (eV/Å: mean e_i) and
-    ``n_ref_structures`` (structures of the reference; 0 = the calibration part itself).
-    """
-    if not isinstance(datasets, Mapping) or not datasets:
-        got = "an empty mapping" if isinstance(datasets, Mapping) else type(datasets).__name__
-        raise (ValueError if isinstance(datasets, Mapping) else TypeError)(
-            f"datasets: expected a mapping name -> (sites, {{split: sites}}) with at least one dataset, got {got}")
-    if "reference" in engine:
-        raise TypeError("reference: pass references={dataset name: SiteTable} to run_zero_shot (one per dataset)")
-    confidence, seed = check_confidence(confidence), check_seed(seed)
-    split_at = seed if split_seed is None else check_seed(split_seed, "split_seed")
-    if reference_fraction is not None:
-        reference_fraction = check_fraction("reference_fraction", reference_fraction)
-    references = dict(references or {})
-    unknown = sorted(set(references) - set(datasets))
-    if unknown:
-        raise ValueError(f"references: {unknown} are not datasets; datasets: {list(datasets)}")
-    tables = []
-    for name, entry in datasets.items():
-        sites, shifts = _zero_shot_entry(name, entry)
-        ref = references.get(name)
-        own = ref is None and reference_fraction is not None
-        if sites.n_structures < (3 if own else 2):
-            raise ValueError(f"datasets[{name!r}]: {sites.n_structures} structure(s); need at least {3 if own else 2} "
-                             "(in-domain test, calibration" + (", reference)" if own else ")"))
-        cal, held = sites.split(test_fraction, split_at)
-        if own:
-            cal, ref = cal.split(reference_fraction, split_at)
-        tests = {"in-domain": held, **shifts}
-        target = _stack_targets(list(shifts.values())) if shifts else held
-        ev = evaluate(cal, tests, methods, confidence=confidence, seed=seed, target=target,
-                      reference=ref, **_common(engine))
-        table = ev.table(study="zero-shot", dataset=str(name))
-        table.insert(5, "model", str(sites.meta.get("model", sites.meta.get("potential", ""))))
-        table["force_mae"] = table["split"].map({k: force_mae(t) for k, t in tests.items()})
-        table["mean_error"] = table["split"].map({k: float(np.mean(t.errors)) for k, t in tests.items()})
-        table["n_ref_structures"] = 0 if ref is None else ref.n_structures
-        tables.append(table)
-    return _concat(tables, dict(confidence=confidence, seed=seed, study="zero-shot", datasets=list(map(str, datasets)),
-                                test_fraction=float(test_fraction), reference_fraction=reference_fraction,
-                                split_seed=split_at))
-
-
-def _zero_shot_entry(name, entry) -> tuple[SiteTable, dict[str, SiteTable]]:
-    """Validate one ``datasets`` entry: (sites, shifts) featurized alike."""
-    if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], SiteTable)
-            and isinstance(entry[1], Mapping)):
-        raise TypeError(f"datasets[{name!r}]: expected (SiteTable, {{split name: SiteTable}}), got {type(entry).__name__}")
-    sites, shifts = entry[0], dict(entry[1])
-    model = sites.meta.get("model")
-    for split, t in shifts.items():
-        if split == "in-domain" or not isinstance(t, SiteTable):
-            raise ValueError(f"datasets[{name!r}]: shift split {split!r} must be a SiteTable not named 'in-domain'")
-        if t.n_descriptors != sites.n_descriptors or (model and t.meta.get("model", model) != model):
-            raise ValueError(f"datasets[{name!r}]: split {split!r} was featurized with another potential "
-                             f"({t.meta.get('model')!r}, {t.n_descriptors} descriptors) than its calibration sites "
-                             f"({model!r}, {sites.n_descriptors} descriptors)")
-    return sites, shifts
-
-
-def force_mae(sites: SiteTable) -> float:
-    """Mean absolute force-component error (eV/Å), NaN without predicted and reference forces."""
-    if sites.forces_pred is None or sites.forces_ref is None:
-        return float("nan")
-    return float(np.mean(np.abs(np.asarray(sites.forces_pred, np.float64) - np.asarray(sites.forces_ref, np.float64))))
-
-
-def zero_shot_summary(table, *, flexible: str = "flexible", heuristics: Sequence[str] = ("knn", "gmm", "force", "mondrian")):
-    """ρ of heuristic CP and of q_θ side by side, one row per dataset × split (the seed's comparison).
-
-    ``table``: :func:`run_zero_shot` rows, possibly several seeds concatenated (numbers are
-    averaged per dataset × split × label). Columns: ``force_mae``, ``coverage`` of split CP,
-    the best heuristic label and its ``rho_heuristic`` (largest mean spearman among
-    ``heuristics``), ``rho_flexible``, ``coverage_flexible``, ``width_ratio_flexible`` and the
-    same three for ``flexible-ood`` when present.
-    """
-    import pandas as pd
-
-    mean = table.groupby(["dataset", "split", "label"], sort=False).mean(numeric_only=True).reset_index()
-    rows = []
-    for (dataset, split), part in mean.groupby(["dataset", "split"], sort=False):
-        by = part.set_index("label")
-        heur = by.loc[[h for h in heuristics if h in by.index], "spearman"].dropna()
-        row = {"dataset": dataset, "split": split, "force_mae": by["force_mae"].iloc[0],
-               "coverage_split": by["coverage"].get("split", np.nan),
-               "best_heuristic": heur.idxmax() if len(heur) else "", "rho_heuristic": heur.max() if len(heur) else np.nan}
-        for label, key in ((flexible, "flexible"), ("flexible-ood", "flexible_ood")):
-            if label in by.index:
-                row.update({f"rho_{key}": by.at[label, "spearman"], f"coverage_{key}": by.at[label, "coverage"],
-                            f"width_ratio_{key}": by.at[label, "width_ratio"]})
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def run_active_learning_study(
@@ -472,6 +384,15 @@ def _al_inputs(dataset, reference, test_size: int, rng):
 
 
 # ------------------------------------------------------------------------ I/O
+def __getattr__(name: str):
+    # study 5 lives in core/studies_zero_shot.py; its public names stay reachable from here
+    if name in ("ZERO_SHOT_PUBLIC", "run_zero_shot", "zero_shot_summary", "force_mae"):
+        from core import studies_zero_shot
+
+        return getattr(studies_zero_shot, name)
+    raise AttributeError(f"module 'core.studies' has no attribute {name!r}")
+
+
 def study_to_json(table, name: str | None = None) -> dict:
     """A study table as a JSON-ready dict ``{"study", "meta", "rows"}`` (NaN -> null)."""
     return {

@@ -162,6 +162,49 @@ def structure_view_html(
     """
     import py3Dmol
 
+    n, vals, lo, hi, highlight, vec = _check_view_args(
+        atoms, values, highlight, arrows, vmin, vmax, width, height, style
+    )
+    js_code = _read_js(allow_cdn)
+
+    periodic = atoms.cell.rank == 3 and any(atoms.pbc)
+    view = py3Dmol.view(width=int(width), height=int(height), js=_PLACEHOLDER if js_code is not None else CDN_URL)
+    view.addModel(_xyz(atoms), "xyz")
+    _draw_atoms(view, n, vals, lo, hi, style)
+    pos = atoms.get_positions()
+    if periodic:
+        view.addUnitCell()
+    scale = None
+    if vec is not None:
+        scale = _draw_arrows(view, pos, vec, arrow_length)
+    if highlight is not None:
+        _draw_highlight(view, atoms, pos, highlight, vals)
+    if periodic:
+        # a slight tilt so the cell does not look like a flat square along c
+        view.rotate(-20, "x")
+        view.rotate(25, "y")
+    view.zoomTo()
+
+    lib, script = _script_html(view, atoms, js_code)
+    legend = _legend_html(
+        label=label,
+        lo=lo if vals is not None else None,
+        hi=hi if vals is not None else None,
+        highlight=highlight,
+        highlight_text=None if highlight is None else _highlight_text(atoms, highlight, vals, label),
+        arrow_scale=scale,
+        periodic=periodic,
+        width=int(width),
+    )
+    return f'<div class="flexcal-structure-view" data-n-atoms="{n}">\n{lib}{script}\n{legend}</div>\n'
+
+
+def _check_view_args(atoms, values, highlight, arrows, vmin, vmax, width, height, style):
+    """Validate ``structure_view_html``'s inputs.
+
+    Returns (n_atoms, vals (n,) float or None, lo, hi (colour limits; None without
+    values), highlight (int in [0, n) or None), vec (n, 3) float or None).
+    """
     if not hasattr(atoms, "get_positions") or not hasattr(atoms, "get_chemical_symbols"):
         raise ValueError(f"atoms: expected an ase.Atoms, got {type(atoms).__name__}")
     n = len(atoms)
@@ -173,7 +216,7 @@ def structure_view_html(
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
             raise ValueError(f"{name}: expected a positive number of pixels, got {v!r}")
 
-    vals = None
+    vals = lo = hi = None
     if values is not None:
         vals = np.asarray(values, dtype=float)
         if vals.shape != (n,):
@@ -195,7 +238,11 @@ def structure_view_html(
             raise ValueError(f"arrows: expected shape ({n}, 3), got {vec.shape}")
         if not np.all(np.isfinite(vec)):
             raise ValueError("arrows: must be finite")
+    return n, vals, lo, hi, highlight, vec
 
+
+def _read_js(allow_cdn: bool) -> str | None:
+    """Text of the local 3Dmol.js; None when it is missing and ``allow_cdn`` (else FileNotFoundError)."""
     if allow_cdn:
         try:
             js_code: str | None = find_3dmol_js().read_text(encoding="utf-8")
@@ -203,48 +250,53 @@ def structure_view_html(
             js_code = None
     else:
         js_code = find_3dmol_js().read_text(encoding="utf-8")
+    return js_code
 
-    periodic = atoms.cell.rank == 3 and any(atoms.pbc)
-    view = py3Dmol.view(width=int(width), height=int(height), js=_PLACEHOLDER if js_code is not None else CDN_URL)
-    view.addModel(_xyz(atoms), "xyz")
+
+def _draw_atoms(view, n: int, vals, lo, hi, style: str) -> None:
+    """Style the atoms: Viridis by ``vals`` in [lo, hi], or Jmol element colours when ``vals`` is None."""
     colors = value_colors(vals, lo, hi) if vals is not None else [None] * n
     if vals is None:
         view.setStyle({}, _atom_style(style, None))
     for i, c in enumerate(colors):
         if c is not None:
             view.setStyle({"index": i}, _atom_style(style, c))
-    pos = atoms.get_positions()
-    if periodic:
-        view.addUnitCell()
-    scale = None
-    if vec is not None:
-        norms = np.linalg.norm(vec, axis=1)
-        big = float(norms.max())
-        scale = arrow_length / big if big > 0 else 0.0
-        for i in np.flatnonzero(norms > 0):
-            start, end = pos[i], pos[i] + scale * vec[i]
-            view.addArrow(
-                {
-                    "start": dict(zip("xyz", map(float, start))),
-                    "end": dict(zip("xyz", map(float, end))),
-                    "radius": 0.06,
-                    "color": _ARROW,
-                }
-            )
-    if highlight is not None:
-        p = pos[highlight]
-        center = dict(zip("xyz", map(float, p)))
-        view.addSphere({"center": center, "radius": 0.9, "color": _HIGHLIGHT, "opacity": 0.45})
-        text = f"{atoms.get_chemical_symbols()[highlight]}{highlight}"
-        if vals is not None:
-            text += f": {vals[highlight]:.3g}"
-        view.addLabel(text, {"position": center, "backgroundColor": "black", "fontColor": "white", "fontSize": 12})
-    if periodic:
-        # a slight tilt so the cell does not look like a flat square along c
-        view.rotate(-20, "x")
-        view.rotate(25, "y")
-    view.zoomTo()
 
+
+def _draw_arrows(view, pos, vec, arrow_length: float) -> float:
+    """Arrows from ``pos`` (n, 3) Å along ``vec`` (n, 3); the longest is ``arrow_length`` Å.
+
+    Returns the scale (Å of arrow per unit of ``vec``; 0.0 when all vectors are zero).
+    """
+    norms = np.linalg.norm(vec, axis=1)
+    big = float(norms.max())
+    scale = arrow_length / big if big > 0 else 0.0
+    for i in np.flatnonzero(norms > 0):
+        start, end = pos[i], pos[i] + scale * vec[i]
+        view.addArrow(
+            {
+                "start": dict(zip("xyz", map(float, start))),
+                "end": dict(zip("xyz", map(float, end))),
+                "radius": 0.06,
+                "color": _ARROW,
+            }
+        )
+    return scale
+
+
+def _draw_highlight(view, atoms, pos, highlight: int, vals) -> None:
+    """A translucent halo and a label on atom ``highlight``."""
+    p = pos[highlight]
+    center = dict(zip("xyz", map(float, p)))
+    view.addSphere({"center": center, "radius": 0.9, "color": _HIGHLIGHT, "opacity": 0.45})
+    text = f"{atoms.get_chemical_symbols()[highlight]}{highlight}"
+    if vals is not None:
+        text += f": {vals[highlight]:.3g}"
+    view.addLabel(text, {"position": center, "backgroundColor": "black", "fontColor": "white", "fontSize": 12})
+
+
+def _script_html(view, atoms, js_code: str | None) -> tuple[str, str]:
+    """(inline library ``<script>`` or "" for the CDN loader, viewer script with a unique id)."""
     uid = hashlib.sha1(f"{next(_counter)}|{_xyz(atoms)}|{os.getpid()}".encode()).hexdigest()[:12]
     script = (view.startjs + view.endjs).replace("UNIQUEID", uid)
     if js_code is not None:
@@ -259,18 +311,7 @@ def structure_view_html(
         )
     else:
         lib = ""
-
-    legend = _legend_html(
-        label=label,
-        lo=lo if vals is not None else None,
-        hi=hi if vals is not None else None,
-        highlight=highlight,
-        highlight_text=None if highlight is None else _highlight_text(atoms, highlight, vals, label),
-        arrow_scale=scale,
-        periodic=periodic,
-        width=int(width),
-    )
-    return f'<div class="flexcal-structure-view" data-n-atoms="{n}">\n{lib}{script}\n{legend}</div>\n'
+    return lib, script
 
 
 def _highlight_text(atoms, i: int, vals, label: str) -> str:

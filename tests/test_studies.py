@@ -118,7 +118,7 @@ def transfer():
     a = make_sites(n_structures=60, seed=5)
     b = sources.relabel(a, a.forces_pred - 1.6 * (a.forces_pred - a.forces_ref))
     return studies.run_transfer(a, b, ["split", "flexible"], confidence=0.9, test_fraction=0.5, seed=0,
-                                budgets=(0.2,), method_options=FAST, dataset="syn")
+                                budgets=(0.2,), n_new=(2, 10), method_options=FAST, dataset="syn")
 
 
 def test_transfer_variants(transfer):
@@ -126,10 +126,24 @@ def test_transfer_variants(transfer):
         "split, A", "flexible, A", "flexible (shift), A",
         "split, B 20%", "flexible, B 20%",
         "split, A + B 20% rescale", "flexible, A + B 20% rescale",
+        "split, A + B 2 structures", "flexible, A + B 2 structures",
+        "split, A + B 10 structures", "flexible, A + B 10 structures",
         "split, B 100%", "flexible, B 100%",
     ]
     assert set(transfer["split"]) == {"B"} and set(transfer["study"]) == {"transfer"}
     assert transfer.attrs["paired"] is True
+
+
+def test_transfer_reports_coverage_against_new_labelled_structures(transfer):
+    """update() on k new B structures: the spread follows k, coverage with 10 structures ~0.9."""
+    by = transfer.set_index("label")
+    assert by.loc["split, A + B 10 structures", "n_new"] == 10
+    assert abs(by.loc["split, A + B 10 structures", "coverage"] - 0.9) <= 0.08
+    assert abs(by.loc["flexible, A + B 10 structures", "coverage"] - 0.9) <= 0.08
+    # fewer new structures -> a wider expected interval
+    two = by.loc["split, A + B 2 structures"]
+    ten = by.loc["split, A + B 10 structures"]
+    assert two["coverage_expected_hi"] - two["coverage_expected_lo"] > ten["coverage_expected_hi"] - ten["coverage_expected_lo"]
 
 
 def test_transfer_shows_the_shift_and_rescaling_fixes_it(transfer):
