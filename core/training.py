@@ -123,30 +123,14 @@ def _foundation_e0s(path) -> dict[int, float]:
 
 
 def train_mace(
-    train: Sequence,
-    valid: Sequence | None = None,
-    workdir: str | os.PathLike = "mace_training",
-    *,
-    name: str = "model",
-    seed: int = 0,
-    r_max: float = 4.5,
-    num_channels: int = 32,
-    max_L: int = 0,
-    num_interactions: int = 2,
-    correlation: int = 3,
-    max_num_epochs: int = 50,
-    batch_size: int = 5,
-    lr: float = 0.01,
-    energy_weight: float = 1.0,
-    forces_weight: float = 100.0,
-    energy_key: str = "REF_energy",
-    forces_key: str = "REF_forces",
-    E0s: str | dict | None = None,
-    foundation_model: str | os.PathLike | None = None,
-    num_threads: int | None = None,
-    progress=None,
-    extra_args: Sequence[str] = (),
-    timeout: float | None = None,
+    train: Sequence, valid: Sequence | None = None, workdir: str | os.PathLike = "mace_training", *,
+    name: str = "model", seed: int = 0,
+    r_max: float = 4.5, num_channels: int = 32, max_L: int = 0, num_interactions: int = 2, correlation: int = 3,
+    max_num_epochs: int = 50, batch_size: int = 5, lr: float = 0.01,
+    energy_weight: float = 1.0, forces_weight: float = 100.0,
+    energy_key: str = "REF_energy", forces_key: str = "REF_forces",
+    E0s: str | dict | None = None, foundation_model: str | os.PathLike | None = None,
+    num_threads: int | None = None, progress=None, extra_args: Sequence[str] = (), timeout: float | None = None,
 ) -> Path:
     """Train a MACE model on labelled structures and return the path of the saved model.
 
@@ -190,6 +174,37 @@ def train_mace(
         (``torch.load(path, weights_only=False)`` also works). The per-epoch validation history
         is written beside it as ``<name>_history.json``.
     """
+    positive_ints = {"num_channels": num_channels, "num_interactions": num_interactions,
+                     "max_num_epochs": max_num_epochs, "batch_size": batch_size, "correlation": correlation}
+    valid = _check_train_args(train, valid, energy_key, forces_key, positive_ints, max_L, r_max, foundation_model)
+    report = as_progress(progress, "train_mace: epoch")
+
+    workdir, run_dir, train_file = _prepare_workdir(workdir, name, train, energy_key, forces_key)
+    args = _base_args(name, run_dir, train_file, seed, max_num_epochs, batch_size, lr, energy_weight, forces_weight)
+    args += _valid_args(valid, train, workdir, name, energy_key, forces_key)
+    args += _model_args(E0s, foundation_model, r_max, num_channels, max_L, num_interactions, correlation)
+    args += [str(a) for a in extra_args]
+
+    log_path = workdir / f"{name}_train.log"
+    history, log_lines, returncode, timed_out = _run_logged(
+        args, run_dir, _train_env(num_threads), log_path, timeout, report, max_num_epochs
+    )
+    _raise_on_failure(timed_out, timeout, history, returncode, log_lines, log_path)
+    produced = run_dir / f"{name}.model"
+    if not produced.is_file():
+        raise TrainingError(f"mace_run_train finished but wrote no model at {produced}; log: {log_path}")
+    model_path = workdir / f"{name}.model"
+    shutil.copyfile(produced, model_path)
+    (workdir / f"{name}_history.json").write_text(json.dumps(
+        {"seed": int(seed), "foundation_model": None if foundation_model is None else str(foundation_model),
+         "n_train": len(train), "n_valid": None if valid is None else len(valid),
+         "epochs": history}, indent=1))
+    return model_path
+
+
+# ------------------------------------------------------------ train_mace steps
+def _check_train_args(train, valid, energy_key, forces_key, positive_ints: dict, max_L, r_max, foundation_model):
+    """Validate ``train_mace``'s inputs; returns ``valid`` (None when it was None or empty)."""
     if train is None or len(train) == 0:
         raise ValueError("train_mace: the training set is empty (got 0 structures)")
     check_labels(train, energy_key, forces_key, "train")
@@ -203,9 +218,7 @@ def train_mace(
             f"train_mace: need at least 2 training structures when valid is None "
             f"(got {len(train)}); pass a validation set"
         )
-    for arg, value in (("num_channels", num_channels), ("num_interactions", num_interactions),
-                       ("max_num_epochs", max_num_epochs), ("batch_size", batch_size),
-                       ("correlation", correlation)):
+    for arg, value in positive_ints.items():
         if int(value) != value or value < 1:
             raise ValueError(f"train_mace: {arg} must be a positive integer, got {value!r}")
     if max_L not in (0, 1, 2, 3):
@@ -214,8 +227,11 @@ def train_mace(
         raise ValueError(f"train_mace: r_max must be > 0 Å, got {r_max!r}")
     if foundation_model is not None and not Path(foundation_model).is_file():
         raise FileNotFoundError(f"train_mace: foundation model not found: {foundation_model}")
-    report = as_progress(progress, "train_mace: epoch")
+    return valid
 
+
+def _prepare_workdir(workdir, name: str, train, energy_key: str, forces_key: str):
+    """(resolved workdir, fresh ``workdir/_mace_<name>``, written ``<name>_train.xyz``)."""
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     run_dir = workdir / f"_mace_{name}"
@@ -224,7 +240,12 @@ def train_mace(
     run_dir.mkdir()
     train_file = workdir / f"{name}_train.xyz"
     _write_extxyz(train, train_file, energy_key, forces_key)
-    args = [
+    return workdir, run_dir, train_file
+
+
+def _base_args(name, run_dir, train_file, seed, max_num_epochs, batch_size, lr, energy_weight, forces_weight):
+    """The fixed part of the ``mace.cli.run_train`` command line (CPU, float64)."""
+    return [
         sys.executable, "-m", "mace.cli.run_train",
         "--name", name,
         "--work_dir", str(run_dir),
@@ -246,12 +267,19 @@ def train_mace(
         "--plot", "False",
         "--save_cpu",
     ]
+
+
+def _valid_args(valid, train, workdir: Path, name: str, energy_key: str, forces_key: str) -> list[str]:
+    """``--valid_file`` (written to ``workdir/<name>_valid.xyz``) or ``--valid_fraction``."""
     if valid is not None:
         valid_file = workdir / f"{name}_valid.xyz"
         _write_extxyz(valid, valid_file, energy_key, forces_key)
-        args += ["--valid_file", str(valid_file)]
-    else:
-        args += ["--valid_fraction", repr(max(0.1, 1.0 / len(train) + 1e-9))]
+        return ["--valid_file", str(valid_file)]
+    return ["--valid_fraction", repr(max(0.1, 1.0 / len(train) + 1e-9))]
+
+
+def _model_args(E0s, foundation_model, r_max, num_channels, max_L, num_interactions, correlation) -> list[str]:
+    """``--E0s`` plus either the foundation model or the architecture arguments."""
     if E0s is None:
         E0s = "foundation" if foundation_model is not None else "average"
     if foundation_model is not None and isinstance(E0s, str) and E0s.lower() == "foundation":
@@ -260,7 +288,7 @@ def train_mace(
         E0s = _foundation_e0s(foundation_model)
     if isinstance(E0s, dict):
         E0s = str({int(z): float(e) for z, e in E0s.items()})
-    args += ["--E0s", str(E0s)]
+    args = ["--E0s", str(E0s)]
     if foundation_model is not None:
         args += ["--foundation_model", str(Path(foundation_model).resolve()),
                  "--multiheads_finetuning", "False"]
@@ -273,18 +301,28 @@ def train_mace(
             "--num_interactions", str(int(num_interactions)),
             "--correlation", str(int(correlation)),
         ]
-    args += [str(a) for a in extra_args]
+    return args
 
+
+def _train_env(num_threads: int | None) -> dict:
+    """Environment of the training process (thread counts, unbuffered output, no wandb mode)."""
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(num_threads or env.get("OMP_NUM_THREADS") or 1)
     # MKL must match OMP: a mismatch (e.g. MKL 2, OMP 1) slowed mace epochs 6-10x here
     env["MKL_NUM_THREADS"] = env["OMP_NUM_THREADS"]
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("WANDB_MODE", None)
+    return env
 
+
+def _run_logged(args, run_dir, env, log_path: Path, timeout, report, max_num_epochs):
+    """Run the training command, teeing its output to ``log_path`` and parsing epoch lines.
+
+    Returns (history: list of per-epoch dicts, log_lines: the last <= 200 output lines,
+    returncode, timed_out: non-empty list when the timeout killed the process).
+    """
     history: list[dict] = []
     log_lines: list[str] = []
-    log_path = workdir / f"{name}_train.log"
     with open(log_path, "w") as log, subprocess.Popen(
         args, cwd=run_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, bufsize=1,
@@ -324,22 +362,17 @@ def train_mace(
         finally:
             if timer is not None:
                 timer.cancel()
+    return history, log_lines, proc.returncode, timed_out
+
+
+def _raise_on_failure(timed_out, timeout, history, returncode, log_lines, log_path) -> None:
+    """TrainingError after a timeout or a non-zero exit code (with the tail of the log)."""
     if timed_out:
         raise TrainingError(
             f"mace_run_train killed after timeout={timeout} s ({len(history)} epochs done); log: {log_path}"
         )
-    if proc.returncode != 0:
+    if returncode != 0:
         tail = "".join(log_lines[-40:])
         raise TrainingError(
-            f"mace_run_train failed (exit code {proc.returncode}); full log: {log_path}\n{tail}"
+            f"mace_run_train failed (exit code {returncode}); full log: {log_path}\n{tail}"
         )
-    produced = run_dir / f"{name}.model"
-    if not produced.is_file():
-        raise TrainingError(f"mace_run_train finished but wrote no model at {produced}; log: {log_path}")
-    model_path = workdir / f"{name}.model"
-    shutil.copyfile(produced, model_path)
-    (workdir / f"{name}_history.json").write_text(json.dumps(
-        {"seed": int(seed), "foundation_model": None if foundation_model is None else str(foundation_model),
-         "n_train": len(train), "n_valid": None if valid is None else len(valid),
-         "epochs": history}, indent=1))
-    return model_path

@@ -162,9 +162,7 @@ def structure_view_html(
     """
     import py3Dmol
 
-    n, vals, lo, hi, highlight, vec = _check_view_args(
-        atoms, values, highlight, arrows, vmin, vmax, width, height, style
-    )
+    n, vals, lo, hi, highlight, vec = _check_view_args(atoms, values, highlight, arrows, vmin, vmax, width, height, style)
     js_code = _read_js(allow_cdn)
 
     periodic = atoms.cell.rank == 3 and any(atoms.pbc)
@@ -174,9 +172,7 @@ def structure_view_html(
     pos = atoms.get_positions()
     if periodic:
         view.addUnitCell()
-    scale = None
-    if vec is not None:
-        scale = _draw_arrows(view, pos, vec, arrow_length)
+    scale = None if vec is None else _draw_arrows(view, pos, vec, arrow_length)
     if highlight is not None:
         _draw_highlight(view, atoms, pos, highlight, vals)
     if periodic:
@@ -187,14 +183,9 @@ def structure_view_html(
 
     lib, script = _script_html(view, atoms, js_code)
     legend = _legend_html(
-        label=label,
-        lo=lo if vals is not None else None,
-        hi=hi if vals is not None else None,
-        highlight=highlight,
+        label=label, lo=lo, hi=hi, highlight=highlight,  # lo, hi are None without values
         highlight_text=None if highlight is None else _highlight_text(atoms, highlight, vals, label),
-        arrow_scale=scale,
-        periodic=periodic,
-        width=int(width),
+        arrow_scale=scale, periodic=periodic, width=int(width),
     )
     return f'<div class="flexcal-structure-view" data-n-atoms="{n}">\n{lib}{script}\n{legend}</div>\n'
 
