@@ -256,15 +256,9 @@ def _assemble(atoms_list, sizes, labelled, computed, dataset_index, meta):
 
 # ------------------------------------------------------------------ checks
 def _validate_args(atoms_list, potential, batch_size, descriptor_dtype, max_batch_atoms) -> None:
-    from ase import Atoms
+    from core.potentials.base import check_structures
 
-    if not atoms_list:
-        raise ValueError("structures: empty (need at least one structure)")
-    for i, a in enumerate(atoms_list):
-        if not isinstance(a, Atoms):
-            raise TypeError(f"structures[{i}]: expected ase.Atoms, got {type(a).__name__}")
-        if len(a) == 0:
-            raise ValueError(f"structures[{i}]: has zero atoms")
+    check_structures(atoms_list)
     for attr in ("name", "identity", "atomic_numbers", "compute"):
         if not hasattr(potential, attr):
             raise TypeError(

@@ -122,7 +122,7 @@ def check_structures(structures) -> list:
 
     structures = list(structures)
     if not structures:
-        raise ValueError("structures: empty batch")
+        raise ValueError("structures: empty batch (need at least one structure)")
     for i, a in enumerate(structures):
         if not isinstance(a, Atoms):
             raise TypeError(f"structures[{i}]: expected ase.Atoms, got {type(a).__name__}")
