@@ -47,10 +47,18 @@ def structures() -> list:
 
 @pytest.fixture(scope="module")
 def serial(structures, tiny_mace_model):
+    import torch
+
     from core.featurize import featurize
     from core.potentials import load_potential
 
-    return featurize(structures, load_potential(tiny_mace_model), batch_size=BATCH)
+    # bit for bit holds at equal torch thread counts: the workers run 1 thread each
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return featurize(structures, load_potential(tiny_mace_model), batch_size=BATCH)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run(structures, model, out, client, **kw):
