@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -59,19 +57,11 @@ def shard_name(index: int) -> str:
 
 # ------------------------------------------------------------------ writing
 def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path`` (a crash never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
+    """Call ``write(tmp_path)`` then rename onto ``path`` (core.io: a crash never leaves half a file)."""
+    from core.io import atomic_path
+
+    with atomic_path(path, suffix=".tmp.npz") as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _sha256_file(path: Path) -> str:
