@@ -4,12 +4,14 @@
 
     store = featurize_distributed(dataset, "my.model", "sites_store/", workers=8)   # a local cluster
     store = featurize_distributed(dataset, "my.model", "/shared/store", scheduler="tcp://10.0.0.5:8786")
-    sites = store.load()          # small stores: the SiteTable serial featurize returns, bit for bit
+    sites = store.load()          # small stores: the SiteTable serial featurize returns
 
 Chunks are whole forward-pass batches of the serial run (:func:`plan_chunks`), so every
 structure meets the potential in the batch it would have serially and the store equals
-``featurize(structures, load_potential(spec))`` bit for bit, in order (at the same torch thread
-count: workers use one per worker thread). One chunk = one task = one shard
+``featurize(structures, load_potential(spec))`` in order: integers and metadata exactly, floats to
+the last few bits (a worker process may take other BLAS/oneDNN code paths than the caller; bit
+for bit on the development machine at equal torch thread counts; workers run one torch thread
+per task). One chunk = one task = one shard
 ``out_dir/shard-<chunk>.npz``, written atomically by the worker (``out_dir`` must be on a
 filesystem the workers share); the manifest is written last. Each worker process loads the
 model once from ``potential_spec`` (a path or name; loaded potentials are never shipped).
@@ -27,6 +29,7 @@ import hashlib
 import itertools
 import json
 import os
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,6 +47,7 @@ _FEATURIZE_OPTIONS = ("descriptor_dtype", "max_batch_atoms")
 # imported once in the forkserver that starts local worker processes (a restart then costs < 1 s)
 _FORKSERVER_PRELOAD = ("distributed", "numpy", "mace.calculators", "torch", "ase", "core.featurize")
 _POTENTIALS: dict = {}  # per worker process: spec key -> loaded Potential
+_LOAD_LOCK = threading.Lock()
 _STATS = {"potential_loads": 0, "chunks_computed": 0, "chunks_reused": 0}
 
 
@@ -211,30 +215,27 @@ def _missing_model_message(path: str, workers: list[str], n_workers: int | None 
 
 
 def tune_worker() -> None:
-    """On a Dask worker: torch threads = the worker's threads, and glibc keeps freed memory for
-    reuse (mmap threshold 64 MiB, trim threshold 256 MiB). A no-op in any other process.
+    """On a Dask worker: one torch thread per task (a worker runs as many tasks at once as it has
+    threads), and glibc keeps freed memory for reuse. A no-op in any other process.
 
     Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins glibc's
     mmap threshold at 128 KiB: every batch's tensors are then mapped and unmapped again, and
     featurizing ran at half speed with 3x the page faults (benchmarks/results/distributed.md).
-    Called by every featurize and predict task (cheap).
+    Here: mmap threshold 64 MiB, trim threshold 256 MiB. Called by every task (cheap).
     """
     try:
         from distributed import get_worker
 
-        nthreads = int(get_worker().state.nthreads)  # ValueError outside a worker: leave the process alone
-    except (ImportError, ValueError, AttributeError):
-        return
-    import ctypes
+        get_worker()  # ValueError outside a worker: leave the calling process alone
+        import ctypes
 
-    import torch
+        import torch
 
-    torch.set_num_threads(nthreads)
-    try:
+        torch.set_num_threads(1)
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
+    except (ImportError, ValueError, OSError, AttributeError):
         pass
 
 
@@ -246,15 +247,14 @@ def _worker_potential(spec: dict):
         raise FileNotFoundError(_missing_model_message(missing[0], [_worker_address()]))
     stamp = [(f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files]
     key = json.dumps([spec, stamp], sort_keys=True)
-    pot = _POTENTIALS.get(key)
-    if pot is None:
-        from core.potentials import load_potential
+    with _LOAD_LOCK:  # worker threads share the process: one load, not one per thread
+        if key not in _POTENTIALS:
+            from core.potentials import load_potential
 
-        pot = load_potential(spec["model"], **{k: v for k, v in spec.items() if k != "model"})
-        _POTENTIALS.clear()  # one model per worker process at a time
-        _POTENTIALS[key] = pot
-        _STATS["potential_loads"] += 1
-    return pot
+            _POTENTIALS.clear()  # one model per worker process at a time
+            _POTENTIALS[key] = load_potential(spec["model"], **{k: v for k, v in spec.items() if k != "model"})
+            _STATS["potential_loads"] += 1
+        return _POTENTIALS[key]
 
 
 def _probe(files: list[str], out_dir: str) -> dict:

@@ -23,9 +23,31 @@ from core.distributed import (  # noqa: E402
 )
 from core.store import MANIFEST, SiteStore, predict_store, shard_name  # noqa: E402
 from tests.conftest import make_tiny_structures  # noqa: E402
-from tests.test_store import assert_tables_equal  # noqa: E402
 
 CHUNK, BATCH = 8, 4  # 48 structures -> 6 chunks of 2 batches each
+FLOAT_FIELDS = ("errors", "descriptors", "forces_pred", "forces_ref", "committee_std")
+
+
+def assert_tables_match(a, b) -> None:
+    """Integers, order and structure info exactly; floats to 1e-9 relative (a worker process may
+    reduce in another order than the caller: bit for bit is not promised across processes)."""
+    for name in ("structure_ids", "atom_index", "species", *FLOAT_FIELDS):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is None:
+            continue
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        if name in FLOAT_FIELDS:
+            np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12, err_msg=name)
+        else:
+            assert np.array_equal(x, y), name
+    assert sorted(a.structure_info) == sorted(b.structure_info)
+    for k in a.structure_info:
+        x, y = np.asarray(a.structure_info[k]), np.asarray(b.structure_info[k])
+        if x.dtype.kind == "f":  # energy_pred, energy_ref (eV)
+            np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=k)
+        else:
+            assert np.array_equal(x, y), k
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +74,7 @@ def serial(structures, tiny_mace_model):
     from core.featurize import featurize
     from core.potentials import load_potential
 
-    # bit for bit holds at equal torch thread counts: the workers run 1 thread each
+    # the workers run 1 torch thread per task: so does the reference (closest reduction order)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -79,7 +101,7 @@ def test_plan_chunks_cut_at_serial_batch_boundaries():
     assert plan_chunks(sizes, 1, 3, 10) == batches  # a batch larger than chunk_size is a chunk of its own
 
 
-def test_equal_to_serial_bit_for_bit(client, structures, serial, tiny_mace_model, tmp_path):
+def test_equal_to_serial(client, structures, serial, tiny_mace_model, tmp_path):
     before = client.run(worker_stats)
     seen = []
     store = run(structures, tiny_mace_model, tmp_path / "s", client, progress=lambda d, t: seen.append((d, t)))
@@ -88,7 +110,7 @@ def test_equal_to_serial_bit_for_bit(client, structures, serial, tiny_mace_model
     assert store.n_shards == 6 == len(plan_chunks([len(a) for a in structures], CHUNK, BATCH))
     assert store.run_info == {"computed": list(range(6)), "reused": []}
     got = store.load()
-    assert_tables_equal(got, serial)
+    assert_tables_match(got, serial)
     assert got.meta == serial.meta
     assert (store.n_sites, store.n_structures, store.n_descriptors) == (len(serial), 48, 16)
     assert store.manifest["potential_identity"] == serial.meta["potential_identity"]
@@ -109,7 +131,7 @@ def test_resume_after_interruption(structures, serial, tiny_mace_model, client, 
     assert not (out / MANIFEST).exists() and list(out.glob("shard-*.npz"))  # finished shards, no store yet
     store = run(structures, tiny_mace_model, out, client)
     assert store.run_info["reused"]
-    assert_tables_equal(store.load(), serial)
+    assert_tables_match(store.load(), serial)
 
     # a run killed later: shard 1 never written, shard 3 half written, no manifest yet
     (out / shard_name(1)).unlink()
@@ -119,14 +141,14 @@ def test_resume_after_interruption(structures, serial, tiny_mace_model, client, 
     store = run(structures, tiny_mace_model, out, client)
     assert store.run_info == {"computed": [1, 3], "reused": [0, 2, 4, 5]}
     assert {i: os.stat(out / shard_name(i)).st_ino for i in inodes} == inodes  # finished shards untouched
-    assert_tables_equal(store.load(), serial)
+    assert_tables_match(store.load(), serial)
     # a complete store of the same input is returned as it is
     again = run(structures, tiny_mace_model, out, client)
     assert again.run_info["computed"] == [] and again.manifest == store.manifest
     # other input into the same folder: the old manifest goes, shards of identical content are kept
     other = run(structures[:40], tiny_mace_model, out, client)
     assert other.run_info == {"computed": [], "reused": [0, 1, 2, 3, 4]} and other.n_structures == 40
-    assert_tables_equal(other.load(), serial.select_structures(np.arange(40)))
+    assert_tables_match(other.load(), serial.select_structures(np.arange(40)))
     changed = run(structures[:40], tiny_mace_model, out, client, descriptor_dtype="float64")
     assert changed.run_info["computed"] == [0, 1, 2, 3, 4] and changed.load().descriptors.dtype == np.float64
 
@@ -140,7 +162,7 @@ def test_unlabelled_structures(structures, tiny_mace_model, client, tmp_path):
         del a.arrays["REF_forces"]
     store = run(bare, tiny_mace_model, tmp_path / "u", client, labelled=False)
     assert not store.labelled and store.manifest["columns"] == ["descriptors", "forces_pred"]
-    assert_tables_equal(store.load(), featurize(bare, load_potential(tiny_mace_model), batch_size=BATCH,
+    assert_tables_match(store.load(), featurize(bare, load_potential(tiny_mace_model), batch_size=BATCH,
                                                 labelled=False))
 
 
@@ -177,7 +199,7 @@ def test_killed_worker_chunk_reruns_elsewhere(structures, serial, tiny_mace_mode
     # shard finds it intact and reuses it
     assert sorted(store.run_info["computed"] + store.run_info["reused"]) == list(range(6))
     assert 2 in store.run_info["computed"]
-    assert_tables_equal(store.load(), serial)  # no site lost or duplicated
+    assert_tables_match(store.load(), serial)  # no site lost or duplicated
 
 
 def test_scheduler_unreachable(structures, tiny_mace_model, tmp_path):
@@ -236,13 +258,13 @@ def test_predict_store_on_the_cluster(serial, structures, tiny_mace_model, clien
     store = run(structures, tiny_mace_model, tmp_path / "s", client)
     cal = make_calibrator("force", confidence=0.8).fit(serial)
     predict_store(cal, store, client)
-    assert np.array_equal(store.widths("force"), cal.predict(serial))
+    np.testing.assert_allclose(store.widths("force"), cal.predict(serial), rtol=1e-9, atol=1e-12)
 
 
 def test_local_workers_option(structures, serial, tiny_mace_model, tmp_path):
     store = featurize_distributed(structures[:16], tiny_mace_model, tmp_path / "s", workers=1,
                                   chunk_size=CHUNK, batch_size=BATCH)
-    assert_tables_equal(store.load(), serial.select_structures(np.arange(16)))
+    assert_tables_match(store.load(), serial.select_structures(np.arange(16)))
 
 
 def test_cli_featurize_workers_and_scheduler(structures, serial, tiny_mace_model, tmp_path, capsys):
