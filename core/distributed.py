@@ -11,10 +11,9 @@ structure meets the potential in the batch it would have serially and the store 
 ``featurize(structures, load_potential(spec))`` in order: integers and metadata exactly, floats to
 the last few bits (a worker process may take other BLAS/oneDNN code paths than the caller; bit
 for bit on the development machine at equal torch thread counts; workers run one torch thread
-per task). One chunk = one task = one shard
-``out_dir/shard-<chunk>.npz``, written atomically by the worker (``out_dir`` must be on a
-filesystem the workers share); the manifest is written last. Each worker process loads the
-model once from ``potential_spec`` (a path or name; loaded potentials are never shipped).
+per task). One chunk = one task = one shard ``out_dir/shard-<chunk>.npz``, written atomically by
+the worker (``out_dir`` must be on a filesystem the workers share); the manifest is written last.
+Each worker loads the model once from ``potential_spec`` (a path or name; never a loaded object).
 
 Faults and resume: tasks of a worker that dies re-run elsewhere (Dask) and rewrite the same
 shard file, so no site is lost or duplicated; rerunning an interrupted call reuses every shard
@@ -29,6 +28,7 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -49,6 +49,7 @@ _FORKSERVER_PRELOAD = ("distributed", "numpy", "mace.calculators", "torch", "ase
 _POTENTIALS: dict = {}  # per worker process: spec key -> loaded Potential
 _LOAD_LOCK = threading.Lock()
 _STATS = {"potential_loads": 0, "chunks_computed": 0, "chunks_reused": 0}
+_LIBC: list = []  # glibc, once tune_worker found this process to be a Dask worker
 
 
 # ------------------------------------------------------------------ specs and plans
@@ -215,14 +216,11 @@ def _missing_model_message(path: str, workers: list[str], n_workers: int | None 
 
 
 def tune_worker() -> None:
-    """On a Dask worker: one torch thread per task (a worker runs as many tasks at once as it has
-    threads), and glibc keeps freed memory for reuse. A no-op in any other process.
-
-    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins glibc's
-    mmap threshold at 128 KiB: every batch's tensors are then mapped and unmapped again, and
-    featurizing ran at half speed with 3x the page faults (benchmarks/results/distributed.md).
-    Here: mmap threshold 64 MiB, trim threshold 256 MiB. Called by every task (cheap).
-    """
+    """On a Dask worker (a no-op elsewhere): one torch thread per task; glibc mmap threshold 64 MiB, trim
+    threshold 256 MiB (Dask's ``MALLOC_TRIM_THRESHOLD_=65536`` pins the mmap threshold at 128 KiB: every
+    batch's tensors were mapped and unmapped again, half speed); each chunk ends with ``malloc_trim(0)``."""
+    if "distributed" not in sys.modules:  # not a Dask worker: importing Dask to find out costs ~5 s
+        return
     try:
         from distributed import get_worker
 
@@ -235,6 +233,7 @@ def tune_worker() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+        _LIBC[:] = [libc]
     except (ImportError, ValueError, OSError, AttributeError):
         pass
 
@@ -292,6 +291,9 @@ def _featurize_chunk(spec: dict, atoms: list, first: int, dataset_index, out_pat
     table = replace(table, structure_ids=table.structure_ids + first, structure_info=info_cols,
                     meta={**table.meta, "source": settings["source"]})
     info = write_shard(table, out_path, content_key)
+    del table  # then freed heap back to the OS: without it a worker's RSS crept up (glibc kept freed memory)
+    if _LIBC:
+        _LIBC[0].malloc_trim(0)
     _STATS["chunks_computed"] += 1
     return {**info, "reused": False}
 

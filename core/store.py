@@ -3,7 +3,8 @@
 Layout of a store folder::
 
     manifest.json                   written last and atomically: the store exists once it does
-    shard-000000.npz                a SiteTable (SiteTable.save: plain arrays + JSON, no pickle)
+    shard-000000.npz                a SiteTable (SiteTable.load reads it: plain arrays + JSON, no
+                                    pickle), members stored uncompressed so they can be mapped
     shard-000000.widths-split.npz   widths of a calibrator named "split" (predict_store)
     ...
 
@@ -15,6 +16,25 @@ settings, see :mod:`core.distributed`), plus the descriptor width, the potential
 content hash of the whole input. Shards are read lazily: :meth:`SiteStore.iter_shards`
 streams them one at a time (peak memory = one shard), :meth:`SiteStore.column` reads a single
 per-site column, and :meth:`SiteStore.load` builds the whole table for small stores.
+
+Shards are written **uncompressed** (``np.savez``): float descriptors hardly compress (the old
+compressed shards saved ~20 % of the disk and cost most of the time of predicting on a store), and
+an uncompressed member can be memory-mapped: :func:`map_shard` (used by :func:`predict_store`)
+maps the columns a calibrator needs read-only, in place in the ``.npz``, and reads nothing else.
+Stores written compressed by earlier versions stay readable (their members are decompressed).
+
+What is verified when (tamper and damage detection):
+
+* writing: the manifest records per shard its SHA-256, size in bytes and modification time
+  (``sha256``, ``bytes``, ``mtime_ns``);
+* every read of a shard (:meth:`SiteStore.read_shard`, :meth:`SiteStore.column`,
+  :func:`predict_store`) first runs :func:`check_shard_file`: a size different from the
+  manifest's is an error; a modification time different from the manifest's makes it re-hash the
+  file once per process and refuse it if the SHA-256 differs (an unchanged file costs one
+  ``stat``). Validated reads (``read_shard``/``iter_shards``/``load``) also check every member's
+  zip CRC-32 and re-validate the arrays as :meth:`SiteTable.from_arrays` does; mapped reads do not;
+* :meth:`SiteStore.verify` re-hashes every shard (catches a same-size edit whose modification
+  time was put back). Stores from before sizes were recorded are checked by ``verify`` only.
 
 Calibrating on a store (:func:`fit_store`) and predicting on it (:func:`predict_store`) stream
 shard by shard; they live in :mod:`core.store_calibration` (re-exported here); see their
@@ -36,7 +56,7 @@ import numpy as np
 from core.sites import SiteTable, concatenate
 
 __all__ = ["SiteStore", "write_shard", "verify_shard", "write_manifest", "shard_name", "predict_store",
-           "fit_store", "MANIFEST", "STORE_FORMAT"]
+           "fit_store", "map_shard", "check_shard_file", "MANIFEST", "STORE_FORMAT"]
 
 MANIFEST = "manifest.json"
 STORE_FORMAT = "flexcal.SiteStore"
@@ -73,6 +93,7 @@ def _sha256_file(path: Path) -> str:
 
 
 def _table_info(table: SiteTable, path: Path, content_key: str) -> dict:
+    st = path.stat()
     return {
         "file": path.name,
         "n_sites": len(table),
@@ -84,12 +105,28 @@ def _table_info(table: SiteTable, path: Path, content_key: str) -> dict:
         "columns": [c for c in COLUMNS if getattr(table, c) is not None],
         "content_key": content_key,
         "sha256": _sha256_file(path),
+        "bytes": int(st.st_size),
+        "mtime_ns": int(st.st_mtime_ns),
         "potential_identity": table.meta.get("potential_identity"),
     }
 
 
+def _save_uncompressed(table: SiteTable, path: Path) -> None:
+    """``table.save(path)`` with the members stored uncompressed (the same keys and metadata)."""
+    from core.sites import _OPTIONAL_SITE_COLUMNS, _STRUCTURE_PREFIX, FORMAT_VERSION
+
+    arrays = {"structure_ids": table.structure_ids, "atom_index": table.atom_index, "species": table.species,
+              "descriptors": table.descriptors}
+    arrays.update({k: getattr(table, k) for k in _OPTIONAL_SITE_COLUMNS if getattr(table, k) is not None})
+    arrays.update({_STRUCTURE_PREFIX + k: v for k, v in table.structure_info.items()})
+    meta = {"format": "flexcal.SiteTable", "version": FORMAT_VERSION, "meta": table.meta}
+    arrays["__meta__"] = np.array(json.dumps(meta))
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
 def write_shard(table: SiteTable, path, content_key: str | None = None) -> dict:
-    """Write ``table`` atomically as one shard (SiteTable .npz); returns its manifest entry (dict).
+    """Write ``table`` atomically as one shard (an uncompressed SiteTable .npz); returns its manifest entry.
 
     ``content_key`` (default: a SHA-256 of the table's arrays) is stored in the shard's meta
     under ``meta["shard"]["content_key"]`` so a later run can recognise a finished shard.
@@ -103,7 +140,7 @@ def write_shard(table: SiteTable, path, content_key: str | None = None) -> dict:
     meta = dict(table.meta)
     meta["shard"] = {"content_key": key}
     shard = replace(table, meta=meta)
-    _atomic_write(path, shard.save)
+    _atomic_write(path, lambda tmp: _save_uncompressed(shard, Path(tmp)))
     return _table_info(table, path, key)
 
 
@@ -175,6 +212,35 @@ def write_manifest(folder, shards: list[dict], *, meta: dict, content_hash: str 
 
 
 # ------------------------------------------------------------------ reading
+_HASHED: dict = {}  # path -> (size, mtime_ns) whose SHA-256 this process found equal to the manifest's
+
+
+def check_shard_file(path, entry: dict) -> None:
+    """Cheap integrity check of one shard file against its manifest ``entry`` (see the module docstring).
+
+    Size differs from ``entry["bytes"]`` -> ValueError; modification time differs from
+    ``entry["mtime_ns"]`` -> the file is re-hashed (once per process and file state) and a SHA-256
+    other than ``entry["sha256"]`` is a ValueError naming the file. Entries without ``bytes``
+    (stores written before they were recorded) are not checked here (:meth:`SiteStore.verify` is).
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: shard file missing") from None
+    if entry.get("bytes") is None:
+        return
+    changed = f"{path.parent}: shard(s) changed since the manifest was written: ['{path.name}']"
+    if st.st_size != int(entry["bytes"]):
+        raise ValueError(f"{changed} ({st.st_size} bytes, the manifest says {entry['bytes']})")
+    state = (st.st_size, st.st_mtime_ns)
+    if st.st_mtime_ns == entry.get("mtime_ns") or _HASHED.get(str(path)) == state:
+        return
+    if _sha256_file(path) != entry["sha256"]:
+        raise ValueError(f"{changed} (modified since it was written and its SHA-256 differs)")
+    _HASHED[str(path)] = state
+
+
 def _read_shard(path: Path, columns) -> SiteTable:
     """One shard with only the requested optional columns (descriptors omitted -> shape (n, 0))."""
     if columns is None:
@@ -275,6 +341,7 @@ class SiteStore:
         """Shard ``index`` as a SiteTable; ``columns``: subset of :data:`COLUMNS` to read (None: all)."""
         if not 0 <= int(index) < self.n_shards:
             raise IndexError(f"index: shard {index} out of range (store has {self.n_shards})")
+        check_shard_file(self.shard_paths[int(index)], self.manifest["shards"][int(index)])
         table = _read_shard(self.shard_paths[int(index)], _check_columns(columns))
         meta = self.meta
         meta["shard"] = table.meta.get("shard")
@@ -302,7 +369,8 @@ class SiteStore:
         if name not in allowed:
             raise ValueError(f"name: expected one of {list(allowed)}, got {name!r}")
         parts = []
-        for p in self.shard_paths:
+        for p, entry in zip(self.shard_paths, self.manifest["shards"]):
+            check_shard_file(p, entry)
             with np.load(p, allow_pickle=False) as z:
                 if name not in z.files:
                     raise ValueError(f"{p}: shard has no column {name!r}")
@@ -321,7 +389,9 @@ class SiteStore:
         return replace(table, meta=self.meta)
 
     def verify(self) -> None:
-        """Check every shard's file SHA-256 against the manifest; ValueError listing the bad ones."""
+        """Re-hash every shard file and compare with the manifest's SHA-256; ValueError listing the bad ones.
+
+        The full check (reads every byte); each read already runs the cheap :func:`check_shard_file`."""
         bad = [s["file"] for s in self.manifest["shards"] if _sha256_file(self.path / s["file"]) != s["sha256"]]
         if bad:
             raise ValueError(f"{self.path}: shard(s) changed since the manifest was written: {bad[:10]}")
@@ -388,4 +458,4 @@ class SiteStore:
 
 
 # calibrating on a store and predicting shard by shard (re-exported here)
-from core.store_calibration import fit_store, predict_store  # noqa: E402
+from core.store_calibration import fit_store, map_shard, predict_store  # noqa: E402

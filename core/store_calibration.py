@@ -1,22 +1,25 @@
 """Calibrators on a SiteStore: :func:`fit_store` and :func:`predict_store` (both stream shards).
 
-Re-exported by :mod:`core.store`; see there for the store layout.
+Re-exported by :mod:`core.store`; see there for the store layout. :func:`map_shard` is the cheap
+reader :func:`predict_store` uses: it memory-maps only the columns the calibrator needs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import struct
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from core.sites import SiteTable, concatenate
-from core.store import WIDTHS_FORMAT, SiteStore, _atomic_write, _read_shard
+from core.store import _INFO_PREFIX, WIDTHS_FORMAT, SiteStore, _atomic_write, check_shard_file
 
-__all__ = ["fit_store", "predict_store", "DEFAULT_MAX_TRAIN_SITES"]
+__all__ = ["fit_store", "predict_store", "map_shard", "DEFAULT_MAX_TRAIN_SITES"]
 
 #: sites q_θ is trained on by :func:`fit_store` (a seeded uniform subsample above this)
 DEFAULT_MAX_TRAIN_SITES = 200_000
@@ -27,6 +30,21 @@ _HOLDOUT_BLOCK = 8192  # rows per q_θ evaluation of the holdout (FlexibleQuanti
 _CALIBRATORS: dict = {}  # per worker process: calibrator state digest -> Calibrator
 # what any calibrator's predict may read (descriptors: knn/gmm/q_θ; forces: force CP; spread: committee CP)
 _PREDICT_COLUMNS = ("descriptors", "forces_pred", "committee_std")
+# ... and what a split-conformal calibrator reads, by heuristic (species, structure ids: always)
+_HEURISTIC_PREDICT_COLUMNS = {"constant": (), "force": ("forces_pred",), "committee": ("committee_std",),
+                              "knn": ("descriptors",), "gmm": ("descriptors",)}
+
+
+def predict_columns(calibrator) -> tuple[str, ...]:
+    """The optional columns ``calibrator.predict`` reads: q_θ and knn/gmm CP the descriptors, force CP
+    the predicted forces, committee CP the spread, split CP none; any other calibrator all three."""
+    from core.calibration import FlexibleQuantile, SplitConformal
+
+    if type(calibrator) is FlexibleQuantile:
+        return ("descriptors",)
+    if type(calibrator) is SplitConformal and getattr(calibrator, "heuristic_", None) is not None:
+        return _HEURISTIC_PREDICT_COLUMNS.get(calibrator.heuristic_.name, _PREDICT_COLUMNS)
+    return _PREDICT_COLUMNS
 
 
 def _as_store(store) -> SiteStore:
@@ -197,6 +215,65 @@ def _holdout_ratios(q, store: SiteStore, hold_ids: np.ndarray, n_holdout: int) -
     return out
 
 
+def _member(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray:
+    """Array ``name`` of an open .npz: memory-mapped read-only if stored uncompressed, else read."""
+    info = zf.getinfo(name + ".npy")
+    if info.compress_type == zipfile.ZIP_STORED:
+        with open(path, "rb") as fh:
+            fh.seek(info.header_offset)
+            head = fh.read(30)  # the zip local file header; the data follow its name and extra field
+            if len(head) < 30 or head[:4] != b"PK\x03\x04":
+                raise ValueError(f"member {name!r}: bad zip local header")
+            start = info.header_offset + 30 + sum(struct.unpack("<HH", head[26:30]))
+            fh.seek(start)
+            version = np.lib.format.read_magic(fh)
+            if version in ((1, 0), (2, 0)):
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(fh)
+                offset = fh.tell()
+                nbytes = dtype.itemsize * math.prod(shape)
+                if dtype.hasobject or offset - start + nbytes != info.file_size:
+                    raise ValueError(f"member {name!r}: header does not match its {info.file_size} bytes")
+                if nbytes == 0:
+                    return np.empty(shape, dtype)
+                return np.asarray(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                                            order="F" if fortran else "C"))
+    with zf.open(info) as fh:
+        return np.lib.format.read_array(fh, allow_pickle=False)
+
+
+def map_shard(path, columns=("descriptors",)) -> SiteTable:
+    """One shard for predicting: its site columns memory-mapped read-only where stored uncompressed.
+
+    Reads ``structure_ids``, ``atom_index``, ``species``, the optional ``columns`` present (subset
+    of :data:`COLUMNS`; descriptors absent -> shape (n, 0)), structure_info and meta. The arrays
+    are **not** re-validated (they were when the shard was written; run :func:`check_shard_file`
+    first): that is what makes it cheap. ValueError starting with the path for a damaged file.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
+            data = {k: _member(path, zf, k) for k in ("structure_ids", "atom_index", "species", *columns)
+                    if k in names}
+            info = {k[len(_INFO_PREFIX):]: _member(path, zf, k) for k in names if k.startswith(_INFO_PREFIX)}
+            meta = json.loads(str(_member(path, zf, "__meta__"))).get("meta", {})
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: shard file missing") from None
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, struct.error) as exc:
+        raise ValueError(f"{path}: not a readable shard ({type(exc).__name__}: {exc})") from None
+    n = data["species"].shape[0] if "species" in data else -1
+    bad = [k for k, v in data.items() if v.shape[:1] != (n,)]
+    bad += [k for k in ("structure_ids", "species") if k not in data]
+    if bad or ("descriptors" in data and data["descriptors"].ndim != 2):
+        raise ValueError(f"{path}: not a readable shard (columns {bad or ['descriptors']} do not match {n} sites)")
+    return SiteTable(structure_ids=data["structure_ids"], atom_index=data.get("atom_index", np.zeros(n, np.int64)),
+                     species=data["species"], errors=data.get("errors"),
+                     descriptors=data.get("descriptors", np.empty((n, 0), dtype=np.float32)),
+                     forces_pred=data.get("forces_pred"), forces_ref=data.get("forces_ref"),
+                     committee_std=data.get("committee_std"), structure_info=info, meta=meta)
+
+
 def _shard_array(path: Path, name: str) -> np.ndarray:
     with np.load(path, allow_pickle=False) as z:
         return z[name]
@@ -206,9 +283,13 @@ def predict_store(calibrator, store, client=None, *, name: str | None = None, le
                   overwrite: bool = False, progress=None) -> list[Path]:
     """Predict widths shard by shard and write them next to each shard (atomic .npz, no pickle).
 
-    ``shard-000007.widths-<name>.npz`` holds ``widths`` ((n,) at the calibrator's confidence, or
-    (n, k) at ``levels``), eV/Å, with ``structure_ids`` and ``atom_index``; read them back with
-    :meth:`SiteStore.widths`. With a Dask ``client`` every shard is one task (the calibrator
+    ``shard-000007.widths-<name>.npz`` (uncompressed) holds ``widths`` ((n,) at the calibrator's
+    confidence, or (n, k) at ``levels``), eV/Å, float64 exactly as ``calibrator.predict`` returns
+    them (float32 would save 4 of ~300 bytes moved per site and round the conformal widths), with
+    ``structure_ids`` and ``atom_index``; read them back with :meth:`SiteStore.widths`. Each shard is first checked
+    with :func:`core.store.check_shard_file` (size, modification time, SHA-256 when that changed),
+    then only the columns the calibrator needs (:func:`predict_columns`) are memory-mapped
+    (:func:`map_shard`). With a Dask ``client`` every shard is one task (the calibrator
     state is broadcast once; each worker rebuilds the calibrator once); without, shards run here
     one after another (peak memory: one shard). Widths already written by the same calibrator for
     the same shard file are kept unless ``overwrite``. Returns the widths paths in shard order.
@@ -227,7 +308,9 @@ def predict_store(calibrator, store, client=None, *, name: str | None = None, le
     report = as_progress(progress, "predict")
     state = calibrator.get_state()
     digest = _state_digest(state, levels)
-    jobs = [(str(p), s["sha256"], str(w)) for p, s, w in zip(store.shard_paths, store.manifest["shards"], paths)]
+    cols = predict_columns(calibrator)
+    jobs = [(str(p), {k: s.get(k) for k in ("sha256", "bytes", "mtime_ns")}, str(w), cols)
+            for p, s, w in zip(store.shard_paths, store.manifest["shards"], paths)]
     if client is None:
         _CALIBRATORS.clear()
         _CALIBRATORS[digest] = calibrator  # this process predicts with the calibrator itself
@@ -259,9 +342,11 @@ def _state_digest(state, levels) -> str:
     return h.hexdigest()
 
 
-def _predict_shard(shard_path: str, shard_sha: str, out_path: str, state, digest: str, levels, overwrite: bool) -> str:
-    """Widths of one shard -> ``out_path`` (skipped when already written by this calibrator)."""
-    out = Path(out_path)
+def _predict_shard(shard_path: str, entry: dict, out_path: str, columns, state, digest: str, levels,
+                   overwrite: bool) -> str:
+    """Widths of one shard -> ``out_path`` (skipped when already written by this calibrator).
+    ``entry``: the shard's manifest ``sha256``, ``bytes``, ``mtime_ns``; ``columns``: those to map."""
+    out, shard_sha = Path(out_path), entry["sha256"]
     if not overwrite and out.is_file():
         try:
             with np.load(out, allow_pickle=False) as z:
@@ -280,7 +365,8 @@ def _predict_shard(shard_path: str, shard_sha: str, out_path: str, state, digest
         cal = calibrator_from_state(*state)
         _CALIBRATORS.clear()  # one calibrator per worker process at a time
         _CALIBRATORS[digest] = cal
-    table = _read_shard(Path(shard_path), _PREDICT_COLUMNS)  # reference forces and errors are not needed
+    check_shard_file(shard_path, entry)
+    table = map_shard(shard_path, columns)  # reference forces and errors are not needed
     widths = cal.predict(table) if levels is None else cal.predict_levels(table, levels)
     meta = {"format": WIDTHS_FORMAT, "version": 1, "calibrator": cal.name, "label": cal.label,
             "confidence": cal.confidence, "levels": levels, "calibrator_digest": digest,

@@ -390,7 +390,10 @@ class FlexibleQuantile(Calibrator):
         self._check_fitted()
         check_sites(sites)
         self._check_descriptors(sites)
-        return self._corrected(sites)[1][:, self.level_index_]
+        if not self.conformal or self._shift:
+            return self._corrected(sites)[1][:, self.level_index_]
+        j = self.level_index_ + 1  # the level-monotone width at confidence: the max over levels up to it
+        return (self._raw(sites)[:, :j] * self.corrections_[None, :j]).max(axis=1)  # (cheaper than all K)
 
     def predict_levels(self, sites: SiteTable, levels) -> np.ndarray:
         """Calibrated half-widths at several levels, ndarray (n, k), eV/Å, non-decreasing in the level.
