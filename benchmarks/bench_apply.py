@@ -15,7 +15,8 @@ Timed (CPU time of this process, torch on ``--threads`` threads; wall time along
   forward passes (energies, forces, descriptors) and the SiteTable;
 * annotate: ``core.apply.annotate(frames, potential, calibrator)`` with ``flexible`` and with
   ``flexible-ood`` -- the same forward passes plus widths, out-of-domain flags (flexible-ood)
-  and per-frame summaries.
+  and per-frame summaries (``flexible-ood``: one shared k-NN search per site for its widths and its
+  out-of-domain flags, ``core.domain.Neighbours``).
 
 They are interleaved in ``--blocks`` blocks (the order rotating per block), so a drift of a
 shared machine hits all alike; overhead = (annotate - featurize) / featurize over all blocks.
@@ -25,7 +26,8 @@ featurized sites (``annotate_sites`` per calibrator, the frame table, the annota
 the structures): that part is what annotation adds, and its ratio to the featurize time is the
 robust number.
 
-Run: ``.venv/bin/python -m benchmarks.bench_apply [--frames 10000] [--blocks 10] [--threads 1]``.
+Run: ``.venv/bin/python -m benchmarks.bench_apply [--frames 10000] [--blocks 10] [--threads 1]`` (10^4 frames
+take about 20 minutes of CPU; on a loaded machine ``--frames 2000 --blocks 4`` gives the same ratios in a fifth).
 Writes ``benchmarks/results/apply.md`` and ``apply.json``.
 """
 
@@ -207,9 +209,12 @@ this is the robust measure of what annotation adds.
 |---|---:|---:|---:|---:|
 {rows}
 
-`flexible-ood` needs two k-NN queries of the descriptors against its domain set per site: one inside its own
-`predict` (the distance factor of the widths) and one for the out-of-domain site and frame scores (one query for
-both, `DomainScore.score/structure_scores(..., distances=)`); `knn` makes one; q_θ (`flexible`) none.
+`flexible-ood` searches the descriptors of each site against its domain set once: `annotate_sites` makes the
+search (`FlexibleOOD.neighbours(sites)`, a `core.domain.Neighbours`) and passes it to the widths' distance factor
+(`predict(..., neighbours=)`) and to the out-of-domain site and frame scores (`DomainScore.score/structure_scores(...,
+neighbours=)`); that search is a float32 brute-force candidate pass (one matrix product per block, `torch.topk`)
+re-measured exactly in float64 (exact k-d tree for rows the float32 margin cannot prove). `knn` (kNN-normalised CP)
+makes one k-d tree query per site; q_θ (`flexible`) none.
 
 Extras, not part of `annotate`: the frame table {r['cpu']['frame_table']:.2f} s; the annotated copies of all
 {r['frames']} structures (`Annotation.structures()`, what `write_extxyz` writes) {r['cpu']['structures']:.2f} s.

@@ -65,6 +65,9 @@ class Annotation:
         ``coverage`` (m,) per frame.
     calibrator : str
         The calibrator's name.
+    n_calibration_structures : int or None
+        Structures behind the calibrator's conformal factor: sets the coverage spread expected
+        on labelled frames (``summary()["coverage_expected_lo"/"_hi"]``).
     source : list of ase.Atoms or None
         The structures annotated (None from :func:`annotate_sites`).
     """
@@ -90,6 +93,7 @@ class Annotation:
     max_error: np.ndarray | None
     coverage: np.ndarray | None
     calibrator: str
+    n_calibration_structures: int | None = None
     source: list | None = None
 
     @property
@@ -177,9 +181,30 @@ class Annotation:
             "labelled": self.labelled, "levels": [float(p) for p in self.levels],
         }
         if self.labelled:
-            out["coverage"] = float(np.mean(self.errors <= self.widths))
-            out["coverage_levels"] = {f"{p:g}": float(np.mean(self.errors <= self.widths_levels[:, j]))
-                                      for j, p in enumerate(self.levels)}
+            out.update(self._coverage_summary())
+        return out
+
+    def _coverage_summary(self) -> dict[str, Any]:
+        """Coverage at the confidence and extra levels, with the spread expected from the calibration
+        and test sizes (structures as the effective units) and the in/out-of-domain split."""
+        from core.metrics.spread import expected_coverage_interval
+
+        covered = self.errors <= self.widths
+        out: dict[str, Any] = {
+            "coverage": float(np.mean(covered)),
+            "coverage_levels": {f"{p:g}": float(np.mean(self.errors <= self.widths_levels[:, j]))
+                                for j, p in enumerate(self.levels)},
+            "coverage_expected_lo": None, "coverage_expected_hi": None, "coverage_outside_expected": None,
+            "n_calibration_structures": self.n_calibration_structures,
+        }
+        if self.n_calibration_structures and np.isfinite(self.confidence):
+            lo, hi = expected_coverage_interval(int(self.n_calibration_structures), self.confidence,
+                                                n_test=self.n_frames)
+            out.update(coverage_expected_lo=float(lo), coverage_expected_hi=float(hi),
+                       coverage_outside_expected=bool(not lo <= out["coverage"] <= hi))
+        if self.ood is not None:
+            out["coverage_in_domain"] = float(np.mean(covered[~self.ood])) if (~self.ood).any() else None
+            out["coverage_out_of_domain"] = float(np.mean(covered[self.ood])) if self.ood.any() else None
         return out
 
     # ------------------------------------------------------------ exports

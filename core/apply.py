@@ -20,6 +20,12 @@ out of the calibration domain: with a fitted domain score (``domain=``, e.g.
 calibrator carries as ``domain_``), a site is out of domain where its site score exceeds 1.0 and a
 frame where its structure score does (``core.domain``: further from the calibration data than 99 %
 of calibration sites / structures). Widths are in eV/Å throughout.
+
+One search per site. When the domain score is the calibrator's own (``flexible-ood``: its
+``domain_``, the default), the k-NN search of the sites is made once
+(``calibrator.neighbours(sites)``, a :class:`core.domain.Neighbours`) and passed to the widths
+(``predict``/``predict_levels(..., neighbours=)``) and to the site and frame scores
+(:func:`shared_neighbours`); the result is identical to searching in each.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from core.annotation import (ERROR_ARRAY, FRAME_COLUMNS, OOD_ARRAY, WIDTH_ARRAY,
                              check_threshold, frame_flags, frame_groups, level_suffix, reduce_frames, table_suffix)
 from core.sites import SiteTable
 
-__all__ = ["Annotation", "annotate", "annotate_sites", "run_predict", "demo_calibrator", "level_suffix",
+__all__ = ["Annotation", "annotate", "annotate_sites", "run_predict", "demo_calibrator", "shared_neighbours",
+           "level_suffix",
            "WIDTH_ARRAY", "OOD_ARRAY", "ERROR_ARRAY", "FRAME_COLUMNS"]
 
 
@@ -69,14 +76,18 @@ def annotate_sites(sites: SiteTable, calibrator, *, levels=None, domain=None, th
     threshold = check_threshold(threshold)
     if check_layout and callable(getattr(calibrator, "check_layout", None)):
         calibrator.check_layout(sites, strict=strict)
-    widths = _widths("calibrator.predict", calibrator.predict(sites), (len(sites),))
+    domain = domain if domain is not None else getattr(calibrator, "domain_", None)
+    nb = shared_neighbours(calibrator, domain, sites)
+    share = {} if nb is None else {"neighbours": nb}
+    widths = _widths("calibrator.predict", calibrator.predict(sites, **share), (len(sites),))
     lv = np.zeros(0)
     widths_levels = None
     if levels is not None:
         from core.validation import check_levels
 
         lv = check_levels(levels)
-        widths_levels = _widths("calibrator.predict_levels", calibrator.predict_levels(sites, lv), (len(sites), lv.size))
+        widths_levels = _widths("calibrator.predict_levels", calibrator.predict_levels(sites, lv, **share),
+                                (len(sites), lv.size))
     errors = sites.errors if (sites.labelled and sites.meta.get("labelled", True)) else None
     groups = frame_groups(sites.structure_ids)
     order, starts, frame_ids = groups
@@ -84,8 +95,7 @@ def annotate_sites(sites: SiteTable, calibrator, *, levels=None, domain=None, th
     max_w = reduce_frames(np.maximum, widths, order, starts)
     frame = {"n_atoms": counts, "max_width": max_w, "mean_width": reduce_frames(np.add, widths, order, starts) / counts,
              "max_width_atom": argmax_atoms(widths, max_w, counts, order, starts, sites.atom_index)}
-    domain = domain if domain is not None else getattr(calibrator, "domain_", None)
-    ood = _domain_columns(domain, sites, groups, counts)
+    ood = _domain_columns(domain, sites, groups, counts, nb)
     max_error = coverage = None
     if errors is not None:
         max_error = reduce_frames(np.maximum, errors, order, starts)
@@ -94,16 +104,33 @@ def annotate_sites(sites: SiteTable, calibrator, *, levels=None, domain=None, th
                       levels=lv, widths_levels=widths_levels, threshold=threshold, frame_ids=frame_ids,
                       flagged=frame_flags(max_w, ood["frame_ood"], threshold), errors=errors, max_error=max_error,
                       coverage=coverage, calibrator=str(getattr(calibrator, "name", type(calibrator).__name__)),
-                      **frame, **ood)
+                      n_calibration_structures=getattr(calibrator, "n_calibration_structures_", None), **frame, **ood)
 
 
-def _domain_columns(domain, sites: SiteTable, groups, counts: np.ndarray) -> dict[str, Any]:
+def shared_neighbours(calibrator, domain, sites: SiteTable):
+    """The one k-NN search of ``sites`` that ``calibrator`` and ``domain`` can both use, or None.
+
+    Not None when ``domain`` is the calibrator's own fitted ``domain_`` (a
+    :class:`core.domain.DomainScore`) and the calibrator has ``neighbours(sites)``, i.e. its
+    ``predict``/``predict_levels`` accept ``neighbours=`` (``flexible-ood``). Otherwise each
+    consumer searches on its own (a separate domain score has another domain set).
+    """
+    from core.domain import DomainScore
+
+    if (isinstance(domain, DomainScore) and getattr(calibrator, "domain_", None) is domain
+            and callable(getattr(calibrator, "neighbours", None))):
+        return calibrator.neighbours(sites)
+    return None
+
+
+def _domain_columns(domain, sites: SiteTable, groups, counts: np.ndarray, neighbours=None) -> dict[str, Any]:
     """Out-of-domain fields of an Annotation: per site ``ood``/``ood_score``, per frame ``frame_ood``,
     ``frame_ood_score``, ``ood_fraction`` (NaN and None without a domain score).
 
     A :class:`core.domain.DomainScore` gives site scores and calibrated structure scores (threshold
     1.0 for both); any other object needs ``flags(sites)`` (optionally ``score``), and a frame is
-    then out of domain when any of its sites is.
+    then out of domain when any of its sites is. ``neighbours``: the domain score's search of
+    ``sites`` already made (:func:`shared_neighbours`); else it searches once here.
     """
     order, starts, frame_ids = groups
     out: dict[str, Any] = {"ood": None, "ood_score": None, "frame_ood": None, "frame_ood_score": None,
@@ -114,10 +141,10 @@ def _domain_columns(domain, sites: SiteTable, groups, counts: np.ndarray) -> dic
 
     n = len(sites)
     if isinstance(domain, DomainScore):
-        d = domain.distances(sites)  # one k-NN query for the site and the frame scores
-        out["ood_score"] = np.asarray(domain.score(sites, distances=d), dtype=np.float64)
+        nb = neighbours if neighbours is not None else domain.neighbours(sites)  # one k-NN query for all
+        out["ood_score"] = np.asarray(domain.score(sites, neighbours=nb), dtype=np.float64)
         out["ood"] = out["ood_score"] > THRESHOLD
-        ids, frame_score = domain.structure_scores(sites, distances=d)
+        ids, frame_score = domain.structure_scores(sites, neighbours=nb)
         if not np.array_equal(ids, frame_ids):
             raise RuntimeError("domain.structure_scores: structure ids do not match the sites' frames")
         out["frame_ood_score"] = np.asarray(frame_score, dtype=np.float64)

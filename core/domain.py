@@ -35,13 +35,26 @@ Scores and thresholds (documented, fixed meaning)
     * A species the domain set never showed gets the finite score :data:`UNSEEN_SCORE` (always
       flagged).
 
-State is saved as plain arrays + JSON (``save``/``load``, never pickled). Numpy/scipy only.
+Shared neighbours and the query
+    :meth:`DomainScore.neighbours` computes the k-NN distances of a table once and returns a
+    :class:`Neighbours` that every consumer accepts (``score``, ``structure_scores``, ``flags``,
+    ``ratios`` here; ``FlexibleOOD.predict``/``predict_levels``/``ood_flags``): one query per site
+    for the widths and the flags (``core.apply.annotate_sites``). New sites are searched by brute
+    force in float32 (one matrix product per block of sites against the standardised domain set
+    of the species, cached at fit/load), the ``k + 4`` closest candidates are re-measured exactly
+    in float64, and a row whose float32 margin cannot prove that no other domain site is closer
+    falls back to the exact k-d tree; so the distances are those of the exact search (to rounding,
+    < 1e-12 relative). The leave-one-structure-out null of ``fit`` uses the k-d tree.
+
+State is saved as plain arrays + JSON (``save``/``load``, never pickled). Numpy/scipy (torch's
+``topk`` is used when importable: the same candidates, faster than ``argpartition``).
 """
 
 from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +63,49 @@ import numpy as np
 from core.sites import SiteTable
 from core.validation import check_float, check_int, check_seed
 
-__all__ = ["DomainScore", "THRESHOLD", "UNSEEN_SCORE", "structure_reduce"]
+__all__ = ["DomainScore", "Neighbours", "THRESHOLD", "UNSEEN_SCORE", "structure_reduce"]
 
 #: Site and structure scores above this value are "outside the calibration domain".
 THRESHOLD = 1.0
 #: Score (site score and distance ratio) of a site whose species the domain set never showed.
 UNSEEN_SCORE = 1e3
 _FORMAT = "flexcal.DomainScore"
+_BLOCK = 1 << 20  # float32 entries of one block of approximate squared distances (4 MiB)
+_MARGIN = 4  # candidates beyond k re-measured exactly in float64
+_F32_ERROR = 1e-5  # bound of the float32 error of |y|^2 - 2 x.y, relative to |x|^2 + max |y|^2
+
+
+@dataclass(frozen=True, eq=False)
+class Neighbours:
+    """The k-NN distances of ``n`` sites to one fitted :class:`DomainScore`'s domain set.
+
+    Made by :meth:`DomainScore.neighbours` (or ``FlexibleOOD.neighbours``) and passed as
+    ``neighbours=`` to every consumer of the same score, so a table is searched once.
+
+    Attributes
+    ----------
+    distances : ndarray (n,)
+        Standardised mean k-NN distance per site (inf for a species the domain set never showed).
+    species : ndarray (n,)
+        The sites' atomic numbers (checked against the table a consumer is given).
+    domain : DomainScore
+        The score that searched; another score's consumers refuse these distances.
+    """
+
+    distances: np.ndarray
+    species: np.ndarray
+    domain: "DomainScore"
+
+    def __len__(self) -> int:
+        return int(self.distances.size)
+
+    def check(self, sites: SiteTable, domain: "DomainScore") -> np.ndarray:
+        """The distances, after checking that they belong to ``sites`` and ``domain`` (ValueError otherwise)."""
+        if self.domain is not domain:
+            raise ValueError("neighbours: computed by another domain score; use this score's neighbours(sites)")
+        if len(self) != len(sites) or not np.array_equal(self.species, sites.species):
+            raise ValueError(f"neighbours: computed for other sites ({len(self)} sites, these are {len(sites)})")
+        return self.distances
 
 
 def _check_sites(sites: Any, name: str = "sites") -> SiteTable:
@@ -74,6 +123,15 @@ def structure_reduce(structure_ids: np.ndarray, values: np.ndarray, how: str) ->
     out = np.full(ids.size, -np.inf)
     np.maximum.at(out, inv, values)
     return ids, out
+
+
+def _smallest_columns(g: np.ndarray, kc: int) -> np.ndarray:
+    """Column indices (m, kc) of the ``kc`` smallest entries of each row of ``g`` (m, n), in any order."""
+    try:
+        import torch
+    except ImportError:  # numpy alone: the same set (ties aside), slower
+        return np.argpartition(g, kc - 1, axis=1)[:, :kc]
+    return torch.topk(torch.from_numpy(g), kc, dim=1, largest=False, sorted=False).indices.numpy()
 
 
 class DomainScore:
@@ -174,6 +232,9 @@ class DomainScore:
         from scipy.spatial import cKDTree
 
         self._trees = {z: cKDTree(x) for z, x in self._x.items()}
+        # the brute-force query's cached reference: float64 copy and squared norms per species
+        self._x64 = {z: x.astype(np.float64) for z, x in self._x.items()}
+        self._sq = {z: np.einsum("ij,ij->i", x, x) for z, x in self._x64.items()}
 
     def _self_distances(self, z: int) -> np.ndarray:
         """Leave-one-structure-out distances inside the domain set of species z (fallback null)."""
@@ -197,7 +258,46 @@ class DomainScore:
         out = np.where(keep, dist, 0.0).sum(axis=1) / np.maximum(n_kept, 1)
         return np.where(n_kept > 0, out, np.nan)
 
+    def _search(self, z: int, x: np.ndarray) -> np.ndarray:
+        """Mean distance of each row of ``x`` (m, d) float64 to its k nearest domain sites of species z, (m,).
+
+        Blocks of rows: float32 |y|² - 2 x·y against every domain site, the ``k + _MARGIN`` smallest
+        re-measured in float64; rows where ``A + |x|² - E`` (A: the largest candidate's approximate
+        value, E the float32 error bound) does not reach the k-th exact squared distance go to the
+        exact tree, so the k nearest are always the exact ones."""
+        y32, y64, ysq = self._x[z], self._x64[z], self._sq[z]
+        n, dim = y64.shape
+        k = min(self.k, n)
+        kc = min(k + _MARGIN, n)
+        out = np.empty(len(x))
+        step = max(1, min(_BLOCK // n, _BLOCK // (kc * max(dim, 1))))
+        ysq32, ymax = ysq.astype(np.float32), float(ysq.max())
+        for a in range(0, len(x), step):
+            xa = x[a:a + step]
+            if kc == n:
+                cand = np.broadcast_to(np.arange(n), (len(xa), n))
+            else:
+                g = xa.astype(np.float32) @ y32.T
+                g *= -2.0
+                g += ysq32
+                cand = _smallest_columns(g, kc)
+            diff = xa[:, None, :] - y64[cand]
+            d = np.sort(np.sqrt(np.einsum("ijk,ijk->ij", diff, diff)), axis=1)
+            if kc < n:
+                xsq = np.einsum("ij,ij->i", xa, xa)
+                floor = np.take_along_axis(g, cand, axis=1).max(axis=1) + xsq - _F32_ERROR * (xsq + ymax)
+                bad = np.flatnonzero(floor < d[:, k - 1] ** 2)
+                if bad.size:
+                    exact, _ = self._trees[z].query(xa[bad], k=k)
+                    d[bad, :k] = np.asarray(exact).reshape(bad.size, k)
+            out[a:a + len(xa)] = d[:, :k].mean(axis=1)
+        return out
+
     # ---------------------------------------------------------------- score
+    def neighbours(self, sites: SiteTable) -> Neighbours:
+        """Search ``sites`` once: a :class:`Neighbours` for every ``neighbours=`` consumer of this score."""
+        return Neighbours(distances=self.distances(sites), species=np.asarray(sites.species), domain=self)
+
     def distances(self, sites: SiteTable, *, leave_structure_out: bool = False) -> np.ndarray:
         """Standardised k-NN distance per site to the domain set, ndarray (n,) (inf for unseen species).
 
@@ -210,13 +310,21 @@ class DomainScore:
         if sites.n_descriptors != d_fit:
             raise ValueError(f"sites: descriptors have {sites.n_descriptors} columns, but the domain score was "
                              f"fitted on {d_fit}")
+        from core.progress import chunks, report
+
         out = np.full(len(sites), np.inf)
+        done = 0
         for z in np.unique(sites.species):
             if int(z) not in self._trees:
                 continue
             rows = np.flatnonzero(sites.species == z)
             x = (np.asarray(sites.descriptors[rows], dtype=np.float64) - self._mean[int(z)]) / self._std[int(z)]
-            out[rows] = self._query(int(z), x, sites.structure_ids[rows] if leave_structure_out else None)
+            ids = sites.structure_ids[rows] if leave_structure_out else None
+            for lo, hi in chunks(len(rows), 1024):  # chunks: progress reports and cancel points (core.progress)
+                xc = x[lo:hi]
+                out[rows[lo:hi]] = self._search(int(z), xc) if ids is None else self._query(int(z), xc, ids[lo:hi])
+                done += hi - lo
+                report("out-of-domain score: neighbour search", done, len(sites))
         return out
 
     def _per_species(self, table: dict[int, float], species: np.ndarray) -> np.ndarray:
@@ -230,18 +338,25 @@ class DomainScore:
         r = d / self._per_species(self.site_median_, species)
         return np.where(np.isfinite(r), r, UNSEEN_SCORE)
 
-    def ratios(self, sites: SiteTable) -> np.ndarray:
+    def ratios(self, sites: SiteTable, *, neighbours: Neighbours | None = None) -> np.ndarray:
         """ρ_i = d_i / (null median of the species), ndarray (n,), dimensionless; 1 = a typical in-domain site."""
-        return self._ratios(self.distances(sites), sites.species)
+        return self._ratios(self._given_distances(sites, None, neighbours), sites.species)
 
-    def score(self, sites: SiteTable, *, distances: np.ndarray | None = None) -> np.ndarray:
+    def score(self, sites: SiteTable, *, distances: np.ndarray | None = None,
+              neighbours: Neighbours | None = None) -> np.ndarray:
         """Site score s_i = d_i / t_Z, ndarray (n,); above :data:`THRESHOLD` (1.0) = out of domain.
 
-        ``distances``: this score's own :meth:`distances` of ``sites`` when already computed (one
-        k-NN query for both site and structure scores, as ``core.apply`` does)."""
-        return self._site_scores(self._given_distances(sites, distances), sites.species)
+        ``neighbours`` (this score's :meth:`neighbours` of ``sites``) or ``distances`` (its
+        :meth:`distances`): reuse a query already made (one k-NN query for the widths, the site
+        and the structure scores, as ``core.apply`` does)."""
+        return self._site_scores(self._given_distances(sites, distances, neighbours), sites.species)
 
-    def _given_distances(self, sites: SiteTable, distances: np.ndarray | None) -> np.ndarray:
+    def _given_distances(self, sites: SiteTable, distances: np.ndarray | None,
+                         neighbours: Neighbours | None = None) -> np.ndarray:
+        if neighbours is not None:
+            if not isinstance(neighbours, Neighbours):
+                raise TypeError(f"neighbours: expected a core.domain.Neighbours, got {type(neighbours).__name__}")
+            return neighbours.check(_check_sites(sites), self)
         if distances is None:
             return self.distances(sites)
         d = np.asarray(distances, dtype=np.float64)
@@ -249,14 +364,15 @@ class DomainScore:
             raise ValueError(f"distances: expected shape ({len(sites)},) (one per site), got {d.shape}")
         return d
 
-    def flags(self, sites: SiteTable) -> np.ndarray:
+    def flags(self, sites: SiteTable, *, neighbours: Neighbours | None = None) -> np.ndarray:
         """True where a site is outside the calibration domain (score > 1.0), bool ndarray (n,)."""
-        return self.score(sites) > THRESHOLD
+        return self.score(sites, neighbours=neighbours) > THRESHOLD
 
-    def structure_scores(self, sites: SiteTable, *, distances: np.ndarray | None = None
-                         ) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted structure ids (m,), structure scores (m,)); above 1.0 = out of domain (``distances`` as in :meth:`score`)."""
-        d = self._given_distances(sites, distances)
+    def structure_scores(self, sites: SiteTable, *, distances: np.ndarray | None = None,
+                         neighbours: Neighbours | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted structure ids (m,), structure scores (m,)); above 1.0 = out of domain
+        (``distances``/``neighbours`` as in :meth:`score`)."""
+        d = self._given_distances(sites, distances, neighbours)
         ids, smax = structure_reduce(sites.structure_ids, self._site_scores(d, sites.species), "max")
         _, smean = structure_reduce(sites.structure_ids, self._ratios(d, sites.species), "mean")
         return ids, np.maximum(smax / self.max_threshold_, smean / self.mean_threshold_)

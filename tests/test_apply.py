@@ -494,7 +494,7 @@ def test_apply_page_annotates_the_demo_trajectory_with_an_uploaded_calibrator(de
     flagged = ann.with_threshold(0.5)
     table = at.dataframe[0].value
     assert 0 < len(table) == int(flagged.flagged.sum()) < 400
-    assert (table["max width (eV/Å)"] > 0.5).all()
+    assert (table["Max width (eV/Å)"] > 0.5).all()  # core.tables.column_label("max_width")
     assert at.selectbox(key="w_apply_frame").value == int(flagged.flagged_frames[0])
     # a higher threshold flags fewer frames, without re-running the model
     at.number_input(key="w_apply_threshold").set_value(1.0).run()

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import state
+from app import notices, state, widgets
 
 st.title("Apply")
 st.caption("Use a calibration on structures nobody labelled: per-atom force widths (eV/Å) at the calibrator's "
@@ -213,6 +213,19 @@ def _annotate(cal_key, cal, model_path, data_key, dataset) -> None:
     st.session_state[RESULT] = ((cal_key, model_path, data_key), ann)
 
 
+def _coverage_caption(summary: dict) -> None:
+    """The coverage's expected range for the calibration size, a warning when outside, in/out of domain."""
+    n_cal = summary.get("n_calibration_structures")
+    expected = notices.expected_text(summary, n_cal) or "expected range unknown (the calibrator records no calibration size)"
+    st.caption(f"Coverage {summary['coverage']:.3f}: {expected}"
+               + ("" if summary.get("coverage_in_domain") is None and summary.get("coverage_out_of_domain") is None
+                  else f"; {notices.fmt(summary.get('coverage_in_domain'))} in domain, "
+                       f"{notices.fmt(summary.get('coverage_out_of_domain'))} out of domain"))
+    warning = notices.coverage_warning("annotated frames", summary, n_cal)
+    if warning:
+        st.warning(warning)
+
+
 def _results(ann) -> None:
     from core.figures_apply import plot_width_trajectory
 
@@ -232,15 +245,19 @@ def _results(ann) -> None:
     m[2].metric("largest width (eV/Å)", f"{s['max_width']:.3g}")
     m[3].metric("out-of-domain frames", "—" if s["ood_frames"] is None else s["ood_frames"])
     m[4].metric(f"coverage (target {ann.confidence:.0%})", f"{s['coverage']:.3f}" if ann.labelled else "— (no labels)")
-    st.plotly_chart(plot_width_trajectory(ann.frame_ids, ann.max_width, ann.mean_width, threshold=ann.threshold,
+    if ann.labelled:
+        _coverage_caption(s)
+    widgets.plotly_chart(plot_width_trajectory(ann.frame_ids, ann.max_width, ann.mean_width, threshold=ann.threshold,
                                           flagged=ann.flagged), key="apply_width_plot")
     table = ann.frame_table()
-    names = {"frame": "frame", "n_atoms": "atoms", "max_width": "max width (eV/Å)", "mean_width": "mean width (eV/Å)",
-             "max_width_atom": "atom of max width", "ood": "out of domain", "ood_score": "domain score (> 1 = out)",
-             "ood_fraction": "atoms out of domain", "max_error": "max error (eV/Å)", "coverage": "coverage"}
-    shown = table.loc[table["flagged"], [c for c in names if c in table.columns]].rename(columns=names)
+    first = ["frame", "config_type", "n_atoms", "max_width", "mean_width", "max_width_atom", "max_error", "coverage",
+             "ood", "ood_score", "ood_fraction"]  # then every other column (max width per level); "flagged" is all yes
+    cols = [c for c in first if c in table.columns] + [c for c in table.columns if c not in first and c != "flagged"]
+    shown = table.loc[table["flagged"], cols]
     st.subheader(f"Flagged frames ({len(shown)})")
-    st.dataframe(shown, hide_index=True, key="apply_flagged_table", height=min(400, 40 + 35 * max(len(shown), 1)))
+    from app.tables import show_table  # readable labels with units, "—" for missing
+
+    show_table(shown, hide_index=True, key="apply_flagged_table", height=min(400, 40 + 35 * max(len(shown), 1)))
     _viewer(ann)
     _exports(ann, table)
 

@@ -25,6 +25,13 @@ Widths
   P(e ≤ w) ≥ confidence holds for in-domain structures exactly as for ``flexible``. Off the
   domain no guarantee is possible; g makes the widths grow with the distance.
 
+Shared neighbours: the distance factor and the out-of-domain flags need the same k-NN search of
+the domain set. ``nb = cal.neighbours(sites)`` makes it once; ``predict(sites, neighbours=nb)``,
+``predict_levels(..., neighbours=nb)``, ``ood_flags(sites, neighbours=nb)`` and
+``cal.domain_.score/structure_scores(sites, neighbours=nb)`` reuse it (what
+``core.apply.annotate_sites`` does). Without ``neighbours`` each call searches on its own; the
+widths are identical either way.
+
 Widths are made monotone in the level (cumulative maximum over the trained levels, which can only
 widen); ``predict_levels`` interpolates between trained levels as FlexibleQuantile does.
 ``update(new_sites)`` re-derives ĉ_τ from labelled sites of a new domain (q_θ, S₀, β kept).
@@ -43,7 +50,7 @@ from core.calibration.correction import HoldoutCorrection, widths_at_requested_l
 from core.calibration.flexible import FlexibleQuantile
 from core.calibration.qtheta import structure_parts
 from core.calibration.weights import UniformWeights
-from core.domain import DomainScore, structure_reduce
+from core.domain import DomainScore, Neighbours, structure_reduce
 from core.sites import SiteTable
 from core.validation import check_float, check_fraction, check_int, check_levels, check_seed
 
@@ -212,52 +219,66 @@ class FlexibleOOD(Calibrator):
         self._set_scores(sites)
 
     # -------------------------------------------------------------- predict
-    def structure_ratio(self, sites: SiteTable) -> np.ndarray:
-        """S per site: the mean distance ratio of the site's structure, ndarray (n,), dimensionless."""
+    def neighbours(self, sites: SiteTable) -> Neighbours:
+        """The k-NN search of ``sites`` against the domain set, made once for every ``neighbours=`` below
+        and for ``domain_.score``/``structure_scores`` (:meth:`core.domain.DomainScore.neighbours`)."""
         self._check_fitted()
-        rho = self.domain_.ratios(sites)
+        check_sites(sites)
+        self._check_descriptors(sites)
+        return self.domain_.neighbours(sites)
+
+    def structure_ratio(self, sites: SiteTable, *, neighbours: Neighbours | None = None) -> np.ndarray:
+        """S per site: the mean distance ratio of the site's structure, ndarray (n,), dimensionless.
+
+        ``neighbours``: :meth:`neighbours` of ``sites`` when already searched (ValueError if made
+        for other sites or by another domain score)."""
+        self._check_fitted()
+        rho = self.domain_.ratios(sites, neighbours=neighbours)
         ids, s = structure_reduce(sites.structure_ids, rho, "mean")
         return s[np.searchsorted(ids, sites.structure_ids)]
 
-    def distance_factor(self, sites: SiteTable) -> np.ndarray:
-        """g = max(1, S / S₀)^β per site, ndarray (n,), >= 1."""
-        return np.maximum(1.0, self.structure_ratio(sites) / self.s0_) ** self.power_
+    def distance_factor(self, sites: SiteTable, *, neighbours: Neighbours | None = None) -> np.ndarray:
+        """g = max(1, S / S₀)^β per site, ndarray (n,), >= 1 (``neighbours`` as in :meth:`structure_ratio`)."""
+        return np.maximum(1.0, self.structure_ratio(sites, neighbours=neighbours) / self.s0_) ** self.power_
 
-    def _shape(self, sites: SiteTable) -> np.ndarray:
+    def _shape(self, sites: SiteTable, neighbours: Neighbours | None = None) -> np.ndarray:
         """q_θ,τ(X) · g per site and trained level, ndarray (n, K), eV/Å."""
-        return self.qtheta_._raw(sites) * self.distance_factor(sites)[:, None]
+        return self.qtheta_._raw(sites) * self.distance_factor(sites, neighbours=neighbours)[:, None]
 
-    def _widths(self, sites: SiteTable) -> tuple[np.ndarray, np.ndarray]:
+    def _widths(self, sites: SiteTable, neighbours: Neighbours | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(shape (n, K), corrected level-monotone widths (n, K)), eV/Å."""
         self._check_fitted()
         check_sites(sites)
         self._check_descriptors(sites)
-        shape = self._shape(sites)
+        shape = self._shape(sites, neighbours)
         return shape, np.maximum.accumulate(shape * self.corrections_[None, :], axis=1)
 
-    def predict(self, sites: SiteTable) -> np.ndarray:
-        """Calibrated half-widths at ``confidence``, ndarray (n,), eV/Å (+inf if the holdout was too small)."""
-        return self._widths(sites)[1][:, self.level_index_]
+    def predict(self, sites: SiteTable, *, neighbours: Neighbours | None = None) -> np.ndarray:
+        """Calibrated half-widths at ``confidence``, ndarray (n,), eV/Å (+inf if the holdout was too small).
 
-    def predict_levels(self, sites: SiteTable, levels) -> np.ndarray:
+        ``neighbours``: :meth:`neighbours` of ``sites``, to share one k-NN search with the flags."""
+        return self._widths(sites, neighbours)[1][:, self.level_index_]
+
+    def predict_levels(self, sites: SiteTable, levels, *, neighbours: Neighbours | None = None) -> np.ndarray:
         """Half-widths (n, k) in eV/Å at each of ``levels``, non-decreasing in the level.
 
         Trained levels use their column; between two trained levels the widths are interpolated
         linearly in the level, below the lowest towards 0 at level 0; above the highest the
         conformal factor is re-derived on the holdout at the requested level (exact split CP
         with the highest trained shape as normaliser, never below the highest column).
+        ``neighbours`` as in :meth:`predict`.
         """
         req = check_levels(levels)
-        shape, w = self._widths(sites)
+        shape, w = self._widths(sites, neighbours)
         lv = self.levels_
         return widths_at_requested_levels(
             lv, w, req, lambda p: np.maximum(shape[:, -1] * self._correction.factor(lv.size - 1, p), w[:, -1]),
             _LEVEL_ATOL)
 
-    def ood_flags(self, sites: SiteTable) -> np.ndarray:
+    def ood_flags(self, sites: SiteTable, *, neighbours: Neighbours | None = None) -> np.ndarray:
         """Per-site out-of-domain flags of the fitted domain score (site score > 1.0), bool (n,)."""
         self._check_fitted()
-        return self.domain_.flags(sites)
+        return self.domain_.flags(sites, neighbours=neighbours)
 
     def _check_descriptors(self, sites: SiteTable) -> None:
         d = self.qtheta_.x_mean_.shape[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
-from core.cli.ui import EXIT_OK, UI, fmt
+from core.cli.ui import EXIT_OK, UI, coverage_warnings, expected_text, fmt
 
 __all__ = ["add_predict_parser", "cmd_predict"]
 
@@ -138,6 +138,9 @@ def _print_summary(ui: UI, s: dict) -> None:
         ui.result(f"out of domain   {s['ood_frames']} frames; {fmt(s['ood_site_fraction'])} of the atoms")
     if s["labelled"]:
         extra = "".join(f", {fmt(v)} at {k}" for k, v in s["coverage_levels"].items())
-        ui.result(f"coverage        {fmt(s['coverage'])} (target {fmt(s['confidence'], 2)}){extra}")
+        ui.result(f"coverage        {fmt(s['coverage'])} (target {fmt(s['confidence'], 2)}, expected "
+                  f"{expected_text(s)}){extra}")
+        for message in coverage_warnings("predict", s, n_calibration=s.get("n_calibration_structures")):
+            ui.warn(message)
     for what, path in s["outputs"].items():
         ui.result(f"wrote {what:<11}{path}")
