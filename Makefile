@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch==2.13.0 (CPU) is pinned in pyproject and comes from the local wheel cache
-	$(BIN)/python -m pip install -q -e '.[reference,test,chgnet,distributed]'
+	$(BIN)/python -m pip install -q -e '.[reference,test,chgnet,distributed,chemiscope]'
 	touch $(STAMP)
 
 # 3Dmol.js for the offline 3D viewer, from the npm registry at set-up time (never from a CDN at run time)

@@ -1,8 +1,10 @@
 """The figures of one calibration run, by name (no Streamlit: ``app.services`` caches them).
 
 Builders come from :mod:`core.figures`; this module only picks the arrays of a
-:class:`app.job.CalibrationRun` for them, marks out-of-domain test sites in the site and
-structure plots, and turns a figure that cannot be drawn into a message instead of a crash.
+:class:`app.job.CalibrationRun` for them (widths, ids, species, the out-of-domain flags the
+site and structure plots circle or colour), and turns a figure that cannot be drawn into a
+message instead of a crash. :func:`recoloured_figures` redraws the site plots coloured by
+element or calibration domain (:data:`COLOUR_CHOICES`).
 
 The coverage curves are drawn on the 0.05..0.95 grid only, the levels the report's
 ``miscalibration_area`` averages over, so the area in a legend is the number on the metric
@@ -28,7 +30,6 @@ FIGURE_TITLES = MappingProxyType({
     "width_histogram": "Width histogram",
     "structure_uncertainty": "Structure level: max width vs max error",
 })
-OOD_MARKER = MappingProxyType(dict(symbol="circle-open", size=11, color="#000000", line=dict(width=1.5)))
 
 
 def site_ids(sites) -> np.ndarray:
@@ -78,47 +79,48 @@ def coverage_curves(run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {lab: c for lab, c in curves.items() if c is not None}
 
 
-def mark_out_of_domain(fig, mask: np.ndarray, what: str = "sites"):
-    """Overlay open circles on the points of ``fig.data[0]`` where ``mask`` is True.
-
-    ``mask`` has one entry per point of the first trace (repeat a per-site mask for the
-    three force components of a parity plot). The overlay keeps the points' ``customdata``
-    so a click on it still opens the structure. Returns ``fig`` (changed in place).
-    """
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return fig
-    base = fig.data[0]
-    x, y = np.asarray(base.x), np.asarray(base.y)
-    if mask.shape != x.shape:
-        raise ValueError(f"mask: expected {x.shape[0]} flags (one per point), got shape {mask.shape}")
-    custom = None if base.customdata is None else np.asarray(base.customdata)[mask]
-    fig.add_trace(type(base)(
-        x=x[mask], y=y[mask], mode="markers", marker=dict(OOD_MARKER), customdata=custom,
-        name=f"outside the calibration domain ({int(mask.sum())} {what})", hovertemplate=base.hovertemplate,
-    ))
-    return fig
-
-
 def _structure_ood(run, structure_ids: np.ndarray) -> np.ndarray:
     return np.isin(structure_ids, run.ood_structures)
 
 
-def _site_builders(run, label: str) -> dict[str, Callable[[], Any]]:
-    """Parity (forces, energies), uncertainty-error and structure plots of one method."""
+#: How the site plots can be coloured (the Diagnose page's choice); see :func:`colour_choices`.
+COLOUR_CHOICES = ("method", "element", "out of domain")
+# the figures each colouring applies to ("method" applies to all: it is the default drawing)
+_COLOURED = MappingProxyType({
+    "element": ("force_parity", "uncertainty_error"),
+    "out of domain": ("force_parity", "energy_parity", "uncertainty_error", "structure_uncertainty"),
+})
+
+
+def colour_choices(run) -> tuple[str, ...]:
+    """The colourings that make sense for ``run``: "out of domain" only when some test site is."""
+    flagged = run.ood is not None and bool(np.any(run.ood))
+    return tuple(c for c in COLOUR_CHOICES if c != "out of domain" or flagged)
+
+
+def _colour(colour_by: str, name: str) -> str:
+    return colour_by if name in _COLOURED.get(colour_by, ()) else "method"
+
+
+def _site_builders(run, label: str, colour_by: str = "method") -> dict[str, Callable[[], Any]]:
+    """Parity (forces, energies), uncertainty-error and structure plots of one method.
+
+    Out-of-domain test sites (structures) are circled, or coloured with ``colour_by="out of
+    domain"``; ``"element"`` colours the site plots by the test sites' species.
+    """
     from core import figures as F
     from core.metrics import structure_maxima
 
-    test, w, ood = run.test, run.widths[label], run.ood
+    if colour_by not in COLOUR_CHOICES:
+        raise ValueError(f"colour_by: expected one of {list(COLOUR_CHOICES)}, got {colour_by!r}")
+    test, w = run.test, run.widths[label]
+    ood = run.ood if run.ood is not None and bool(np.any(run.ood)) else None
     ids, info = site_ids(test), test.structure_info
-    flagged = ood is not None and bool(np.any(ood))
     builders: dict[str, Callable[[], Any]] = {}
     if test.forces_pred is not None and test.forces_ref is not None:
-        def force():
-            fig = F.plot_parity(test.forces_ref, test.forces_pred, color=w, color_label=f"{label} width (eV/Å)",
-                                quantity="force", ids=ids)
-            return mark_out_of_domain(fig, np.repeat(ood, 3)) if flagged else fig
-        builders["force_parity"] = force
+        builders["force_parity"] = lambda: F.plot_parity(
+            test.forces_ref, test.forces_pred, color=w, color_label=f"{label} width (eV/Å)", quantity="force",
+            ids=ids, species=test.species, ood=ood, color_by=_colour(colour_by, "force_parity"))
     if "energy_ref" in info and "energy_pred" in info:
         eref, epred = np.asarray(info["energy_ref"], dtype=float), np.asarray(info["energy_pred"], dtype=float)
         ok = np.isfinite(eref) & np.isfinite(epred)
@@ -127,25 +129,37 @@ def _site_builders(run, label: str) -> dict[str, Callable[[], Any]]:
                 nat = np.asarray(info["n_atoms"], dtype=float)
                 _me, mw = structure_maxima(test.errors, w, test.structure_ids)
                 sids = np.asarray(info["structure_id"])
-                fig = F.plot_parity((eref / nat)[ok], (epred / nat)[ok], color=mw[ok],
-                                    color_label=f"max {label} width (eV/Å)", quantity="energy_per_atom",
-                                    ids=np.column_stack([sids[ok], np.full(ok.sum(), -1)]))
-                return mark_out_of_domain(fig, _structure_ood(run, sids[ok]), "structures") if flagged else fig
+                s_ood = _structure_ood(run, sids[ok]) if ood is not None else None
+                return F.plot_parity((eref / nat)[ok], (epred / nat)[ok], color=mw[ok],
+                                     color_label=f"max {label} width (eV/Å)", quantity="energy_per_atom",
+                                     ids=np.column_stack([sids[ok], np.full(ok.sum(), -1)]), ood=s_ood,
+                                     color_by=_colour(colour_by, "energy_parity"))
             builders["energy_parity"] = energy
-
-    def scatter():
-        fig = F.plot_uncertainty_error(test.errors, w, label=label, ids=ids)
-        return mark_out_of_domain(fig, ood) if flagged else fig
 
     def structures():
         me, mw = structure_maxima(test.errors, w, test.structure_ids)
         sids = np.unique(test.structure_ids)
-        fig = F.plot_structure_uncertainty(me, mw, ids=sids)
-        return mark_out_of_domain(fig, _structure_ood(run, sids), "structures") if flagged else fig
+        return F.plot_structure_uncertainty(me, mw, ids=sids, ood=_structure_ood(run, sids) if ood is not None
+                                            else None, color_by=_colour(colour_by, "structure_uncertainty"))
 
-    builders["uncertainty_error"] = scatter
+    builders["uncertainty_error"] = lambda: F.plot_uncertainty_error(
+        test.errors, w, label=label, ids=ids, species=test.species, ood=ood,
+        color_by=_colour(colour_by, "uncertainty_error"))
     builders["structure_uncertainty"] = structures
     return builders
+
+
+def _build(builders: dict[str, Callable[[], Any]], label: str) -> dict[str, Any]:
+    """Run the builders in :data:`FIGURE_TITLES` order; a failure becomes a message (str)."""
+    figs: dict[str, Any] = {}
+    for name in FIGURE_TITLES:
+        if name not in builders:
+            continue
+        try:
+            figs[name] = builders[name]()
+        except (ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
+            figs[name] = f"This plot cannot be drawn for {label}: {describe_error(exc)}"
+    return figs
 
 
 def build_method_figures(run, label: str) -> dict[str, Any]:
@@ -164,16 +178,23 @@ def build_method_figures(run, label: str) -> dict[str, Any]:
     reports = {lab: r for lab, r in run.reports.items() if r.get("species_coverage")}
     if reports:
         builders["species_coverage"] = lambda: F.plot_species_coverage(reports, run.confidence)
-    builders["width_histogram"] = lambda: F.plot_width_histogram({lab: run.widths[lab] for lab in run.labels})
-    figs: dict[str, Any] = {}
-    for name in FIGURE_TITLES:
-        if name not in builders:
-            continue
-        try:
-            figs[name] = builders[name]()
-        except (ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
-            figs[name] = f"This plot cannot be drawn for {label}: {describe_error(exc)}"
-    return figs
+    builders["width_histogram"] = lambda: F.plot_width_histogram({lab: run.widths[lab] for lab in run.labels},
+                                                                 log="auto")
+    return _build(builders, label)
+
+
+def recoloured_figures(run, label: str, figures: dict[str, Any], colour_by: str) -> dict[str, Any]:
+    """``figures`` (from :func:`build_method_figures`) with the site plots redrawn ``colour_by``.
+
+    ``"method"`` returns ``figures`` itself (the cached default); otherwise a new dict where
+    the figures that colouring applies to are rebuilt (others are shared). Raises ValueError
+    for a colouring not in :data:`COLOUR_CHOICES`.
+    """
+    builders = _site_builders(run, label, colour_by)
+    if colour_by == "method":
+        return figures
+    redo = {n: b for n, b in builders.items() if n in _COLOURED[colour_by] and n in figures}
+    return {**figures, **_build(redo, label)}
 
 
 def teaching_figure(run, level: float):
@@ -211,7 +232,8 @@ def run_report_html(run, label: str, figures: dict[str, Any]) -> str:
     from app.notices import coverage_warnings, ood_banner
     from core.export import html_report, provenance_frame
 
-    tables = [("What produced this report", provenance_frame(run.provenance))]
+    fields = {"dataset hash": run.settings.get("_dataset"), **run.provenance}  # model identity: run.cal.meta
+    tables = [("What produced this report", provenance_frame(fields, sites=run.cal))]
     warnings = [w.replace("**", "") for w in [ood_banner(run), *coverage_warnings(run)] if w]
     if warnings:
         tables.append(("Warnings", pd.DataFrame({"warning": warnings})))

@@ -1,12 +1,18 @@
-"""The app's calibration: one :func:`core.evaluation.evaluate` call in a background thread.
+"""The app's long steps as background jobs: featurizing and calibrating (one job mechanism).
 
+* :class:`BackgroundJob` is the one mechanism: a thread the page polls, a progress scope
+  (:mod:`core.progress`) whose reports give the current step, its rate and ETA, and a Cancel
+  that stops the work at the next report (between two batches or chunks), keeping nothing.
+* :class:`FeaturizeJob` featurizes a dataset batch by batch (structures done / total, sites/s,
+  ETA), through the in-memory and on-disk feature caches.
 * :class:`CalibrationRun` wraps the :class:`core.evaluation.Evaluation` of one training (its
   calibrators, widths at every level, reports, out-of-domain flags) with what the pages need
   on top: the settings that produced it (for the "results out of date" badge), the q_θ loss
   history and per-label views of the one test split.
 * :class:`TrainingJob` runs that evaluation in a thread the page polls. "Stop" ends q_θ
   training early (its best epoch is kept and still conformally corrected; the other methods
-  still fit); "Cancel" abandons the whole job (:class:`core.evaluation.EvaluationCancelled`).
+  still fit); "Cancel" abandons the whole job at the next progress report (kNN chunk, epoch,
+  method).
 
 No Streamlit here: the job thread never touches ``st.*``.
 """
@@ -208,51 +214,52 @@ def method_options(methods, qtheta: dict, *, confidence: float = 0.9) -> dict[st
     return out
 
 
-class TrainingJob:
-    """Runs :func:`core.evaluation.evaluate` in a background thread; the page polls it.
+class BackgroundJob:
+    """One long step in a background thread that the page polls (the app's one job mechanism).
 
-    The thread never calls Streamlit. It appends q_θ epochs to ``history`` (the live loss
-    curve) and the engine's log lines to ``messages``. When it ends, ``run`` holds a
-    :class:`CalibrationRun`, or ``error`` a message (``status`` "failed" or "cancelled").
+    Subclasses implement ``_run()`` (in the thread; never calls Streamlit) and set what the
+    page collects. Progress goes through :mod:`core.progress`: ``_run`` runs inside a progress
+    scope whose sink records the current step (``step``, ``done``, ``total``: a :class:`Meter`
+    with rate and ETA) and raises :class:`core.progress.Cancelled` at the next report once
+    :meth:`cancel` was called, so work stops between two batches/chunks and nothing
+    half-done is kept. ``status``: "pending", "running", "done", "failed" or "cancelled";
+    ``error`` the message shown when it did not finish; ``messages`` log lines.
     """
 
-    def __init__(self, partition, methods, *, confidence: float, options: dict | None = None,
-                 bootstrap: int = 200, seed: int = 0, settings: dict | None = None,
-                 provenance: dict | None = None):
-        self.partition = partition
-        self.methods = list(methods)
-        self.confidence = float(confidence)
-        self.options = dict(options or {})
-        self.bootstrap = int(bootstrap)
-        self.seed = int(seed)
-        self.settings = dict(settings or {})
-        self.provenance = dict(provenance or {})
-        self.history: list[dict] = []
+    name = "job"
+    cancelled_message = "Cancelled: nothing was kept."
+    upper_bound_steps: tuple[str, ...] = ()  # steps whose total is a maximum (the ETA is "≤")
+
+    def __init__(self):
+        from core.progress import Meter
+
         self.messages: list[str] = []
         self.status = "pending"
         self.error: str | None = None
-        self.run: CalibrationRun | None = None
         self.started = time.perf_counter()
         self.finished: float | None = None
+        self.step = ""
+        self.meter = Meter(0)
         self._stop = threading.Event()
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- control
-    def start(self) -> "TrainingJob":
+    def start(self) -> "BackgroundJob":
         self.status = "running"
-        self._thread = threading.Thread(target=self._work, name="flexcal-training", daemon=True)
+        self.started = time.perf_counter()
+        self._thread = threading.Thread(target=self._work, name=f"flexcal-{self.name}", daemon=True)
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """End q_θ training after this epoch (best weights kept); the other methods still fit."""
-        self._stop.set()
-
     def cancel(self) -> None:
-        """Abandon the job: q_θ stops and no further method is fitted; no results."""
+        """Abandon the job at the next progress report (between two batches); nothing is kept."""
         self._cancel.set()
         self._stop.set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
 
     @property
     def stop_requested(self) -> bool:
@@ -270,33 +277,44 @@ class TrainingJob:
     def elapsed(self) -> float:
         return (self.finished or time.perf_counter()) - self.started
 
+    # -- progress
+    def _sink(self, what: str, done: int, total: int) -> None:
+        """The progress-scope sink: record the step (a new step restarts the meter); cancel point."""
+        from core.progress import Cancelled, Meter
+
+        if what != self.step:
+            self.step, self.meter = what, Meter(total)
+        self.meter.update(done, total)
+        if self._cancel.is_set():
+            raise Cancelled(f"cancelled during {what}")
+
+    def progress_text(self) -> str:
+        """``"<step> <done> / <total> — ETA 12 s"`` of the current step ("" before any report)."""
+        from core.progress import format_seconds
+
+        if not self.step:
+            return ""
+        m = self.meter
+        bound = self.step in self.upper_bound_steps
+        eta = f" — ETA {'≤ ' if bound else ''}{format_seconds(m.eta)}" if m.done < m.total else ""
+        return f"{self.step} {m.done} / {m.total}{eta}"
+
     # -- worker
-    def _callback(self, epoch, train_loss, val_loss) -> bool:
-        self.history.append({"epoch": int(epoch), "train_loss": float(train_loss),
-                             "val_loss": None if val_loss is None else float(val_loss)})
-        return self._stop.is_set()
+    def _run(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def _work(self) -> None:
-        from core.evaluation import EvaluationCancelled, evaluate
+        from core.evaluation import EvaluationCancelled
+        from core.progress import Cancelled, progress_scope
 
-        p = self.partition
-        weights = {str(o.get("weights")) for o in self.options.values()}
         try:
-            with torch_threads():  # q_θ is a tiny MLP: one intra-op thread is fastest
-                ev = evaluate(
-                    p.calibration, {TEST: p.test}, self.methods, confidence=self.confidence, seed=self.seed,
-                    reference=p.reference, target=p.test if "shift" in weights else None,
-                    method_options=self.options, bootstrap=self.bootstrap, log=self.messages.append,
-                    epoch_callback=self._callback, should_stop=self._cancel.is_set,
-                )
-            if self._cancel.is_set():  # cancelled while the last method trained
-                raise EvaluationCancelled("cancelled during the last method")
-            self.run = CalibrationRun(ev, settings=self.settings, provenance=self.provenance, note=p.note,
-                                      history=list(self.history),
-                                      stopped_early=self._stop.is_set(), seconds=time.perf_counter() - self.started)
+            with progress_scope(self._sink):
+                self._run()
+            if self._cancel.is_set():  # cancelled after the last progress report
+                raise Cancelled("cancelled at the end")
             self.status = "done"
-        except EvaluationCancelled:
-            self.error = "Calibration cancelled: nothing was fitted; press Train to start again."
+        except (Cancelled, EvaluationCancelled):
+            self.error = self.cancelled_message
             self.status = "cancelled"
         except Exception as exc:  # shown in the page's error box
             self.error = describe_error(exc)
@@ -304,3 +322,165 @@ class TrainingJob:
             self.status = "failed"
         finally:
             self.finished = time.perf_counter()
+
+
+class TrainingJob(BackgroundJob):
+    """Runs :func:`core.evaluation.evaluate` in a background thread; the page polls it.
+
+    The thread never calls Streamlit. It appends q_θ epochs to ``history`` (the live loss
+    curve), the engine's log lines to ``messages`` and every step's progress (kNN search in
+    chunks, q_θ epochs, scoring, ... through :mod:`core.progress`) to ``step``/``meter``. When
+    it ends, ``run`` holds a :class:`CalibrationRun`, or ``error`` a message (``status``
+    "failed" or "cancelled"). "Stop" ends q_θ training early (best epoch kept); "Cancel"
+    abandons the whole job at the next progress report.
+    """
+
+    name = "training"
+    upper_bound_steps = ("q_θ epochs",)  # early stopping may end training before max_epochs
+    cancelled_message = "Calibration cancelled: nothing was fitted; press Train to start again."
+
+    def __init__(self, partition, methods, *, confidence: float, options: dict | None = None,
+                 bootstrap: int = 200, seed: int = 0, settings: dict | None = None,
+                 provenance: dict | None = None):
+        super().__init__()
+        self.partition = partition
+        self.methods = list(methods)
+        self.confidence = float(confidence)
+        self.options = dict(options or {})
+        self.bootstrap = int(bootstrap)
+        self.seed = int(seed)
+        self.settings = dict(settings or {})
+        self.provenance = dict(provenance or {})
+        self.history: list[dict] = []
+        self.run: CalibrationRun | None = None
+
+    def stop(self) -> None:
+        """End q_θ training after this epoch (best weights kept); the other methods still fit."""
+        self._stop.set()
+
+    def _callback(self, epoch, train_loss, val_loss) -> bool:
+        self.history.append({"epoch": int(epoch), "train_loss": float(train_loss),
+                             "val_loss": None if val_loss is None else float(val_loss)})
+        return self._stop.is_set()
+
+    def _run(self) -> None:
+        from core.evaluation import evaluate
+
+        p = self.partition
+        weights = {str(o.get("weights")) for o in self.options.values()}
+        with torch_threads():  # q_θ is a tiny MLP: one intra-op thread is fastest
+            ev = evaluate(
+                p.calibration, {TEST: p.test}, self.methods, confidence=self.confidence, seed=self.seed,
+                reference=p.reference, target=p.test if "shift" in weights else None,
+                method_options=self.options, bootstrap=self.bootstrap, log=self.messages.append,
+                epoch_callback=self._callback, should_stop=self._cancel.is_set,
+            )
+        if self._cancel.is_set():  # cancelled while the last method trained
+            return
+        self.run = CalibrationRun(ev, settings=self.settings, provenance=self.provenance, note=p.note,
+                                  history=list(self.history),
+                                  stopped_early=self._stop.is_set(), seconds=time.perf_counter() - self.started)
+
+
+# the app featurizes in batches of at most this many structures / atoms: a progress report (and a
+# cancel point) every few seconds even for large structures; CPU throughput is the same as with 16
+FEATURIZE_BATCH = int(os.environ.get("FLEXCAL_APP_FEATURIZE_BATCH", "8"))
+FEATURIZE_MAX_ATOMS = int(os.environ.get("FLEXCAL_APP_FEATURIZE_MAX_ATOMS", "512"))
+
+
+def featurize_table(dataset, potential, *, progress=None, cache_dir=None):
+    """The SiteTable of ``dataset`` under ``potential`` as the app uses it (no Streamlit).
+
+    Featurized with :func:`core.featurize.featurize` (its on-disk cache under ``cache_dir``;
+    nothing is written unless every batch finished) in ``FEATURIZE_BATCH`` structures /
+    ``FEATURIZE_MAX_ATOMS`` atoms per batch, with ``TORCH_THREADS`` threads; the file's
+    per-frame ``split`` labels become a structure column when every frame has one.
+    ``progress(done, total)``: structures done after each batch (may raise Cancelled).
+    """
+    from core.featurize import featurize
+    from core.sources import SPLIT_KEY, with_structure_columns
+
+    with torch_threads():
+        sites = featurize(dataset.structures, potential, batch_size=FEATURIZE_BATCH, progress=progress,
+                          cache_dir=cache_dir, max_batch_atoms=FEATURIZE_MAX_ATOMS)
+    labels = [a.info.get(SPLIT_KEY) for a in dataset.structures]
+    if all(v is not None for v in labels):
+        sites = with_structure_columns(sites, {SPLIT_KEY: np.array([str(v) for v in labels])})
+    return sites
+
+
+class FeaturizeJob(BackgroundJob):
+    """Featurizes a dataset in a background thread, batch by batch (the Model page polls it).
+
+    ``cache``: a shared in-memory map (``get``/``put``) keyed by ``key`` = (dataset key,
+    potential identity): a hit finishes :meth:`start` at once without a thread; a finished run
+    is put there (and on disk through ``cache_dir``). Progress: structures ``done`` / ``total``
+    with the sites/s rate and the ETA in seconds (from the atom counts of the batches done);
+    :meth:`cancel` stops between two batches, and nothing is cached or returned. ``sites``
+    holds the result when ``status == "done"``; ``cache_hit`` says it came from memory.
+    """
+
+    name = "featurize"
+    cancelled_message = "Featurizing cancelled: nothing was kept; the previous features (if any) stay."
+
+    def __init__(self, dataset, dataset_key: str, potential, *, cache=None, cache_dir=None,
+                 potential_label: str | None = None):
+        super().__init__()
+        from core.progress import Meter
+
+        self.dataset = dataset
+        self.potential = potential
+        self.key = (dataset_key, potential.identity)
+        self.potential_label = potential_label or getattr(potential, "name", str(potential))
+        self.cache = cache
+        self.cache_dir = cache_dir
+        sizes = np.array([len(a) for a in dataset.structures], dtype=np.int64)
+        self.site_offsets = np.r_[0, np.cumsum(sizes)]
+        self.total = len(sizes)
+        self.step = "Featurizing"
+        self.meter = Meter(int(self.site_offsets[-1]))  # in sites: the ETA follows the atoms, not the frames
+        self.structures_done = 0
+        self.sites = None
+        self.cache_hit = False
+
+    def start(self) -> "FeaturizeJob":
+        from core.progress import Meter
+
+        hit = None if self.cache is None else self.cache.get(self.key)
+        if hit is None:
+            self.meter = Meter(int(self.site_offsets[-1]))
+            return super().start()
+        self.sites, self.cache_hit = hit, True
+        self.structures_done, self.status = self.total, "done"
+        self.meter.update(int(self.site_offsets[-1]))
+        self.finished = time.perf_counter()
+        return self
+
+    def _progress(self, done: int, total: int) -> None:
+        self.structures_done = int(done)
+        self._sink(self.step, int(self.site_offsets[min(int(done), self.total)]), int(self.site_offsets[-1]))
+
+    @property
+    def fraction(self) -> float:
+        return self.meter.fraction
+
+    def progress_text(self) -> str:
+        """``"Featurizing: 32 / 240 structures — 1,234 sites/s — ETA 12 s"``."""
+        from core.progress import format_seconds
+
+        head = f"Featurizing: {self.structures_done} / {self.total} structures"
+        if self.cache_hit:
+            return head + " (from the cache)"
+        if self.structures_done == 0:
+            return head + f" — first batch running ({self.elapsed():.0f} s)"
+        rate = self.meter.rate
+        return (head + (f" — {rate:,.0f} sites/s" if rate else "")
+                + (f" — ETA {format_seconds(self.meter.eta)}" if self.structures_done < self.total else ""))
+
+    def _run(self) -> None:
+        sites = featurize_table(self.dataset, self.potential, progress=self._progress, cache_dir=self.cache_dir)
+        if self._cancel.is_set():
+            return
+        if self.cache is not None:
+            self.cache.put(self.key, sites)
+        self.sites = sites

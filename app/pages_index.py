@@ -42,6 +42,7 @@ PAGES = (
     PageInfo("model", "Model", ":material/neurology:"),
     PageInfo("calibrate", "Calibrate", ":material/tune:"),
     PageInfo("diagnose", "Diagnose", ":material/monitoring:"),
+    PageInfo("compare", "Compare", ":material/compare_arrows:"),
     PageInfo("structures", "Structures", ":material/view_in_ar:"),
     PageInfo("export", "Export", ":material/download:"),
     PageInfo("apply", "Apply", ":material/play_circle:"),

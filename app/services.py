@@ -6,7 +6,7 @@ featurizing with a bounded, content-keyed cache, the methods the registry can bu
 the figures of a run (built by :mod:`app.figures_catalogue`). Every cache is bounded;
 nothing here holds per-session state at module level (jobs and results live in
 ``st.session_state``). The non-Streamlit parts live in :mod:`app.catalog` (choices and
-messages), :mod:`app.job` (the calibration job), :mod:`app.figures_catalogue`,
+messages), :mod:`app.job` (the featurize and calibration jobs), :mod:`app.figures_catalogue`,
 :mod:`app.notices` and :mod:`core.export`.
 """
 
@@ -19,7 +19,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import streamlit as st
 
 from app.catalog import (
@@ -32,7 +31,6 @@ from app.catalog import (
     digest,
     safe_filename,
 )
-from app.job import torch_threads
 
 CACHE_DIR = Path(os.environ.get("FLEXCAL_CACHE_DIR", ".flexcal_cache")) / "features"
 SITES_CACHE_ENTRIES = 4
@@ -49,24 +47,30 @@ def max_upload_mb() -> float:
 
 # =============================================================== datasets
 @st.cache_data(max_entries=8, ttl=3600, show_spinner=False)
-def _read_bytes(data: bytes, filename: str, max_bytes: int):
+def _read_bytes(data: bytes, filename: str, max_bytes: int, max_atoms: int, max_extent: float):
     from core.data import read_dataset
 
-    return read_dataset(data, name=filename, max_bytes=max_bytes)
+    return read_dataset(data, name=filename, max_bytes=max_bytes, max_atoms=max_atoms, max_extent=max_extent)
 
 
-def read_upload(data: bytes, filename: str):
+def read_upload(data: bytes, filename: str, *, max_atoms: int | None = None, max_extent: float | None = None):
     """Read an uploaded dataset; raises ``UploadTooLarge`` or ``core.data.DatasetError``.
 
-    Cached by the bytes (``st.cache_data``): re-running a page costs nothing.
+    ``max_atoms`` (atoms per structure) and ``max_extent`` (Å, largest |coordinate| along a
+    non-periodic direction) bound the reader's cost (None: core.data_checks' defaults); the
+    byte limit is the upload limit. Cached by the bytes and limits (``st.cache_data``).
     """
+    from core.data_checks import DEFAULT_MAX_ATOMS, DEFAULT_MAX_EXTENT
+
     limit = max_upload_mb()
     if len(data) > limit * 1024**2:
         raise UploadTooLarge(
             f"{filename} is {len(data) / 1024**2:.1f} MB; the upload limit is {limit:.0f} MB. "
             "Use a smaller excerpt, or raise server.maxUploadSize in .streamlit/config.toml."
         )
-    return _read_bytes(bytes(data), filename, int(limit * 1024**2))
+    return _read_bytes(bytes(data), filename, int(limit * 1024**2),
+                       DEFAULT_MAX_ATOMS if max_atoms is None else int(max_atoms),
+                       DEFAULT_MAX_EXTENT if max_extent is None else float(max_extent))
 
 
 @st.cache_data(max_entries=6, show_spinner=False)
@@ -196,27 +200,35 @@ def _sites_cache() -> BoundedCache:
 
 
 def featurize_dataset(dataset, dataset_key: str, potential, progress: Callable[[int, int], Any] | None = None):
-    """Per-site table of ``dataset`` under ``potential``; in-memory and on-disk cached.
+    """Per-site table of ``dataset`` under ``potential``, in this thread; in-memory and on-disk cached.
 
     Returns ``(sites, key)`` with ``key = (dataset_key, potential.identity)``. The sites
     carry the file's per-frame ``split`` labels when it has them (what
     :func:`core.sources.partition` reads for the demo rule). ``progress(done, total)`` is
-    called as batches finish.
+    called as batches finish. The Model page uses :func:`featurize_job` (a background job
+    with progress and Cancel) over the same caches.
     """
-    from core.featurize import featurize
-    from core.sources import SPLIT_KEY, with_structure_columns
+    from app.job import featurize_table
 
     key = (dataset_key, potential.identity)
     hit = _sites_cache().get(key)
     if hit is not None:
         return hit, key
-    with torch_threads():
-        sites = featurize(dataset.structures, potential, progress=progress, cache_dir=CACHE_DIR)
-    labels = [a.info.get(SPLIT_KEY) for a in dataset.structures]
-    if all(v is not None for v in labels):
-        sites = with_structure_columns(sites, {SPLIT_KEY: np.array([str(v) for v in labels])})
+    sites = featurize_table(dataset, potential, progress=progress, cache_dir=CACHE_DIR)
     _sites_cache().put(key, sites)
     return sites, key
+
+
+def featurize_job(dataset, dataset_key: str, potential, *, potential_label: str | None = None):
+    """A started :class:`app.job.FeaturizeJob` over the app's caches (memory, then ``CACHE_DIR`` on disk).
+
+    A dataset + model featurized before (in any session of this process) comes back at once:
+    the returned job is already ``done`` with ``cache_hit`` True and no thread was started.
+    """
+    from app.job import FeaturizeJob
+
+    return FeaturizeJob(dataset, dataset_key, potential, cache=_sites_cache(), cache_dir=CACHE_DIR,
+                        potential_label=potential_label).start()
 
 
 # ================================================================= methods

@@ -47,6 +47,8 @@ W_ARROWS = "w_arrows"
 W_STRUCTURE = "w_structure"
 W_STRUCT_TAB = "w_structures_tab"
 W_EXPORT_METHOD = "w_export_method"
+W_MAX_ATOMS = "w_max_atoms"              # reader limit: atoms per structure of an upload
+W_MAX_EXTENT = "w_max_extent"            # reader limit: Å, largest |coordinate| along an open direction
 # not persisted on purpose: re-confirm trust whenever the page is drawn again
 W_TRUST = "w_trust_model_file"
 W_TRUST_PATH = "w_trust_model_path"
@@ -93,6 +95,8 @@ WIDGET_DEFAULTS = MappingProxyType({
     W_CONFORMAL: True,
     W_MAX_EPOCHS: 200,
     W_BOOTSTRAP: 200,
+    W_MAX_ATOMS: 100_000,                # = core.data_checks.DEFAULT_MAX_ATOMS (tested)
+    W_MAX_EXTENT: 100.0,                 # = core.data_checks.DEFAULT_MAX_EXTENT (tested)
     W_DIAG_METHOD: None,
     W_DIAG_TAB: "Calibration",
     W_TEACH_LEVEL: 0.9,
@@ -117,6 +121,8 @@ MODEL_ERROR_FOR = "model_error_for"  # the model choice that error came from (cl
 SITES = "sites"                    # core.sites.SiteTable of the whole dataset
 SITES_KEY = "sites_key"            # (dataset_key, potential identity)
 JOB = "training_job"               # app.services.TrainingJob while/after training
+FEATURIZE_JOB = "featurize_job"    # app.job.FeaturizeJob while featurizing (collected by the Model page)
+FEATURIZE_NOTE = "featurize_note"  # what the last featurize job ended with (cancelled), in words
 RESULTS = "results"                # app.services.CalibrationRun
 TRAIN_ERROR = "train_error"        # why the last training failed, in plain words
 SELECTED = "selected_site"         # {"structure_id": int, "atom_index": int | None}
@@ -143,6 +149,8 @@ DATA_DEFAULTS = MappingProxyType({
     SITES: None,
     SITES_KEY: None,
     JOB: None,
+    FEATURIZE_JOB: None,
+    FEATURIZE_NOTE: None,
     RESULTS: None,
     TRAIN_ERROR: None,
     SELECTED: None,
@@ -234,9 +242,19 @@ def set_dataset(dataset, key: str, label: str, origin: tuple[str, str], raw: byt
 
 def clear_sites(reason: str | None = None) -> None:
     ss = st.session_state
+    cancel_featurize()
     ss[SITES] = None
     ss[SITES_KEY] = None
     clear_results(reason)
+
+
+def cancel_featurize() -> None:
+    """Cancel and forget a running featurize job (its dataset or the session is being replaced)."""
+    job = st.session_state.get(FEATURIZE_JOB)
+    if job is not None:
+        job.cancel()
+    st.session_state[FEATURIZE_JOB] = None
+    st.session_state[FEATURIZE_NOTE] = None
 
 
 def set_sites(sites, key, potential_label: str) -> None:
@@ -283,6 +301,7 @@ def restore_session(values: dict) -> None:
     job = ss.get(JOB)
     if job is not None:
         job.cancel()
+    cancel_featurize()
     for key in (W_STRUCTURE, W_VIEW_METHOD, W_DIAG_METHOD, W_EXPORT_METHOD):
         forget(key)
     ss.update({JOB: None, TRAIN_ERROR: None, DATA_ERROR: None, MODEL_ERROR: None, MODEL_ERROR_FOR: None,

@@ -6,9 +6,15 @@ page (Calibrate, Diagnose, Structures, Export and the sidebar).
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import streamlit as st
 
 from app import notices, state
+
+#: The modebar's camera button saves the chart as SVG (vector, drawn by plotly.js in the browser: no
+#: kaleido or browser on the server). PDF export would need kaleido + Chrome, which FlexCal does not ship.
+SVG_EXPORT = MappingProxyType({"format": "svg", "height": 600, "width": 900, "scale": 1})
 
 _DONE, _TODO, _BUSY = ":material/check_circle:", ":material/radio_button_unchecked:", ":material/hourglass_top:"
 OUT_OF_DATE = "Results out of date"
@@ -89,3 +95,14 @@ def coverage_metric(column, report: dict, n_calibration: int) -> None:
                   help=f"nominal {report.get('confidence', 0):.0%}; {expected}. "
                        "The spread comes from the finite number of calibration structures.")
     column.caption(expected)
+
+
+def chart_config(filename: str) -> dict:
+    """The plotly ``config`` every chart of the app gets: SVG download named ``filename``, no logo."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in filename) or "flexcal-figure"
+    return {"toImageButtonOptions": {**SVG_EXPORT, "filename": safe}, "displaylogo": False}
+
+
+def plotly_chart(fig, *, key: str, filename: str | None = None, **kwargs):
+    """``st.plotly_chart`` with the app's config (SVG download); ``kwargs`` go to it (on_select, ...)."""
+    return st.plotly_chart(fig, key=key, config=chart_config(filename or f"flexcal-{key}"), **kwargs)

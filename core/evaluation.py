@@ -31,11 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from core.progress import report
 from core.sites import SiteTable
 from core.validation import check_confidence, check_int, check_levels, check_seed
 
-__all__ = ["Variant", "Evaluation", "evaluate", "score", "resolve_variants", "ID_COLUMNS", "jsonable",
-           "EvaluationCancelled"]
+__all__ = ["Variant", "Evaluation", "evaluate", "score", "conformal_calibration_size", "resolve_variants",
+           "ID_COLUMNS", "jsonable", "EvaluationCancelled"]
 
 ID_COLUMNS = ["study", "dataset", "split", "method", "label", "n_cal_structures", "n_cal_sites", "fit_seconds"]
 INFINITE_NOTE = ("some widths are infinite: the (weighted) conformal quantile's rank exceeds the calibration "
@@ -265,6 +266,7 @@ def evaluate(
     unknown = sorted(set(hooks) - set(HOOKS))
     if unknown:
         raise TypeError(f"evaluate: unknown keyword(s) {unknown}; hooks are {', '.join(HOOKS)}")
+    report("split-CP reference widths", 0, 1)  # core.progress scope (the app's status line)
     reference_cal = _fit_one(Variant("split", "split"), calibration, confidence, seed, {}, rescale_on)
     ev.reference_widths = {name: np.asarray(reference_cal.predict(t), dtype=np.float64) for name, t in tests.items()}
     ev.domain, ev.ood = _domain_flags(calibration, tests, reference)
@@ -379,7 +381,9 @@ def _score_all(ev: Evaluation, bootstrap: int) -> None:
     from core.metrics import CALIBRATION_LEVELS, calibration_report
 
     grid = _grid_columns(ev.levels)
-    for label in ev.labels:
+    for i, label in enumerate(ev.labels):
+        report("scoring the methods on the test split" + (f" ({bootstrap} bootstrap resamples)" if bootstrap else ""),
+               i, len(ev.labels))  # core.progress scope (the app's status line): methods scored so far
         cal = ev.calibrators[label]
         for split, test in ev.tests.items():
             widths = np.asarray(cal.predict(test), dtype=np.float64)
@@ -395,11 +399,11 @@ def _score_all(ev: Evaluation, bootstrap: int) -> None:
                 structure_ids=test.structure_ids, widths_at_levels=on_grid,
                 levels=CALIBRATION_LEVELS if on_grid is not None else None,
                 reference_widths=ev.reference_widths[split], bootstrap=bootstrap, seed=ev.seed,
-                n_calibration=_n_calibration(cal, ev.calibration), ood=ev.ood.get(split),
+                n_calibration=conformal_calibration_size(cal, ev.calibration), ood=ev.ood.get(split),
             )
 
 
-def _n_calibration(calibrator, calibration: SiteTable) -> int:
+def conformal_calibration_size(calibrator, calibration: SiteTable) -> int:
     """Structures behind the calibrator's conformal factor (its holdout or update set), for the spread."""
     n = getattr(calibrator, "n_calibration_structures_", None)
     return int(n) if n else calibration.n_structures

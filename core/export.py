@@ -130,9 +130,19 @@ def evaluation_frame(evaluation, sites=None, *, include_descriptors: bool = Fals
                       include_descriptors=include_descriptors)
 
 
-def table_bytes(frame, fmt: str) -> bytes:
-    """A DataFrame as ``"csv"`` or ``"parquet"`` bytes; ValueError naming ``fmt`` otherwise."""
+def table_bytes(frame, fmt: str, *, readable: bool = False) -> bytes:
+    """A DataFrame as ``"csv"`` or ``"parquet"`` bytes; ValueError naming ``fmt`` otherwise.
+
+    Columns keep their stable snake_case keys (for scripts); what each key means and its unit
+    is in :func:`core.tables.descriptions_json` (the sidecar) and, for Parquet, in the file's
+    schema metadata under ``flexcal.columns``. ``readable=True``: CSV headers are the readable
+    labels with units (``"Mean width (eV/Å)"``), values unchanged (missing = empty cell).
+    """
     if fmt == "csv":
+        if readable:
+            from core.tables import readable_table
+
+            frame = readable_table(frame)
         return csv_bytes(frame)
     if fmt == "parquet":
         return parquet_bytes(frame)
@@ -145,9 +155,17 @@ def csv_bytes(frame) -> bytes:
 
 
 def parquet_bytes(frame) -> bytes:
-    """A DataFrame as Parquet bytes (pyarrow)."""
+    """A DataFrame as Parquet bytes (pyarrow), column descriptions in the schema metadata (``flexcal.columns``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from core.tables import descriptions_json
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[b"flexcal.columns"] = descriptions_json(frame)
     buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
+    pq.write_table(table.replace_schema_metadata(meta), buf)
     return buf.getvalue()
 
 
@@ -224,34 +242,82 @@ def calibrator_bytes(calibrator) -> bytes:
         return Path(path).read_bytes()
 
 
-def provenance_frame(fields: Mapping[str, object], *, now=None):
-    """What produced a result, as a (field, value) table: ``fields`` then the date and FlexCal version.
+PROVENANCE_FIELDS = ("dataset", "dataset hash", "model", "model identity", "split", "seed", "methods",
+                     "confidence")
+NOT_RECORDED = "—"  # one mark for missing everywhere (core.tables.MISSING)
+_ALIASES = {"seed": ("seed", "split seed"), "split": ("split", "split mode")}
 
-    ``fields``: e.g. dataset, model, split, seed, methods, confidence; values are shown as
-    text (lists joined by ", "; None as "—"). ``now``: a ``datetime`` (default: now, UTC).
+
+def sites_fingerprint(sites) -> str:
+    """sha256 (first 20 hex digits) of a SiteTable's content: structure ids, atom indices,
+    species, reference forces (or errors) and descriptors; identifies the data behind a result."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for arr in (sites.structure_ids, sites.atom_index, sites.species, sites.forces_ref, sites.errors,
+                sites.descriptors):
+        if arr is not None:
+            a = np.ascontiguousarray(arr)
+            h.update(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
+    return h.hexdigest()[:20]
+
+
+def _from_sites(sites) -> dict:
+    meta = dict(getattr(sites, "meta", None) or {})
+    found = {"dataset": meta.get("source"), "model": meta.get("potential"),
+             "model identity": meta.get("potential_identity")}
+    found["dataset hash"] = f"{sites_fingerprint(sites)} (sites fingerprint)"
+    return {k: v for k, v in found.items() if v not in (None, "")}
+
+
+def provenance_frame(fields: Mapping[str, object], *, now=None, sites=None):
+    """What produced a result, as a (field, value) table that lets someone reproduce it.
+
+    Rows: :data:`PROVENANCE_FIELDS` first and always (dataset, dataset hash, model, model
+    identity, split, seed, methods, confidence; :data:`NOT_RECORDED` when unknown), then the
+    other ``fields`` (keys starting with "_" are internal and skipped), then the date and the
+    FlexCal version. ``sites`` (a SiteTable the result was computed on) fills what ``fields``
+    lacks: dataset source, model name and identity from ``sites.meta``, and a content
+    fingerprint as the dataset hash. Values are shown as text (lists joined by ", ", None as
+    "—"). ``now``: a ``datetime`` (default: now, UTC).
     """
     import datetime
 
     import pandas as pd
 
     from core import __version__
+    from core.tables import format_value
 
-    def text(value) -> str:
-        if value is None:
-            return "—"
-        if isinstance(value, (list, tuple)):
-            return ", ".join(str(v) for v in value)
-        return str(value)
-
+    if not isinstance(fields, Mapping):
+        raise TypeError(f"fields: expected a mapping of field -> value, got {type(fields).__name__}")
+    given = {str(k): v for k, v in fields.items() if not str(k).startswith("_")}
+    known = _from_sites(sites) if sites is not None else {}
+    rows, used = [], set()
+    for name in PROVENANCE_FIELDS:
+        keys = [k for k in _ALIASES.get(name, (name,)) if given.get(k) not in (None, "", [], ())]
+        value = given[keys[0]] if keys else known.get(name)
+        used.update(keys[:1])
+        rows.append((name, NOT_RECORDED if value in (None, "", [], ()) else format_value(value, 6)))
+    rows += [(k, format_value(v, 6)) for k, v in given.items() if k not in used and k not in PROVENANCE_FIELDS]
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    rows = [(str(k), text(v)) for k, v in fields.items()]
     rows += [("date", now.strftime("%Y-%m-%d %H:%M %Z").strip()), ("FlexCal version", str(__version__))]
     return pd.DataFrame(rows, columns=["field", "value"]).set_index("field")
 
 
 def html_report(figures: Sequence[tuple[str, object]], tables: Sequence[tuple[str, object]],
-                title: str = "FlexCal calibration report") -> str:
-    """A self-contained HTML page of the figures and tables (plotly.js inlined, no CDN)."""
-    from core.figures import figures_to_html
+                title: str = "FlexCal calibration report", *, provenance: Mapping[str, object] | None = None,
+                sites=None) -> str:
+    """A self-contained HTML page of the figures and tables (plotly.js inlined, no CDN).
 
-    return figures_to_html(list(figures), list(tables), title)
+    Tables are shown for people (:func:`core.tables.text_table`: labels with units, "—" for
+    missing, every column). ``provenance``: fields for :func:`provenance_frame` (with ``sites``),
+    put first as "What produced this report" (pass it, or a provenance table as the first of
+    ``tables``, so the page can be reproduced).
+    """
+    from core.figures import figures_to_html
+    from core.tables import text_table
+
+    shown = [(t, text_table(df)) for t, df in tables]
+    if provenance is not None:
+        shown.insert(0, ("What produced this report", text_table(provenance_frame(provenance, sites=sites))))
+    return figures_to_html(list(figures), shown, title)

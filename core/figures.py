@@ -17,12 +17,13 @@ plotly is imported inside the functions (no heavy imports at import time).
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Any
 
 import numpy as np
 
-from core import metrics as _metrics
+from core.validation import check_confidence
 
 __all__ = [
     "OKABE_ITO",
@@ -145,15 +146,50 @@ def _check_dict(name: str, value: Any) -> dict:
     return value
 
 
-def _layout(fig, title: str, xtitle: str, ytitle: str, **kw):
+#: Title lines wrap at about this many characters (two plots side by side in the app).
+TITLE_WIDTH = 56
+# the title starts this far (px) below the top: the plotly modebar (top right) has its own row
+_MODEBAR_ROW = 30
+
+
+def wrap_title(text: str, width: int = TITLE_WIDTH) -> str:
+    """``text`` broken with ``<br>`` before " — " / " (" or after ", " into lines of about ``width`` chars."""
+    if len(text) <= width or "<br>" in text:
+        return text
+    breaks = sorted({m.start() for m in re.finditer(r" — | \(", text)} | {m.end() for m in re.finditer(r", ", text)})
+    lines, start = [], 0
+    while len(text) - start > width:
+        fit = [b for b in breaks if start < b <= start + width]
+        later = [b for b in breaks if b > start]
+        if not fit and not later:
+            break
+        cut = fit[-1] if fit else later[0]
+        lines.append(text[start:cut].rstrip())
+        start = cut + (len(text[cut:]) - len(text[cut:].lstrip()))
+    lines.append(text[start:])
+    return "<br>".join(lines)
+
+
+def _layout(fig, title: str, xtitle: str, ytitle: str, legend_below: bool = False, **kw):
+    """The shared look: title top left on its own row under the modebar (top right), units in axis titles.
+
+    ``legend_below`` puts a horizontal legend under the plot (figures with colour bars on the right).
+    """
+    text = wrap_title(title)
+    n_lines = text.count("<br>") + 1
+    legend = dict(bgcolor="rgba(255,255,255,0.7)")
+    if legend_below:
+        legend.update(orientation="h", x=0, xanchor="left", y=0, yanchor="bottom", yref="container")
     fig.update_layout(
-        title=dict(text=title, x=0.02, xanchor="left"),
+        title=dict(text=text, x=0.01, xanchor="left", xref="container", y=1, yanchor="top", yref="container",
+                   pad=dict(t=_MODEBAR_ROW), font=dict(size=16)),
         xaxis_title=xtitle,
         yaxis_title=ytitle,
         template="plotly_white",
-        legend=dict(bgcolor="rgba(255,255,255,0.7)"),
+        legend=legend,
         font=dict(size=13),
-        margin=dict(l=70, r=30, t=70, b=60),
+        modebar=dict(orientation="h", bgcolor="rgba(255,255,255,0.8)"),
+        margin=dict(l=70, r=30, t=_MODEBAR_ROW + 22 * n_lines + 18, b=140 if legend_below else 60),
         **kw,
     )
     return fig
@@ -165,89 +201,6 @@ def _diagonal(lo: float, hi: float, name: str):
 
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "undefined" if x is None else f"{x:.{digits}f}"
-
-
-# --------------------------------------------------------------------------- parity
-def plot_parity(
-    reference,
-    predicted,
-    color=None,
-    color_label: str = "width (eV/Å)",
-    quantity: str = "force",
-    ids=None,
-):
-    """Predicted vs reference values with the y = x line; MAE and RMSE in the title.
-
-    Parameters
-    ----------
-    reference, predicted : array-like of shape (n,) or (n, 3)
-        Force components (eV/Å, (n, 3) arrays are flattened to components) or
-        energies (``quantity="energy"``, eV; ``"energy_per_atom"``, eV/atom).
-    color : array-like of shape (n,) or matching the flattened values, optional
-        Per-point colour value (e.g. the site's width); a per-site array is
-        repeated over the 3 components.
-    color_label : str
-        Colour-bar title (with units).
-    ids : array-like of shape (n, 2), optional
-        ``(structure_id, atom_index)`` per row, put into ``customdata``
-        (for forces also the component 0/1/2 as a third column).
-    """
-    go = _go()
-    units = {"force": _FORCE_UNIT, "energy": "eV", "energy_per_atom": "eV/atom"}
-    if quantity not in units:
-        raise ValueError(f"quantity: expected one of {sorted(units)}, got {quantity!r}")
-    ref = np.asarray(reference, dtype=float)
-    pred = np.asarray(predicted, dtype=float)
-    if ref.shape != pred.shape or ref.size == 0 or ref.ndim not in (1, 2):
-        raise ValueError(f"predicted: expected the shape of reference {ref.shape}, got {pred.shape}")
-    n_rows = ref.shape[0]
-    per_row = 1 if ref.ndim == 1 else ref.shape[1]
-    x, y = ref.ravel(), pred.ravel()
-    custom = None
-    ids_arr = _ids("ids", ids, n_rows, 2)
-    if ids_arr is not None:
-        custom = np.repeat(ids_arr, per_row, axis=0)
-        if per_row > 1:
-            custom = np.column_stack([custom, np.tile(np.arange(per_row), n_rows)])
-    c = None
-    if color is not None:
-        c = np.asarray(color, dtype=float).ravel()
-        if c.shape[0] == n_rows and per_row > 1:
-            c = np.repeat(c, per_row)
-        if c.shape[0] != x.shape[0]:
-            raise ValueError(f"color: expected {n_rows} or {x.shape[0]} values, got {c.shape[0]}")
-    unit = units[quantity]
-    name = {"force": "force component", "energy": "energy", "energy_per_atom": "energy per atom"}[quantity]
-    err = y - x
-    mae, rmse = float(np.mean(np.abs(err))), float(np.sqrt(np.mean(err**2)))
-    marker: dict[str, Any] = dict(size=5, opacity=0.7, color="#0072B2")
-    if c is not None:
-        marker.update(color=c, colorscale="Viridis", showscale=True, colorbar=dict(title=dict(text=color_label)))
-    hover = f"ref %{{x:.4g}} {unit}<br>pred %{{y:.4g}} {unit}"
-    if custom is not None:
-        # energies are per structure: the atom column is then a placeholder
-        hover += "<br>structure %{customdata[0]}" + (", atom %{customdata[1]}" if quantity == "force" else "")
-        if per_row > 1:
-            hover += ", component %{customdata[2]}"
-    Scatter = _scatter_cls(x.shape[0])
-    fig = go.Figure()
-    fig.add_trace(
-        Scatter(
-            x=x, y=y, mode="markers", marker=marker, name=name, customdata=custom,
-            hovertemplate=hover + "<extra></extra>",
-        )
-    )
-    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
-    fig.add_trace(_diagonal(lo, hi, "y = x"))
-    title = f"{name.capitalize()} parity — MAE {mae:.3g} {unit}, RMSE {rmse:.3g} {unit}"
-    _layout(fig, title, f"reference {name} ({unit})", f"predicted {name} ({unit})")
-    pad = 0.03 * (hi - lo) if hi > lo else 1.0
-    fig.update_xaxes(range=[lo - pad, hi + pad], constrain="domain")
-    fig.update_yaxes(range=[lo - pad, hi + pad], scaleanchor="x", scaleratio=1, constrain="domain")
-    # a horizontal legend under the title keeps it off the colour bar
-    fig.update_layout(legend=dict(orientation="h", x=0.5, xanchor="center", y=1.01, yanchor="bottom"),
-                      margin=dict(t=90))
-    return fig
 
 
 # --------------------------------------------------------------------------- calibration
@@ -322,50 +275,6 @@ def plot_calibration_curve(levels, observed, label: str = ""):
     return fig
 
 
-def plot_uncertainty_error(errors, widths, label: str | None = None, ids=None):
-    """Log-log scatter of error against width with the y = x line; Spearman in the title.
-
-    Zero values cannot sit on a log axis: they are drawn at a floor one decade
-    below the smallest positive value (said in the hover text).
-
-    Parameters
-    ----------
-    errors, widths : array-like of shape (n,), eV/Å
-    label : str, optional
-        Method name (sets the colour).
-    ids : array-like of shape (n, 2), optional
-        ``(structure_id, atom_index)`` per site, into ``customdata``.
-    """
-    go = _go()
-    e = _vec("errors", errors)
-    w = _vec("widths", widths, e.shape[0])
-    rho = _metrics.spearman(e, w)
-    ids_arr = _ids("ids", ids, e.shape[0], 2)
-    pos = np.r_[e[e > 0], w[(w > 0) & np.isfinite(w)]]
-    floor = float(pos.min()) / 10 if pos.size else 1e-6
-    ep, wp = np.maximum(e, floor), np.clip(w, floor, None)
-    Scatter = _scatter_cls(e.shape[0])
-    hover = "width %{x:.4g} eV/Å<br>error %{y:.4g} eV/Å"
-    if ids_arr is not None:
-        hover += "<br>structure %{customdata[0]}, atom %{customdata[1]}"
-    fig = go.Figure()
-    fig.add_trace(
-        Scatter(
-            x=wp, y=ep, mode="markers", name=label or "sites", customdata=ids_arr,
-            marker=dict(size=5, opacity=0.6, color=method_color(label) if label else "#0072B2"),
-            hovertemplate=hover + "<extra></extra>",
-        )
-    )
-    fin = np.r_[ep, wp[np.isfinite(wp)]]
-    lo, hi = float(fin.min()), float(fin.max())
-    fig.add_trace(_diagonal(lo, hi, "error = width"))
-    title = f"Error vs width{' — ' + label if label else ''} (Spearman ρ = {_fmt(rho)})"
-    _layout(fig, title, "predicted width (eV/Å)", "force error ‖ΔF‖ (eV/Å)")
-    fig.update_xaxes(type="log")
-    fig.update_yaxes(type="log")
-    return fig
-
-
 def plot_species_coverage(reports: dict, confidence: float):
     """Grouped bars of per-species coverage (one group per element) with the nominal line.
 
@@ -378,7 +287,7 @@ def plot_species_coverage(reports: dict, confidence: float):
     """
     go = _go()
     _check_dict("reports", reports)
-    conf = _metrics._check_level("confidence", confidence)
+    conf = check_confidence(confidence)
     zs: set[int] = set()
     for label, rep in reports.items():
         sc = rep.get("species_coverage") if isinstance(rep, dict) else None
@@ -415,69 +324,110 @@ def _symbol(z: int) -> str:
         return f"Z={z}"
 
 
-def plot_width_histogram(widths_by_label: dict, log: bool = False, nbins: int = 50):
-    """Overlaid histograms of predicted widths, one per method.
+def _rgba(hex_color: str, alpha: float) -> str:
+    h = hex_color.lstrip("#")
+    return f"rgba({int(h[0:2], 16)},{int(h[2:4], 16)},{int(h[4:6], 16)},{alpha})"
 
-    ``log=True`` histograms log10(width) (non-positive widths dropped).
-    """
-    go = _go()
-    _check_dict("widths_by_label", widths_by_label)
-    colors = method_colors(widths_by_label)
-    fig = go.Figure()
+
+def _width_samples(widths_by_label: dict) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Finite widths per label, split into spread ones and constant ones (label -> the one width)."""
+    spread, const = {}, {}
     for label, w in widths_by_label.items():
         w = _vec(f"widths_by_label[{label!r}]", w)
         w = w[np.isfinite(w)]
-        if log:
-            w = np.log10(w[w > 0])
-        fig.add_trace(
-            go.Histogram(x=w, name=str(label), opacity=0.6, nbinsx=nbins, marker_color=colors[str(label)])
-        )
-    xt = "log10 predicted width (eV/Å)" if log else "predicted width (eV/Å)"
-    _layout(fig, "Distribution of predicted widths", xt, "number of sites", barmode="overlay")
-    return fig
+        if w.size == 0:
+            continue
+        if np.ptp(w) <= 1e-9 * max(float(np.abs(w).max()), 1e-300):
+            const[str(label)] = float(w[0])
+        else:
+            spread[str(label)] = w
+    if not spread and not const:
+        raise ValueError("widths_by_label: no finite width in any method")
+    return spread, const
 
 
-def plot_structure_uncertainty(max_errors, max_widths, ids=None):
-    """Per structure: max site error against max site width (log-log), Spearman in the title.
+def plot_width_histogram(widths_by_label: dict, log: bool | str = False, nbins: int = 50):
+    """Distribution of predicted widths, one outline per method, on one shared robust x range.
 
-    Arguments follow the ``(errors, widths)`` order and match
-    :func:`core.metrics.structure_maxima`; ``ids`` (m,) are the structure ids
-    (``np.unique(structure_ids)``), put into ``customdata``.
+    Methods with spread widths are step outlines (counts on shared bins, light fill); a method
+    whose widths are all equal (split conformal: one width for every site) is a vertical line
+    with its value in the legend, so its spike does not squash the others. The x axis spans
+    the robust range (0.5-99.5 %) of the spread widths plus the constant ones; sites beyond it
+    are counted in the legend.
+
+    Parameters
+    ----------
+    widths_by_label : dict of label -> widths (n,), eV/Å
+    log : bool or "auto"
+        Geometric bins on a log axis (non-positive widths dropped); ``"auto"``: when the
+        robust range spans more than 1.5 decades.
+    nbins : int
     """
+    from core.figures_density import axis_range
+    from core.figures_scales import apply_log_axis, robust_range
+
     go = _go()
-    e = _vec("max_errors", max_errors)
-    w = _vec("max_widths", max_widths, e.shape[0])
-    ids_arr = _ids("ids", ids, e.shape[0], None)
-    rho = _metrics.spearman(e, w) if np.all(e >= 0) else None
-    pos = np.r_[e[e > 0], w[(w > 0) & np.isfinite(w)]]
-    floor = float(pos.min()) / 10 if pos.size else 1e-6
-    ep, wp = np.maximum(e, floor), np.clip(w, floor, None)
-    hover = "max width %{x:.4g} eV/Å<br>max error %{y:.4g} eV/Å"
-    if ids_arr is not None:
-        hover += "<br>structure %{customdata}"
+    _check_dict("widths_by_label", widths_by_label)
+    if log not in (True, False, "auto"):
+        raise ValueError(f"log: expected True, False or 'auto', got {log!r}")
+    if isinstance(nbins, bool) or not isinstance(nbins, (int, np.integer)) or nbins < 2:
+        raise ValueError(f"nbins: expected an integer >= 2, got {nbins!r}")
+    spread, const = _width_samples(widths_by_label)
+    pool = np.concatenate(list(spread.values())) if spread else np.asarray(list(const.values()))
+    if log == "auto":
+        lo_r, hi_r = robust_range(pool, log=True) if np.any(pool > 0) else (1.0, 1.0)
+        log = hi_r / lo_r > 10**1.5
+    if log:
+        pool = pool[pool > 0]
+        if pool.size == 0:
+            raise ValueError("widths_by_label: log=True needs positive widths, got none")
+    lo, hi = axis_range(pool, log=bool(log))
+    marks = [c for c in const.values() if c > 0 or not log]
+    if marks:
+        lo, hi = min(lo, min(marks) / 1.1 if log else min(marks) - 0.05 * (hi - lo)), \
+            max(hi, max(marks) * 1.1 if log else max(marks) + 0.05 * (hi - lo))
+    edges = (np.geomspace if log else np.linspace)(lo, hi, nbins + 1)
+    colors = method_colors(widths_by_label)
     fig = go.Figure()
-    fig.add_trace(
-        _scatter_cls(e.shape[0])(
-            x=wp, y=ep, mode="markers", name="structures", customdata=ids_arr,
-            marker=dict(size=7, opacity=0.75, color="#0072B2"), hovertemplate=hover + "<extra></extra>",
-        )
-    )
-    fin = np.r_[ep, wp[np.isfinite(wp)]]
-    lo, hi = float(fin.min()), float(fin.max())
-    fig.add_trace(_diagonal(lo, hi, "error = width"))
-    _layout(
-        fig, f"Structure uncertainty (Spearman ρ = {_fmt(rho)})",
-        "max site width in structure (eV/Å)", "max site error in structure (eV/Å)",
-    )
-    fig.update_xaxes(type="log")
-    fig.update_yaxes(type="log")
+    top = 1
+    for label, w in spread.items():
+        counts = np.histogram(w, bins=edges)[0]
+        top = max(top, int(counts.max()))
+        beyond = int(w.size - counts.sum())
+        fig.add_trace(go.Scatter(
+            x=np.r_[edges[0], edges], y=np.r_[0, counts, 0], mode="lines", line=dict(shape="hv", width=2,
+            color=colors[label]), fill="tozeroy", fillcolor=_rgba(colors[label], 0.15),
+            name=label + (f" ({beyond} sites beyond the axis)" if beyond else ""),
+            hovertemplate=f"{label}<br>width %{{x:.3g}} eV/Å<br>%{{y}} sites<extra></extra>",
+        ))
+    for label, c in const.items():
+        fig.add_trace(go.Scatter(
+            x=[c, c], y=[0, top * 1.05], mode="lines+text", text=["", f" {label}"], textposition="top right",
+            line=dict(color=colors[label], width=3, dash="dash"), cliponaxis=False,
+            name=f"{label}: one width for every site, {c:.3g} eV/Å",
+            hovertemplate=f"{label}: every site has width {c:.4g} eV/Å<extra></extra>",
+        ))
+    title = "Distribution of predicted widths"
+    _layout(fig, title, "predicted width (eV/Å" + (", log scale)" if log else ")"), "number of sites")
+    if log:
+        apply_log_axis(fig, "x", lo, hi)
+    else:
+        fig.update_xaxes(range=[lo, hi])
+    fig.update_yaxes(range=[0, top * 1.15], rangemode="tozero")
     return fig
 
 
 # --------------------------------------------------------------------------- training / teaching
 
 
+_SITE_FIGURES = ("plot_parity", "plot_uncertainty_error", "plot_structure_uncertainty")
+
+
 def __getattr__(name: str):
+    if name in _SITE_FIGURES:
+        from core import figures_sites
+
+        return getattr(figures_sites, name)
     if name in ("plot_training_curve", "plot_confidence_band", "plot_metric_bars", "plot_learning_curve",
                 "figures_to_html"):
         from core import figures_studies

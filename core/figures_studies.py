@@ -9,7 +9,7 @@ import html as _html
 
 import numpy as np
 
-from core import metrics as _metrics
+from core.validation import check_confidence
 from core.figures import (
     _REFERENCE,
     _check_dict,
@@ -96,7 +96,7 @@ def plot_confidence_band(x, errors, global_width, flexible_width, confidence: fl
     if gw.ndim == 0:
         gw = np.full(n, float(gw))
     gw = _vec("global_width", gw, n)
-    conf = _metrics._check_level("confidence", confidence)
+    conf = check_confidence(confidence)
     if x is None:
         xs = np.arange(n, dtype=float)
         order = np.argsort(fw, kind="stable")

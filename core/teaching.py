@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from core.metrics.basic import bootstrap_ci, coverage
 from core.sites import SiteTable
 from core.validation import check_confidence, check_float, check_fraction, check_int, check_seed
 
@@ -114,18 +115,6 @@ def fmt(value: Any, interval: Sequence | None = None, *, digits: int = 2, percen
 
 
 # ------------------------------------------------------------------------ coverage by group
-def _bootstrap_coverage(covered: np.ndarray, ids: np.ndarray, n_boot: int, level: float,
-                        rng: np.random.Generator) -> tuple[float, float]:
-    """Percentile interval of the coverage, resampling whole structures."""
-    uniq, inv = np.unique(ids, return_inverse=True)
-    hits = np.bincount(inv, covered.astype(np.float64), minlength=uniq.size)
-    sizes = np.bincount(inv, minlength=uniq.size).astype(np.float64)
-    picks = rng.integers(0, uniq.size, size=(n_boot, uniq.size))
-    values = hits[picks].sum(axis=1) / sizes[picks].sum(axis=1)
-    lo, hi = np.quantile(values, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
-    return float(lo), float(hi)
-
-
 def coverage_by_group(errors, widths, groups, structure_ids=None, *, n_boot: int = 200, seed: int = 0,
                       level: float = 0.95):
     """Coverage of every group (species, x-bin, config type) with a by-structure bootstrap interval.
@@ -168,12 +157,13 @@ def coverage_by_group(errors, widths, groups, structure_ids=None, *, n_boot: int
         raise ValueError(f"structure_ids: expected shape ({n},), got {ids.shape}")
     n_boot = check_int("n_boot", n_boot, 1)
     level = check_fraction("level", level)
-    rng = np.random.default_rng(check_seed(seed))
+    seed = check_seed(seed)
     rows = []
     for label in np.unique(g):
         m = g == label
         covered = e[m] <= w[m]
-        lo, hi = _bootstrap_coverage(covered, ids[m], n_boot, level, rng)
+        # the one by-structure bootstrap (core.metrics.bootstrap_ci), as core.metrics.breakdown uses
+        lo, hi = bootstrap_ci(e[m], w[m], ids[m], coverage, n_boot, seed, level)
         rows.append(dict(group=label, n_sites=int(m.sum()), n_structures=int(np.unique(ids[m]).size),
                          coverage=float(covered.mean()), coverage_lo=lo, coverage_hi=hi,
                          mean_width=float(np.mean(w[m])), n_infinite=int(np.isinf(w[m]).sum())))

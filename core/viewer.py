@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["JS_ENV_VAR", "CDN_URL", "default_3dmol_js_path", "find_3dmol_js", "structure_view_html", "value_colors"]
+__all__ = ["JS_ENV_VAR", "CDN_URL", "default_3dmol_js_path", "element_radii", "find_3dmol_js", "structure_view_html",
+           "value_colors"]
 
 JS_ENV_VAR = "FLEXCAL_3DMOL_JS"
 CDN_URL = "https://cdn.jsdelivr.net/npm/3dmol@2.5.5/build/3Dmol-min.js"
@@ -42,7 +43,9 @@ _VIRIDIS = [
     (1.000, (253, 231, 37)),
 ]
 _HIGHLIGHT = "#FF00FF"
-_ARROW = "#D55E00"
+_ARROW = "#D55E00"  # vermilion: no Viridis colour is close to it
+_ARROW_RADIUS = 0.09  # Å
+RADIUS_RANGE = (0.38, 0.78)  # Å: smallest and largest element sphere when coloured by a value
 
 
 def default_3dmol_js_path() -> Path:
@@ -103,8 +106,35 @@ def _xyz(atoms) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atom_style(style: str, color: str | None) -> dict:
+def element_radii(numbers) -> dict[int, float]:
+    """Sphere radius (Å) per element of a structure, used when atoms are coloured by a value.
+
+    The elements present are ranked by covalent radius and spread evenly over
+    :data:`RADIUS_RANGE` (one element: the middle), so every element has its own, clearly
+    different size while larger atoms stay larger. Returns ``{Z: radius}`` sorted by Z.
+    """
+    from ase.data import covalent_radii
+
+    zs = sorted({int(z) for z in np.asarray(numbers).ravel()}, key=lambda z: (covalent_radii[z], z))
+    lo, hi = RADIUS_RANGE
+    if len(zs) == 1:
+        return {zs[0]: round((lo + hi) / 2, 3)}
+    return {z: round(lo + (hi - lo) * k / (len(zs) - 1), 3) for k, z in sorted(enumerate(zs), key=lambda t: t[1])}
+
+
+def _jmol_hex(z: int) -> str:
+    from ase.data.colors import jmol_colors
+
+    return "#%02x%02x%02x" % tuple(int(round(255 * c)) for c in jmol_colors[int(z)])
+
+
+def _atom_style(style: str, color: str | None, radius: float | None = None) -> dict:
+    """3Dmol style: by element (Jmol colours, 3Dmol's radii) or one colour with an element ``radius`` (Å)."""
     c = {"color": color} if color else {"colorscheme": "Jmol"}
+    if radius is not None:
+        if style == "sphere":
+            return {"sphere": {"radius": radius, **c}}
+        return {"stick": {"radius": 0.15, **c}, "sphere": {"radius": round(0.6 * radius, 3), **c}}
     if style == "sphere":
         return {"sphere": {"scale": 0.35, **c}}
     return {"stick": {"radius": 0.15, **c}, "sphere": {"scale": 0.25, **c}}
@@ -132,14 +162,15 @@ def structure_view_html(
         Molecule or periodic structure (periodic cells are drawn).
     values : array-like of shape (n_atoms,), optional
         Per-atom value (e.g. width or error, eV/Å) mapped to Viridis between
-        ``vmin`` and ``vmax`` (default: its min and max). None colours by element.
+        ``vmin`` and ``vmax`` (default: its min and max). None colours by element. Either way
+        the legend lists the elements; by a value, each keeps its own size (:func:`element_radii`).
     label : str
         Name and units of ``values`` for the colour bar.
     highlight : int, optional
         Index of an atom to mark (a translucent magenta halo and a label).
     arrows : array-like of shape (n_atoms, 3), optional
-        Per-atom vectors (e.g. force errors, eV/Å) drawn from each atom; scaled
-        so the longest is ``arrow_length`` Å (the legend states the scale).
+        Per-atom vectors (e.g. force errors, eV/Å), vermilion, from each atom's surface; the
+        longest is ``arrow_length`` Å (the legend states the scale in eV/Å per Å of arrow).
     width, height : int
         Viewer size in pixels.
     style : {"sphere", "stick"}
@@ -164,19 +195,17 @@ def structure_view_html(
 
     n, vals, lo, hi, highlight, vec = _check_view_args(atoms, values, highlight, arrows, vmin, vmax, width, height, style)
     js_code = _read_js(allow_cdn)
-
     periodic = atoms.cell.rank == 3 and any(atoms.pbc)
     view = py3Dmol.view(width=int(width), height=int(height), js=_PLACEHOLDER if js_code is not None else CDN_URL)
     view.addModel(_xyz(atoms), "xyz")
-    _draw_atoms(view, n, vals, lo, hi, style)
+    atom_r = _draw_atoms(view, atoms, vals, lo, hi, style)
     pos = atoms.get_positions()
     if periodic:
         view.addUnitCell()
-    scale = None if vec is None else _draw_arrows(view, pos, vec, arrow_length)
+    scale = None if vec is None else _draw_arrows(view, pos, vec, arrow_length, atom_r)
     if highlight is not None:
         _draw_highlight(view, atoms, pos, highlight, vals)
-    if periodic:
-        # a slight tilt so the cell does not look like a flat square along c
+    if periodic:  # a slight tilt so the cell does not look like a flat square along c
         view.rotate(-20, "x")
         view.rotate(25, "y")
     view.zoomTo()
@@ -185,7 +214,9 @@ def structure_view_html(
     legend = _legend_html(
         label=label, lo=lo, hi=hi, highlight=highlight,  # lo, hi are None without values
         highlight_text=None if highlight is None else _highlight_text(atoms, highlight, vals, label),
-        arrow_scale=scale, periodic=periodic, width=int(width),
+        arrow_scale=scale, arrow_max=None if vec is None else float(np.linalg.norm(vec, axis=1).max()),
+        arrow_length=float(arrow_length), periodic=periodic, width=int(width),
+        elements=_element_rows(atoms.numbers, element_radii(atoms.numbers) if vals is not None else None),
     )
     return f'<div class="flexcal-structure-view" data-n-atoms="{n}">\n{lib}{script}\n{legend}</div>\n'
 
@@ -244,18 +275,22 @@ def _read_js(allow_cdn: bool) -> str | None:
     return js_code
 
 
-def _draw_atoms(view, n: int, vals, lo, hi, style: str) -> None:
-    """Style the atoms: Viridis by ``vals`` in [lo, hi], or Jmol element colours when ``vals`` is None."""
-    colors = value_colors(vals, lo, hi) if vals is not None else [None] * n
+def _draw_atoms(view, atoms, vals, lo, hi, style: str):
+    """Style the atoms: Viridis by ``vals`` in [lo, hi] with each element's radius (:func:`element_radii`),
+    or Jmol element colours when ``vals`` is None. Returns the radii (n,) Å, or None (by element)."""
     if vals is None:
         view.setStyle({}, _atom_style(style, None))
-    for i, c in enumerate(colors):
-        if c is not None:
-            view.setStyle({"index": i}, _atom_style(style, c))
+        return None
+    by_z = element_radii(atoms.numbers)
+    radii = np.array([by_z[int(z)] for z in atoms.numbers])
+    for i, c in enumerate(value_colors(vals, lo, hi)):
+        view.setStyle({"index": i}, _atom_style(style, c, float(radii[i])))
+    return radii
 
 
-def _draw_arrows(view, pos, vec, arrow_length: float) -> float:
-    """Arrows from ``pos`` (n, 3) Å along ``vec`` (n, 3); the longest is ``arrow_length`` Å.
+def _draw_arrows(view, pos, vec, arrow_length: float, radii=None) -> float:
+    """Arrows along ``vec`` (n, 3), starting on each atom's sphere (``radii`` (n,) Å; default 0.6 Å)
+    so short ones are not hidden inside it; the longest is ``arrow_length`` Å.
 
     Returns the scale (Å of arrow per unit of ``vec``; 0.0 when all vectors are zero).
     """
@@ -263,12 +298,15 @@ def _draw_arrows(view, pos, vec, arrow_length: float) -> float:
     big = float(norms.max())
     scale = arrow_length / big if big > 0 else 0.0
     for i in np.flatnonzero(norms > 0):
-        start, end = pos[i], pos[i] + scale * vec[i]
+        r = 0.6 if radii is None else float(radii[i])
+        start = pos[i] + r * vec[i] / norms[i]
+        end = start + scale * vec[i]
         view.addArrow(
             {
                 "start": dict(zip("xyz", map(float, start))),
                 "end": dict(zip("xyz", map(float, end))),
-                "radius": 0.06,
+                "radius": _ARROW_RADIUS,
+                "radiusRatio": 2.2,
                 "color": _ARROW,
             }
         )
@@ -313,7 +351,31 @@ def _highlight_text(atoms, i: int, vals, label: str) -> str:
     return s
 
 
-def _legend_html(*, label, lo, hi, highlight, highlight_text, arrow_scale, periodic, width) -> str:
+def _element_rows(numbers, radii: dict[int, float] | None) -> list[str]:
+    """Legend entries, one per element (sorted by Z): a disc (size = sphere radius when coloured by
+    a value, Jmol colour), the symbol, the atom count and the radius."""
+    from ase.data import chemical_symbols
+
+    zs, counts = np.unique(np.asarray(numbers, dtype=int), return_counts=True)
+    rows = []
+    for z, count in zip(zs.tolist(), counts.tolist()):
+        sym, colour = chemical_symbols[z], _jmol_hex(z)
+        r = None if radii is None else radii[z]
+        px = 12 if r is None else int(round(28 * r))  # 0.38-0.78 Å -> 11-22 px
+        size = "" if r is None else f" r = {r:.2f} Å"
+        rows.append(
+            f'<span class="flexcal-element" data-symbol="{sym}" data-z="{z}"'
+            + ("" if r is None else f' data-radius="{r:.3f}"')
+            + ' style="display:inline-flex;align-items:center;margin-right:10px;">'
+            f'<span style="display:inline-block;width:{px}px;height:{px}px;border-radius:50%;'
+            f'background:{colour};border:2px solid #333;margin-right:3px;"></span>'
+            f"<b>{sym}</b>&nbsp;×{count}{size}</span>"
+        )
+    return rows
+
+
+def _legend_html(*, label, lo, hi, highlight, highlight_text, arrow_scale, arrow_max, arrow_length, periodic,
+                 width, elements) -> str:
     rows = []
     if lo is not None:
         rows.append(
@@ -325,17 +387,22 @@ def _legend_html(*, label, lo, hi, highlight, highlight_text, arrow_scale, perio
             f'<span class="flexcal-vmin">{lo:.4g}</span><span class="flexcal-vmax">{hi:.4g}</span></div>'
             "</div>"
         )
+        what = "Elements: sphere size (colour = the value above; disc = Jmol colour)"
     else:
         rows.append("<div>atoms coloured by element (Jmol colours)</div>")
+        what = "Elements"
+    rows.append(f'<div class="flexcal-elements" style="margin:4px 0;"><div>{what}</div>'
+                f'<div style="display:flex;flex-wrap:wrap;align-items:center;">{"".join(elements)}</div></div>')
     if highlight is not None:
         rows.append(
             f'<div><span style="color:{_HIGHLIGHT};font-size:1.2em;">&#9679;</span> highlighted: {highlight_text}</div>'
         )
     if arrow_scale is not None:
         per_a = (1.0 / arrow_scale) if arrow_scale else 0.0
+        longest = "" if not arrow_max else f" (longest {arrow_max:.3g} eV/Å = {arrow_length:.3g} Å)"
         rows.append(
-            f'<div><span style="color:{_ARROW};">&#10230;</span> per-atom vectors, '
-            f"1 Å of arrow = {per_a:.3g} eV/Å</div>"
+            f'<div class="flexcal-arrow-scale"><span style="color:{_ARROW};font-weight:700;">&#10230;</span> '
+            f"per-atom vectors from each atom's surface, 1 Å of arrow = {per_a:.3g} eV/Å{longest}</div>"
         )
     if periodic:
         rows.append('<div>unit cell: <span style="color:red;">a</span> <span style="color:green;">b</span> '
@@ -347,4 +414,3 @@ def _legend_html(*, label, lo, hi, highlight, highlight_text, arrow_scale, perio
     )
     # character references keep "Å" intact in pages served without a charset
     return out.encode("ascii", "xmlcharrefreplace").decode("ascii")
-

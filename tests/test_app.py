@@ -24,6 +24,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import catalog, figures_catalogue, notices, services, state, widgets  # noqa: E402
 from app.pages_index import PAGES, page  # noqa: E402
+from core.tables import column_label, keyed_table  # noqa: E402  (shown tables carry readable labels)
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = str(ROOT / "app" / "main.py")
@@ -114,7 +115,7 @@ def test_app_opens_on_a_demo_with_no_configuration():
     at = _new_app().run()
     _no_exception(at)
     assert at.session_state[state.DATASET] is not None, "the first page should load a demo by itself"
-    summary = at.dataframe[0].value
+    summary = keyed_table(at.dataframe[0].value)
     assert int(summary.loc["frames", "value"]) > 0
 
 
@@ -122,7 +123,7 @@ def test_app_opens_on_a_demo_with_no_configuration():
 def test_calibrate_results_table_values(trained):
     run = trained.session_state[state.RESULTS]
     assert run.labels == ["flexible", "split", "knn"]
-    table = trained.dataframe[0].value  # the results table on the Calibrate page
+    table = keyed_table(trained.dataframe[0].value)  # the results table on the Calibrate page
     assert list(table.index) == ["flexible", "split", "knn"]
     # split CP is the width_ratio reference: exactly 1
     assert table.loc["split", "width_ratio"] == pytest.approx(1.0, abs=1e-12)
@@ -258,8 +259,8 @@ def test_structures_page_views_the_selected_atom(trained):
     assert "cdn" not in html.split("<script>")[0].lower()
     # atom table + worst-structures table
     assert len(at.dataframe) == 2
-    worst = at.dataframe[1].value
-    assert worst["max error (eV/Å)"].is_monotonic_decreasing
+    worst = keyed_table(at.dataframe[1].value)
+    assert worst["max_error"].is_monotonic_decreasing
     # the other tab: the selectable scatter of test sites
     at.session_state[state.W_STRUCT_TAB] = "Pick a site from the scatter"
     at.run()
@@ -278,7 +279,10 @@ def test_export_page_and_files(trained, tmp_path):
     run = at.session_state[state.RESULTS]
     sites = at.session_state[state.SITES]
     dataset = at.session_state[state.DATASET]
-    assert len(at.main.get("download_button")) == 5  # the sidebar has "Save session" too
+    from core.export_chemiscope import chemiscope_available
+
+    # csv, parquet, columns.json, readable csv, extxyz, npz, report (+ chemiscope); the sidebar has "Save session" too
+    assert len(at.main.get("download_button")) == 7 + bool(chemiscope_available())
 
     import pandas as pd
 
@@ -381,7 +385,7 @@ def test_upload_valid_then_malformed_files_keep_the_previous_dataset():
     assert not _errors(at)
     assert at.session_state[state.DATASET_LABEL] == "small.extxyz"
     assert len(at.session_state[state.DATASET]) == 6
-    summary = at.dataframe[0].value
+    summary = keyed_table(at.dataframe[0].value)
     assert summary.loc["frames", "value"] == "6" and "Au" in summary.loc["elements", "value"]
 
     for name, (data, expected) in BAD_FILES.items():
@@ -616,7 +620,7 @@ def test_out_of_domain_banner_counts_structures_and_marks_plots(off_domain):
     assert len(banner) == 1, [w.value for w in at.warning]
     assert f"{counts['structures']} of 32 test structures" in banner[0]
     assert f"split: {rep['coverage_in_domain']:.3f} in domain, {rep['coverage_out_of_domain']:.3f} out" in banner[0]
-    table = at.dataframe[0].value
+    table = keyed_table(at.dataframe[0].value)
     assert table.loc["split", "ood_fraction"] == pytest.approx(rep["ood_fraction"])
     # Diagnose: the same banner; out-of-domain sites circled in the site plots
     at.switch_page(page("diagnose")).run()
@@ -639,7 +643,7 @@ def test_out_of_domain_banner_counts_structures_and_marks_plots(off_domain):
     _no_exception(at)
     assert "outside the calibration domain" in at.get("iframe")[0].proto.srcdoc
     assert any(f"Structure #{sid} lies outside the calibration domain" in w.value for w in at.warning)
-    assert "domain score (> 1 = out)" in at.dataframe[0].value.columns
+    assert column_label("ood_score") in at.dataframe[0].value.columns
 
 
 def test_coverage_outside_its_expected_spread_is_a_visible_warning(off_domain):
@@ -654,7 +658,7 @@ def test_coverage_outside_its_expected_spread_is_a_visible_warning(off_domain):
     assert f"observed coverage {rep['coverage']:.3f} (nominal 90%) lies below the range expected {lo:.3f}–{hi:.3f} " \
            f"for {run.cal.n_structures} calibration structures" in warning.replace("**", "")
     assert any(w.value == warning for w in at.warning)
-    table = at.dataframe[0].value
+    table = keyed_table(at.dataframe[0].value)
     assert table.loc["split", "coverage_check"] == "below expected"
     assert table.loc["split", "coverage_expected_lo"] == pytest.approx(lo)
     # Diagnose: the metric card of split CP carries the range and a red downward delta

@@ -371,8 +371,13 @@ def test_demo_flow_in_a_real_browser(server, driver):
     _go(drv, "model", "Model")
     _shot(drv, "model")
     _go(drv, "export", "Export")
-    buttons = _wait(drv, lambda d: (lambda b: b if len(b) == 5 else None)(
-        d.find_elements(By.CSS_SELECTOR, f'{MAIN} [data-testid="stDownloadButton"] button')), what="5 download buttons")
+    from core.export_chemiscope import chemiscope_available
+
+    n_buttons = 7 + bool(chemiscope_available())  # as tests/test_app.py::test_export_page_and_files
+    buttons = _wait(drv, lambda d: (lambda b: b if len(b) == n_buttons else None)(
+        d.find_elements(By.CSS_SELECTOR, f'{MAIN} [data-testid="stDownloadButton"] button')),
+        what=f"{n_buttons} download buttons")
+    assert buttons[0].text.strip().startswith("sites.csv"), buttons[0].text
     _shot(drv, "export")
     buttons[0].click()  # sites.csv (built on click)
     csv = _wait(drv, lambda d: [p for p in d.downloads.glob("*.csv") if p.stat().st_size > 0],

@@ -34,7 +34,7 @@ pytest.importorskip("ipykernel")
 ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
-CELL_TIMEOUT_S = int(os.environ.get("FLEXCAL_NB_CELL_TIMEOUT", "300"))
+CELL_TIMEOUT_S = int(os.environ.get("FLEXCAL_NB_CELL_TIMEOUT", "900"))
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 

@@ -33,7 +33,9 @@ def mol():
 
 
 def _styles(html: str) -> dict[int, str]:
-    found = re.findall(r'setStyle\(\{"index": (\d+)\},\{"sphere": \{"scale": 0\.35, "color": "(#[0-9a-f]{6})"\}\}\)', html)
+    # coloured by a value, each sphere has its element's radius (core.viewer.element_radii)
+    found = re.findall(r'setStyle\(\{"index": (\d+)\},\{"sphere": \{"radius": [0-9.]+, "color": "(#[0-9a-f]{6})"\}\}\)',
+                       html)
     return {int(i): c for i, c in found}
 
 

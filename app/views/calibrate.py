@@ -50,6 +50,8 @@ if state.get(state.W_LEVELS) is None:
 
 job = state.get(state.JOB)
 running = job is not None and not job.done
+MIN_EPOCHS, MAX_EPOCHS = 10, 2000
+DEFAULT_EPOCHS = int(state.WIDGET_DEFAULTS[state.W_MAX_EPOCHS])
 
 
 def _method_text(m: str) -> str:
@@ -72,8 +74,11 @@ with st.form("settings", border=False):
         d2.text_input("Hidden layer sizes", key=state.W_HIDDEN, help="e.g. 64, 64")
         d1.selectbox("Weight scheme", ["uniform", "structure", "species", "shift"], key=state.W_WEIGHTS,
                      help="shift: density-ratio weights towards the test descriptors (unlabelled use only).")
-        d2.number_input("Max epochs (10–2000)", 10, 2000, step=10, key=state.W_MAX_EPOCHS,
-                        help="q_θ stops earlier when its validation loss stops improving; at most 2000.")
+        d2.number_input(f"q_θ max epochs ({MIN_EPOCHS}–{MAX_EPOCHS}, default {DEFAULT_EPOCHS})", MIN_EPOCHS,
+                        MAX_EPOCHS, step=10, key=state.W_MAX_EPOCHS,
+                        help=f"The most epochs q_θ trains: from {MIN_EPOCHS} to at most {MAX_EPOCHS} (default "
+                             f"{DEFAULT_EPOCHS}). It stops earlier when its validation loss stops improving; the "
+                             "status line shows “q_θ epochs k / max” while it trains.")
         d1.checkbox("Conformal correction (restores the marginal coverage guarantee)", key=state.W_CONFORMAL)
         d2.number_input("Bootstrap resamples for intervals (0 = none)", 0, 2000, step=50, key=state.W_BOOTSTRAP)
     submitted = st.form_submit_button("Train", type="primary", disabled=running)
@@ -124,17 +129,21 @@ if state.get(state.TRAIN_ERROR):
 
 
 def _status_text(job) -> str:
-    last = job.messages[-1] if job.messages else "starting ..."
-    return (f"{last} — {job.elapsed():.1f} s, {len(job.history)} q_θ epochs"
-            + (" — stopping after this epoch ..." if job.stop_requested else ""))
+    """The running job in one line: its last step, the current progress (k / total, ETA) and the time spent."""
+    last = job.messages[-1] if job.messages else "preparing (split-CP reference, out-of-domain score)"
+    step = job.progress_text()
+    return (f"{last}" + (f" — {step}" if step else "") + f" — {job.elapsed():.1f} s elapsed"
+            + (" — cancelling ..." if job.cancel_requested else
+               " — stopping after this epoch ..." if job.stop_requested else ""))
 
 
 def _controls(job) -> None:
     b1, b2 = st.columns(2)
     b1.button("Stop training", key="btn_stop_training", on_click=job.stop, disabled=job.stop_requested,
               help="q_θ keeps its best epoch so far and is still conformally corrected; the other methods fit.")
-    b2.button("Cancel", key="btn_cancel_training", on_click=job.cancel,
-              help="Abandon this calibration: nothing more is fitted and no results are kept.")
+    b2.button("Cancel", key="btn_cancel_training", on_click=job.cancel, disabled=job.cancel_requested,
+              help="Abandon this calibration at the next progress step (an epoch, a search chunk): "
+                   "nothing more is fitted and no results are kept.")
 
 
 @st.fragment(run_every=0.5)
@@ -150,7 +159,7 @@ def live_panel() -> None:
     st.subheader("Training")
     st.info(_status_text(job))
     if job.history:
-        st.plotly_chart(plot_training_curve(list(job.history)), key="live_loss")
+        widgets.plotly_chart(plot_training_curve(list(job.history)), key="live_loss")
     _controls(job)
 
 
@@ -199,18 +208,18 @@ st.subheader(f"Results on {run.test.n_structures} test structures ({len(run.test
              f"confidence {run.confidence:.0%}")
 st.caption(f"Calibrated on {run.cal.n_structures} structures ({len(run.cal)} sites) in {run.seconds:.1f} s. "
            + (f"{run.note}. " if run.note else "")
-           + "coverage_expected_lo/hi: the range a correct calibrator's coverage falls in for this many "
-           "calibration structures; coverage_ci: 95 % by-structure bootstrap interval. "
-           "width_ratio = mean width / global split CP fitted on the calibration part.")
+           + "Expected coverage low/high: the range a correct calibrator's coverage falls in for this many "
+           "calibration structures; coverage 95 % CI: by-structure bootstrap interval. "
+           "Width / split-CP width = mean width / global split CP fitted on the calibration part.")
 widgets.honest_header(run)
 if run.stopped_early:
     st.warning("Training was stopped early: q_θ uses its best epoch so far (still conformally corrected).")
 frame = run.results_frame()
-num = {c: st.column_config.NumberColumn(c, format="%.3f") for c in frame.columns
-       if c not in ("note", "coverage_check")}
-st.dataframe(frame, width="stretch", column_config=num, key="results_table")
+from app.tables import show_table  # noqa: E402  (readable labels with units, "—" for missing)
+
+show_table(frame, width="stretch", key="results_table")
 if run.history:
     with st.expander("q_θ loss curve", expanded=False):
-        st.plotly_chart(plot_training_curve(run.history), key="final_loss")
+        widgets.plotly_chart(plot_training_curve(run.history), key="final_loss")
 if st.button("Next: diagnose →", key="btn_to_diagnose", type="primary"):
     st.switch_page(page("diagnose"))

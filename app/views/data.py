@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -30,11 +29,13 @@ def handle_upload(name: str, data: bytes) -> bool:
     key = "upload:" + catalog.digest(data)
     if state.get(state.DATASET_KEY) == key:
         return True
-    if state.get(state.UPLOAD_DIGEST) == key and state.get(state.DATA_ERROR):
-        return False  # this exact file already failed; its error is on screen
-    state.put(state.UPLOAD_DIGEST, key)
+    limits = (int(state.get(state.W_MAX_ATOMS)), float(state.get(state.W_MAX_EXTENT)))
+    attempt = f"{key}:{limits}"  # a failed read is retried when the reading limits change
+    if state.get(state.UPLOAD_DIGEST) == attempt and state.get(state.DATA_ERROR):
+        return False  # this exact file already failed with these limits; its error is on screen
+    state.put(state.UPLOAD_DIGEST, attempt)
     try:
-        dataset = services.read_upload(data, name)
+        dataset = services.read_upload(data, name, max_atoms=limits[0], max_extent=limits[1])
     except Exception as exc:
         state.put(state.DATA_ERROR, f"Could not use {name}: {catalog.describe_error(exc)}")
         return False
@@ -74,6 +75,15 @@ else:
         type=list(catalog.DATA_TYPES), key=state.W_DATA_UPLOAD,
         help="Reference labels under REF_energy/REF_forces, energy/forces, or DFT_energy/DFT_forces.",
     )
+    with st.expander("Reading limits (untrusted files)"):
+        st.caption("An upload is refused, with a message naming the frame, when it exceeds these: they bound "
+                   "the memory and time a hostile or broken file can cost. The size limit is the upload limit.")
+        c1, c2 = st.columns(2)
+        c1.number_input("max atoms per structure", min_value=1, max_value=10_000_000, step=1000,
+                        key=state.W_MAX_ATOMS, help="default 100000 (core.data_checks.DEFAULT_MAX_ATOMS)")
+        c2.number_input("max extent of a non-periodic direction (Å)", min_value=1.0, max_value=1e6, step=10.0,
+                        key=state.W_MAX_EXTENT, help="largest |coordinate|; default 100 Å "
+                                                     "(core.data_checks.DEFAULT_MAX_EXTENT)")
     if up is not None:
         handle_upload(up.name, up.getvalue())
     elif state.get(state.UPLOAD_DIGEST) is not None:  # the file was removed: so is its error
@@ -93,7 +103,9 @@ if dataset is None:
 
 st.subheader(f"Summary — {state.get(state.DATASET_LABEL)}")
 rows = catalog.dataset_summary_rows(dataset)
-st.dataframe(pd.DataFrame(rows, columns=["field", "value"]).set_index("field"), width="stretch")
+from app.tables import show_table  # noqa: E402  (readable labels, "—" for missing)
+
+show_table(pd.DataFrame(rows, columns=["field", "value"]).set_index("field"), width="stretch")
 for msg in dataset.messages:
     st.caption(f":material/info: {msg}")
 

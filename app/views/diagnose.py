@@ -1,4 +1,5 @@
-"""Diagnose page: every calibration plot, and the teaching view (one confidence slider)."""
+"""Diagnose page: every calibration plot, the teaching view (one confidence slider) and, on demand, the
+toolkit diagnostics (RMSE vs RMV, group calibration, sharpness) with the descriptor map."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import numpy as np
 import streamlit as st
 
 from app import notices, services, state, widgets
-from app.figures_catalogue import FIGURE_TITLES, selected_site, teaching_figure
+from app.catalog import describe_error
+from app.figures_catalogue import (FIGURE_TITLES, colour_choices, recoloured_figures, selected_site, site_ids,
+                                    teaching_figure)
 from app.pages_index import page
 
 st.title("Diagnose")
@@ -48,7 +51,13 @@ c[4].metric("miscalibration area", notices.fmt(rep.get("miscalibration_area")),
 st.caption("Click or box-select points in the parity, scatter or structure plots to open that structure "
            "with the atom highlighted.")
 
-figs = services.method_figures(run, label)
+_COLOURS = colour_choices(run)  # the site plots' colouring (issue 12): method / element / out of domain
+if st.session_state.get("w_diag_colour_by") not in _COLOURS:
+    st.session_state.pop("w_diag_colour_by", None)
+colour_by = st.radio("Colour the site plots by", _COLOURS, horizontal=True, key="w_diag_colour_by",
+                     help="method: its colour (parity: the width); element: Jmol colours, symbols in the legend; "
+                          "out of domain: sites outside the calibration domain in a colour of their own.")
+figs = recoloured_figures(run, label, services.method_figures(run, label), colour_by)
 SELECTABLE = {"force_parity", "energy_parity", "uncertainty_error", "structure_uncertainty"}
 
 
@@ -59,10 +68,10 @@ def _draw(name: str) -> None:
     if isinstance(figs[name], str):  # could not be drawn: say why
         st.warning(f"**{FIGURE_TITLES.get(name, name)}** — {figs[name]}")
     elif name in SELECTABLE:
-        st.plotly_chart(figs[name], key=key, on_select=lambda k=key: _on_select(k),
-                        selection_mode=("points", "box", "lasso"))
+        widgets.plotly_chart(figs[name], key=key, on_select=lambda k=key: _on_select(k),
+                             selection_mode=("points", "box", "lasso"))
     else:
-        st.plotly_chart(figs[name], key=key)
+        widgets.plotly_chart(figs[name], key=key)
 
 
 def _band_caption(level: float) -> None:
@@ -94,7 +103,7 @@ def teaching_view() -> None:
     if fig is None:
         st.info("The q_θ method gives no widths at other levels here.")
         return
-    st.plotly_chart(fig, key="fig_teaching")
+    widgets.plotly_chart(fig, key="fig_teaching")
     _band_caption(level)
 
 
@@ -111,3 +120,120 @@ for tab, (tab_name, names) in zip(tabs, state.DIAG_TABS.items()):
         for col, name in zip(cols, names):
             with col:
                 _draw(name)
+
+
+MORE_KEY, MAP_COLOUR_KEY, PCA_KEY = "w_more_diag", "w_map_colour", "diag_pca"
+N_BINS, N_GROUPS = 10, 10
+
+
+def _pca(test):
+    """PCA of the test sites' descriptors, kept for this run (recolouring does not recompute it)."""
+    from core.figures_diagnostics import descriptor_pca
+
+    cached = st.session_state.get(PCA_KEY)
+    if cached is None or cached[0] != run.token:
+        cached = (run.token, descriptor_pca(test.descriptors, 2))
+        st.session_state[PCA_KEY] = cached
+    return cached[1]
+
+
+def _toolkit_figures(lab: str) -> dict:
+    """name -> figure, or a message saying why it cannot be drawn."""
+    from core import figures_diagnostics as FD
+    from core import metrics as M
+
+    e, w, c = run.test.errors, run.widths[lab], run.confidence
+    groups = {}
+
+    def group(part: str):
+        if not groups:
+            groups.update(M.group_calibration(e, w, confidence=c, n_groups=min(N_GROUPS, len(e)), adversarial=True))
+        return groups[part]
+
+    builders = {
+        "rmse_rmv": lambda: FD.plot_rmse_vs_rmv({lab: M.rmse_vs_rmv(e, w, min(N_BINS, len(e)), confidence=c)}),
+        "adversarial": lambda: FD.plot_adversarial_coverage(group("adversarial"), c, label=lab),
+        "ordered": lambda: FD.plot_group_coverage(group("groups"), c, label=lab),
+        "sharpness": lambda: FD.plot_sharpness({m: M.sharpness(run.widths[m]) for m in run.labels}),
+    }
+    out = {}
+    for name, build in builders.items():
+        try:
+            out[name] = build()
+        except (ValueError, TypeError, ZeroDivisionError) as exc:
+            out[name] = f"This plot cannot be drawn for {lab}: {describe_error(exc)}"
+    return out
+
+
+def _sharpness_table() -> None:
+    import pandas as pd
+
+    from core.metrics import sharpness
+
+    rows = {m: sharpness(run.widths[m]) for m in run.labels}
+    st.dataframe(pd.DataFrame({
+        "mean width (eV/Å)": [r["mean"] for r in rows.values()],
+        "median width (eV/Å)": [r["median"] for r in rows.values()],
+        "coefficient of variation": [r["cv"] for r in rows.values()],
+        "infinite widths": [r["n_infinite"] for r in rows.values()],
+    }, index=pd.Index(list(rows), name="method")), key="tbl_sharpness")
+
+
+def _show(fig, key: str, **kwargs) -> None:
+    if isinstance(fig, str):
+        st.warning(fig)
+    else:
+        widgets.plotly_chart(fig, key=key, **kwargs)
+
+
+def _descriptor_map(lab: str) -> None:
+    from core.figures_diagnostics import plot_descriptor_map
+
+    test = run.test
+    colour = st.radio("Colour the map by", ("width", "error"), key=MAP_COLOUR_KEY, horizontal=True,
+                      format_func=lambda o: f"width ({lab})" if o == "width" else "error")
+    values = test.errors if colour == "error" else run.widths[lab]
+    title = "error" if colour == "error" else f"width ({lab})"
+    try:
+        fig = plot_descriptor_map(test.descriptors, values, colour_label=f"{title} (eV/Å)", ids=site_ids(test),
+                                  coords=_pca(test))
+    except (ValueError, TypeError) as exc:
+        st.warning(f"The descriptor map cannot be drawn: {describe_error(exc)}")
+        return
+    _show(fig, "fig_descriptor_map", on_select=lambda: _on_select("fig_descriptor_map"),
+          selection_mode=("points", "box", "lasso"))
+
+
+@st.fragment
+def more_diagnostics() -> None:
+    if state.get(state.OPEN_STRUCTURE):  # a map click inside this fragment: rerun the page, which opens it
+        st.rerun(scope="app")
+    box = st.expander("More diagnostics — binned errors, group calibration, sharpness, descriptor map",
+                      key=MORE_KEY, on_change="rerun", icon=":material/query_stats:")
+    if not box.open:  # drawn only when opened: nothing is computed for a closed section
+        return
+    with box:
+        lab = state.get(state.W_DIAG_METHOD)
+        st.caption(
+            f"For **{lab}** on the test sites. A width w at confidence c is read as the c-quantile of σ·χ₃ (the norm "
+            "of a 3-vector force error with N(0, σ²) components), so σ = w / χ₃⁻¹(c); a bin's RMSE is "
+            "√(mean e²/3) per component. Calibrated widths put RMSE = RMV (Levi et al. 2022). Group coverages come "
+            "with the range a calibrated model shows for that group size (binomial); the adversarial plot takes "
+            "the worst of 100 random contiguous groups of sites ordered by width (Chung et al. 2021).")
+        figs = _toolkit_figures(lab)
+        cols = st.columns(2)
+        with cols[0]:
+            _show(figs["rmse_rmv"], "fig_rmse_rmv")
+        with cols[1]:
+            _show(figs["adversarial"], "fig_adversarial")
+        cols = st.columns(2)
+        with cols[0]:
+            _show(figs["ordered"], "fig_ordered_groups")
+        with cols[1]:
+            _show(figs["sharpness"], "fig_sharpness")
+            _sharpness_table()
+        st.markdown("**Descriptor map** — click or box-select a site to open it on the Structures page.")
+        _descriptor_map(lab)
+
+
+more_diagnostics()

@@ -29,8 +29,14 @@ st.caption("Files are built when you click (nothing is written on the server). W
            "dataset, model, split, seed, methods, date and FlexCal version, and repeats every warning.")
 
 
-def _table(fmt: str) -> bytes:
-    return export.table_bytes(export.evaluation_frame(run.evaluation, sites), fmt)
+def _table(fmt: str, readable: bool = False) -> bytes:
+    return export.table_bytes(export.evaluation_frame(run.evaluation, sites), fmt, readable=readable)
+
+
+def _columns() -> bytes:
+    from core.tables import descriptions_json
+
+    return descriptions_json(export.evaluation_frame(run.evaluation, sites))
 
 
 def _extxyz() -> bytes:
@@ -45,6 +51,14 @@ with c1:
                        mime="text/csv", on_click="ignore", key="dl_csv")
     st.download_button("sites.parquet", lambda: _table("parquet"), file_name="flexcal-sites.parquet",
                        mime="application/vnd.apache.parquet", on_click="ignore", key="dl_parquet")
+    st.caption("Columns keep stable snake_case keys for scripts (`error`, `width_<method>`, `covered_<method>`); "
+               "empty cell / null = missing. What each column is and its unit: the JSON below (also inside the "
+               "Parquet file's metadata, `flexcal.columns`), or take the CSV with readable headers.")
+    st.download_button("columns.json (labels, units, meaning)", _columns, file_name="flexcal-sites-columns.json",
+                       mime="application/json", on_click="ignore", key="dl_columns")
+    st.download_button("sites (readable headers).csv", lambda: _table("csv", readable=True),
+                       file_name="flexcal-sites-readable.csv", mime="text/csv", on_click="ignore",
+                       key="dl_csv_readable")
     st.markdown("**Structures** — extxyz with per-atom `flexcal_width` and `flexcal_error` arrays")
     st.download_button("structures.extxyz", _extxyz, file_name=f"{stem}-structures.extxyz",
                        mime="chemical/x-extxyz", on_click="ignore", key="dl_extxyz")
@@ -56,3 +70,15 @@ with c2:
     st.markdown("**Report** — self-contained HTML (plotly inlined, works offline) of the figures and tables")
     st.download_button("report.html", lambda: run_report_html(run, label, services.method_figures(run, label)),
                        file_name=f"{stem}-report.html", mime="text/html", on_click="ignore", key="dl_report")
+    from core.export_chemiscope import chemiscope_available, chemiscope_bytes  # noqa: E402
+
+    st.markdown("**chemiscope** — the test structures with every method's per-atom width, the error and a "
+                "descriptor map (PCA); open it on chemiscope.org or in its offline viewer to share")
+    if chemiscope_available():
+        st.download_button("sites.chemiscope.json.gz", lambda: chemiscope_bytes(
+            dataset.structures, run.test, run.widths, ood=run.ood,
+            meta={"name": f"FlexCal — {state.get(state.DATASET_LABEL) or 'dataset'}"}),
+            file_name="flexcal-sites.chemiscope.json.gz", mime="application/gzip", on_click="ignore",
+            key="dl_chemiscope")
+    else:
+        st.caption("Install the optional extra to enable it: `pip install 'flexcal[chemiscope]'`.")

@@ -1,6 +1,8 @@
-"""Model page: choose the potential and featurize the dataset (progress bar, cached)."""
+"""Model page: choose the potential and featurize the dataset (a background job: progress, ETA, Cancel; cached)."""
 
 from __future__ import annotations
+
+import time
 
 import streamlit as st
 
@@ -81,38 +83,74 @@ def _load_potential():
         return None
 
 
-def _featurize() -> bool:
+def _start_featurize():
+    """Load the model and start featurizing (a background job); None when the model cannot be loaded."""
     with st.spinner("Loading the model ..."):
         potential = _load_potential()
     if potential is None:
-        return False
-    bar = st.progress(0.0, text="Featurizing ...")
-
-    def progress(done: int, total: int) -> None:
-        frac = 0.0 if not total else min(done / total, 1.0)
-        bar.progress(frac, text=f"Featurizing: {done} / {total} structures")
-
+        return None
+    state.put(state.FEATURIZE_NOTE, None)
     try:
-        sites, key = services.featurize_dataset(dataset, state.get(state.DATASET_KEY), potential, progress)
+        job = services.featurize_job(dataset, state.get(state.DATASET_KEY), potential,
+                                     potential_label=getattr(potential, "name", str(potential)))
     except Exception as exc:
-        bar.empty()
         _fail(exc)
-        return False
-    bar.progress(1.0, text=f"Done: {len(sites)} sites")
-    state.set_sites(sites, key, getattr(potential, "name", str(potential)))
-    return True
+        return None
+    state.put(state.FEATURIZE_JOB, job)
+    return job
+
+
+def _follow(job) -> None:
+    """The job's progress bar (structures, sites/s, ETA) and Cancel button, polled until it ends.
+
+    A click on Cancel interrupts this run; the next run calls ``job.cancel`` (the button's
+    callback), which stops the job after its current batch, and follows it again.
+    """
+    bar = st.progress(job.fraction, text=job.progress_text())
+    st.button("Cancel featurizing", key="btn_cancel_featurize", on_click=job.cancel,
+              disabled=job.cancel_requested,
+              help="Stop after the current batch. Nothing is kept: the previous features (if any) stay.")
+    while not job.done:
+        time.sleep(0.2)
+        bar.progress(job.fraction, text=job.progress_text()
+                     + (" — cancelling after this batch ..." if job.cancel_requested else ""))
+    bar.empty()
+
+
+def _collect(job) -> None:
+    """Move a finished featurize job into the session (new features, the cancel note or the error)."""
+    state.put(state.FEATURIZE_JOB, None)
+    if job.key[0] != state.get(state.DATASET_KEY):
+        return  # the dataset changed while it ran
+    if job.status == "done":
+        state.set_sites(job.sites, job.key, job.potential_label)
+    elif job.status == "cancelled":
+        state.put(state.FEATURIZE_NOTE, f"{job.error} (stopped after {job.structures_done} / {job.total} "
+                                        f"structures, {job.elapsed():.0f} s)")
+    else:
+        state.put(state.MODEL_ERROR, job.error)
+        state.put(state.MODEL_ERROR_FOR, choice)
 
 
 quick = bool(state.get(state.QUICKSTART))
+job = state.get(state.FEATURIZE_JOB)
 clicked = st.button("Featurize", type="primary", key="btn_featurize",
-                    disabled=kind == state.MODEL_KINDS[3] and (upload is None or not state.get(state.W_TRUST)))
+                    disabled=job is not None or (kind == state.MODEL_KINDS[3]
+                                                 and (upload is None or not state.get(state.W_TRUST))))
+if job is None and (clicked or (quick and state.get(state.SITES) is None)):
+    job = _start_featurize()
+if job is not None:
+    if not job.done:
+        _follow(job)
+    _collect(job)
 if quick:  # the one-click demo: features (cached if already computed), then Calibrate
-    if state.get(state.SITES) is not None or _featurize():
+    if state.get(state.SITES) is not None:
         st.switch_page(page("calibrate"))
     state.put(state.QUICKSTART, False)
-elif clicked:
-    _featurize()
 
+note = state.get(state.FEATURIZE_NOTE)
+if note:
+    st.info(note, icon=":material/cancel:")
 err = state.get(state.MODEL_ERROR)
 if err:
     st.error(err, icon=":material/error:")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import catalog, notices, state, widgets
+from app import catalog, notices, state, tables, widgets
 from app.figures_catalogue import selected_site, site_ids
 
 st.title("Structures")
@@ -55,6 +55,16 @@ if state.get(state.W_STRUCTURE) not in set(sids.tolist()):
         state.put(state.W_STRUCTURE, int(sids[max(pool, key=lambda i: max_err[i])]))
 
 pos_of = {int(s): i for i, s in enumerate(sids)}
+
+
+def highlighted_first(table: pd.DataFrame, atom: int | None) -> pd.DataFrame:
+    """The atom table with the highlighted atom's row first and marked (◉ in a "highlighted" column)."""
+    if atom is None:
+        return table
+    mark = (table["atom_index"] == atom).to_numpy()
+    out = pd.concat([table[mark], table[~mark]], ignore_index=True)
+    out.insert(0, "highlighted", np.where(np.r_[mark[mark], mark[~mark]], "◉", ""))
+    return out
 
 
 def _describe(sid: int) -> str:
@@ -132,24 +142,30 @@ with left:
     except ValueError as exc:  # e.g. infinite widths (too few calibration sites for this confidence)
         st.error(f"Cannot colour this structure: {catalog.describe_error(exc)}")
 with right:
-    table = pd.DataFrame({"atom": np.arange(n_atoms), "element": atoms.get_chemical_symbols(),
-                          "error (eV/Å)": errors})
+    table = pd.DataFrame({"atom_index": np.arange(n_atoms), "symbol": atoms.get_chemical_symbols(),
+                          "error": errors})
     if widths is not None:
-        table["width (eV/Å)"] = widths
+        table["width"] = widths
         table["covered"] = errors <= widths
     if ood_score is not None:
-        table["domain score (> 1 = out)"] = ood_score
-    st.caption(f"Atoms of structure #{sid} ({_part(sid)} part). Select a row to highlight the atom.")
+        table["ood_score"] = ood_score
+    table = highlighted_first(table, highlight)
+    st.caption(f"Atoms of structure #{sid} ({_part(sid)} part). Select a row to highlight the atom"
+               + (f"; atom {highlight} is highlighted (row 1, ◉)." if highlight is not None else "."))
+
+    # one widget per (structure, highlighted atom): a new highlight starts with its row (row 0) selected
+    atom_key = f"atom_table-{sid}-{highlight}"
 
     def _pick_atom() -> None:
-        rows = st.session_state["atom_table"].selection.rows
+        rows = st.session_state[atom_key].selection.rows
         if rows:
-            state.select_site(sid, int(table.iloc[rows[0]]["atom"]))
+            state.select_site(sid, int(table.iloc[rows[0]]["atom_index"]))
 
-    st.dataframe(table, height=470, hide_index=True, key="atom_table", on_select=_pick_atom,
-                 selection_mode="single-row",
-                 column_config={c: st.column_config.NumberColumn(format="%.4f") for c in table.columns
-                                if "eV/Å" in c})
+    named = {} if widths is None else {tables.column_label("width"): st.column_config.NumberColumn(
+        f"Width, {label} at {run.confidence:.0%} (eV/Å)", format="%.4g", help="calibrated half-width")}
+    tables.show_table(table, height=470, hide_index=True, key=atom_key, on_select=_pick_atom,
+                      selection_mode="single-row", column_config=named,
+                      selection_default={"selection": {"rows": [0]}} if highlight is not None else None)
 
 # -------------------------------------------------------------- pick from a table / plot
 st.divider()
@@ -161,17 +177,17 @@ from core.metrics import structure_maxima  # noqa: E402
 
 me, mw = structure_maxima(run.test.errors, run.widths[label], run.test.structure_ids)
 tids = np.unique(run.test.structure_ids)
-worst = pd.DataFrame({"structure": tids, "config_type": [ctype[pos_of[int(s)]] for s in tids],
-                      "max error (eV/Å)": me, "max width (eV/Å)": mw, "max error / max width": me / mw})
+worst = pd.DataFrame({"structure_id": tids, "config_type": [ctype[pos_of[int(s)]] for s in tids],
+                      "max_error": me, "max_width": mw, "error_width_ratio": me / mw})
 if run.ood is not None:
-    worst["out of domain"] = np.isin(tids, run.ood_structures)
-worst = worst.sort_values("max error (eV/Å)", ascending=False).head(20).reset_index(drop=True)
+    worst["ood"] = np.isin(tids, run.ood_structures)
+worst = worst.sort_values("max_error", ascending=False).head(20).reset_index(drop=True)
 
 
 def _pick_structure() -> None:
     rows = st.session_state["worst_table"].selection.rows
     if rows:
-        state.select_site(int(worst.iloc[rows[0]]["structure"]), None)
+        state.select_site(int(worst.iloc[rows[0]]["structure_id"]), None)
 
 
 def _pick_point() -> None:
@@ -186,15 +202,13 @@ worst_tab, scatter_tab = st.tabs(["Worst test structures", "Pick a site from the
 if worst_tab.open:
     with worst_tab:
         st.caption(f"Test structures by max force error ({label} widths). Select a row to view it.")
-        st.dataframe(worst, hide_index=True, key="worst_table", on_select=_pick_structure,
-                     selection_mode="single-row",
-                     column_config={c: st.column_config.NumberColumn(format="%.4f") for c in worst.columns
-                                    if c not in ("structure", "config_type", "out of domain")})
+        tables.show_table(worst, hide_index=True, key="worst_table", on_select=_pick_structure,
+                          selection_mode="single-row")
 if scatter_tab.open:
     from core.figures import plot_uncertainty_error
 
     with scatter_tab:
         st.caption("Test sites: click or box-select a point to open its structure with the atom highlighted.")
-        st.plotly_chart(plot_uncertainty_error(run.test.errors, run.widths[label], label=label,
+        widgets.plotly_chart(plot_uncertainty_error(run.test.errors, run.widths[label], label=label,
                                                ids=site_ids(run.test)),
                         key="pick_scatter", on_select=_pick_point, selection_mode=("points", "box", "lasso"))

@@ -38,6 +38,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from core.progress import report
+
 __all__ = [
     "MIN_STEPS_PER_EPOCH",
     "build_quantile_model",
@@ -279,6 +281,7 @@ def train_quantile_model(
         else:
             best_epoch = epoch
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+        report("q_θ epochs", epoch, max_epochs)  # core.progress scope (the app's status line)
         if callback is not None and callback(epoch, train_loss, val_loss) is True:
             stop_reason = "callback"
             break

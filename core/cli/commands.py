@@ -304,6 +304,9 @@ def cmd_evaluate(args, ui: UI) -> int:
     cal = load_calibrator(existing_file(args.calibrator, "--calibrator"))
     check_layout(ui, cal, sites)
     label = str(getattr(cal, "name", type(cal).__name__))
+    by = getattr(args, "by", None)
+    if by == "config_type" and "config_type" not in sites.structure_info:
+        raise UserError(f"--by config_type: {args.sites} records no config_type per structure; use --by species")
     notes, flags = [], None
     if args.calibration:
         calibration = load_site_file(args.calibration, "--calibration")
@@ -321,15 +324,35 @@ def cmd_evaluate(args, ui: UI) -> int:
     for message in (size_warning("test", len(sites), sites.n_structures) + coverage_warnings(label, report, "", n_cal)
                     + domain_warnings("test", flags, sites.structure_ids, {label: report})):
         ui.warn(message)
+    table = _breakdown(cal, sites, args, calibration if args.calibration else None) if by else None
     report = {"calibrator": label, **report}
     if args.json:
-        ui.json({**report, "notes": notes, "warnings": ui.warnings})
+        extra = {} if table is None else {"breakdown": {"by": by, "rows": table.to_dict("records")}}
+        ui.json({**report, **extra, "notes": notes, "warnings": ui.warnings})
     else:
         _print_report(ui, report)
+        if table is not None:
+            ui.result(f"\nper {by}:\n" + format_table(table, [("group", by)] + BREAKDOWN_TABLE))
         for note in notes:
             ui.result(f"note: {note}")
     ui.flush_warnings()
     return EXIT_OK
+
+
+BREAKDOWN_TABLE = [("n_sites", "sites"), ("n_structures", "structures"), ("coverage", "coverage"),
+                   ("coverage_ci_lo", "ci_lo"), ("coverage_ci_hi", "ci_hi"), ("coverage_binom_lo", "binom_lo"),
+                   ("coverage_binom_hi", "binom_hi"), ("coverage_expected", "expected"), ("mean_width", "mean_width"),
+                   ("mae", "mae"), ("spearman", "spearman"), ("spearman_ci_lo", "rho_lo"), ("spearman_ci_hi", "rho_hi")]
+
+
+def _breakdown(cal, sites, args, calibration):
+    """``--by``: :func:`core.metrics.breakdown` of the calibrator's widths on SITES (spread needs --calibration)."""
+    from core.evaluation import conformal_calibration_size
+    from core.metrics import breakdown
+
+    n_cal = None if calibration is None else conformal_calibration_size(cal, calibration)
+    return breakdown(sites, cal.predict(sites), by=args.by, confidence=float(cal.confidence),
+                     n_calibration_structures=n_cal, bootstrap=args.bootstrap, seed=args.seed)
 
 
 def _print_report(ui: UI, report: dict) -> None:

@@ -327,6 +327,9 @@ def _evaluate_parser(sub, func) -> None:
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
     p.add_argument("--bootstrap", type=_count, default=0, metavar="N", help="by-structure bootstrap resamples for CIs")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap")
+    p.add_argument("--by", choices=("species", "config_type"), default=None,
+                   help="also print coverage (binomial interval, expected range), mean width, MAE and Spearman "
+                        "ρ per element or per config_type (by-structure intervals with --bootstrap)")
     _add_common(p)
     p.set_defaults(func=func)
 

@@ -8,9 +8,13 @@ from typing import Any
 import numpy as np
 
 from core.heuristics.base import UNSEEN_SCORE, SiteTable, _check_sites, _floor, _StandardisedHeuristic
+from core.progress import chunks, report
 from core.validation import check_int
 
 __all__ = ["KNNHeuristic"]
+
+#: Sites per kd-tree query in :meth:`KNNHeuristic.score` (one progress report each; ~0.1-0.5 s of work).
+QUERY_CHUNK = 1024
 
 
 class KNNHeuristic(_StandardisedHeuristic):
@@ -55,17 +59,20 @@ class KNNHeuristic(_StandardisedHeuristic):
         _check_sites(reference, "reference")
         self.reference_descriptors_ = self._standardise_fit(reference)
         self.reference_species_ = reference.species.copy()
-        self._build_trees()
+        self._build_trees(report_progress=True)
         self._reference_ref = weakref.ref(reference)
         return self
 
-    def _build_trees(self) -> None:
+    def _build_trees(self, report_progress: bool = False) -> None:
+        """One kd-tree per reference species; reports ``"kNN: index"`` per species (:mod:`core.progress`)."""
         from scipy.spatial import cKDTree
 
         self.species_ = np.unique(self.reference_species_)
-        self._trees = {
-            int(z): cKDTree(self.reference_descriptors_[self.reference_species_ == z]) for z in self.species_
-        }
+        self._trees = {}
+        for i, z in enumerate(self.species_):
+            self._trees[int(z)] = cKDTree(self.reference_descriptors_[self.reference_species_ == z])
+            if report_progress:
+                report("kNN: index reference sites", i + 1, len(self.species_))
 
     def score(self, sites: SiteTable) -> np.ndarray:
         """Mean standardised distance to the k nearest same-species reference sites, (n,)."""
@@ -74,6 +81,7 @@ class KNNHeuristic(_StandardisedHeuristic):
         exclude_self = self._reference_ref is not None and self._reference_ref() is sites
         x = self._standardise(sites)
         out = np.full(len(sites), self.unseen_score, dtype=np.float64)
+        done = 0
         for z in np.unique(sites.species):
             tree = self._trees.get(int(z))
             if tree is None:
@@ -83,10 +91,25 @@ class KNNHeuristic(_StandardisedHeuristic):
             k = min(self.k, tree.n - skip)
             if k < 1:  # a species with a single reference site, scored against itself
                 continue
-            dist, _ = tree.query(x[rows], k=k + skip)
-            dist = np.asarray(dist).reshape(len(rows), k + skip)[:, skip:]
-            out[rows] = dist.mean(axis=1)
+            out[rows] = self._mean_distances(tree, x[rows], k, skip, done, len(sites))
+            done += len(rows)
         return _floor(out)
+
+    @staticmethod
+    def _mean_distances(tree, x: np.ndarray, k: int, skip: int, done: int, total: int) -> np.ndarray:
+        """Mean distance (m,) of each row of ``x`` to its ``k`` nearest (after ``skip``) in ``tree``.
+
+        Queried in chunks of ``QUERY_CHUNK`` rows, each reported as ``"kNN: neighbour search"``
+        (``done`` sites of ``total``, :mod:`core.progress`), so a long search shows progress and
+        can be cancelled between chunks.
+        """
+        out = np.empty(len(x), dtype=np.float64)
+        for lo, hi in chunks(len(x), QUERY_CHUNK):
+            if hi > lo:
+                dist, _ = tree.query(x[lo:hi], k=k + skip)
+                out[lo:hi] = np.asarray(dist).reshape(hi - lo, k + skip)[:, skip:].mean(axis=1)
+            report("kNN: neighbour search", done + hi, total)
+        return out
 
     def get_state(self):
         meta, arrays = super().get_state()

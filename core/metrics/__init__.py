@@ -23,14 +23,15 @@ coverage is expected to show for a finite calibration and test size (METHOD §6)
 
 Modules: :mod:`core.metrics.basic` (the metric functions),
 :mod:`core.metrics.spread` (expected coverage spread), :mod:`core.metrics.report`
-(report and table). Numpy/scipy only.
+(report and table), :mod:`core.metrics.binned` (RMSE vs RMV, ENCE, group calibration,
+sharpness), :mod:`core.metrics.breakdown` (per-element / per-config_type breakdown with
+intervals, method ranking). Numpy/scipy only.
 """
 
 from __future__ import annotations
 
-from core.metrics.basic import (  # noqa: F401  (_check_level: the figures' confidence check)
+from core.metrics.basic import (
     CALIBRATION_LEVELS,
-    _check_level,
     auroc,
     bootstrap_ci,
     correlation_or_reason,
@@ -50,26 +51,35 @@ from core.metrics.basic import (  # noqa: F401  (_check_level: the figures' conf
     width_ratio,
     worst_species_coverage,
 )
+from core.metrics.breakdown import BREAKDOWN_COLUMNS, RANK_DIRECTIONS, breakdown, rank_methods
+from core.metrics.binned import group_calibration, rmse_vs_rmv, sharpness, width_to_sigma
 from core.metrics.report import REPORT_COLUMNS, REPORT_KEYS, calibration_report, report_table
 from core.metrics.spread import expected_coverage_interval
 
 __all__ = [
+    "BREAKDOWN_COLUMNS",
     "CALIBRATION_LEVELS",
+    "RANK_DIRECTIONS",
     "REPORT_COLUMNS",
     "REPORT_KEYS",
     "auroc",
     "bootstrap_ci",
+    "breakdown",
     "calibration_report",
     "correlation_or_reason",
     "coverage",
     "coverage_gap",
     "expected_coverage_interval",
+    "group_calibration",
     "mean_width",
     "miscalibration_area",
     "observed_coverage_curve",
     "pearson",
     "pinball_loss",
+    "rank_methods",
     "report_table",
+    "rmse_vs_rmv",
+    "sharpness",
     "spearman",
     "spearman_ideal",
     "species_coverage",
@@ -77,5 +87,6 @@ __all__ = [
     "structure_maxima",
     "structure_spearman",
     "width_ratio",
+    "width_to_sigma",
     "worst_species_coverage",
 ]
