@@ -58,6 +58,19 @@ def _limit_torch_threads() -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch at one intra-op thread for the test (q_θ fits bit-reproducible), restored afterwards.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    torch = pytest.importorskip("torch")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 # ------------------------------------------------------------ shared data
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

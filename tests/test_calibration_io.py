@@ -16,13 +16,7 @@ LEVELS = [0.05, 0.3, 0.5, 0.9, 0.95, 0.995]
 FAST_FLEXIBLE = dict(hidden=(8,), max_epochs=4, levels=(0.5, 0.9, 0.99))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch = pytest.importorskip("torch")
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def make_sites(n_structures, atoms=4, seed=0, species=(1, 8)) -> SiteTable:

@@ -22,12 +22,7 @@ from core.sites import SiteTable  # noqa: E402
 Q90_HALF_NORMAL = 1.6448536269514722  # 0.9 quantile of |N(0, 1)| = the 0.95 quantile of N(0, 1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def half_normal_sites(n_structures, atoms=5, d=2, seed=0, shift=0.0, species=(1,)):

@@ -18,12 +18,7 @@ SMALL = dict(hidden=(16, 16), max_epochs=20)
 TINY = dict(hidden=(8,), max_epochs=3, levels=(0.5, 0.9))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,7 @@ from tests.test_domain import temperature_sites  # noqa: E402
 SMALL = dict(hidden=(16, 16), max_epochs=20)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,7 @@ FAST = dict(hidden=(8,), max_epochs=4, levels=(0.5, 0.9))
 LEVELS = [0.3, 0.5, 0.9, 0.995]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def domain(n_structures, atoms=8, seed=0, shift=0.0, scale=1.0, new_shape=False, species=(1,)) -> SiteTable:

@@ -13,15 +13,7 @@ from ase.build import bulk, molecule
 
 from core import viewer as V
 
-FAKE_JS = "/* FAKE-3DMOL */ window.$3Dmol = {createViewer: function(){}};"
-
-
-@pytest.fixture
-def fake_js(tmp_path, monkeypatch):
-    path = tmp_path / "3Dmol-min.js"
-    path.write_text(FAKE_JS)
-    monkeypatch.setenv(V.JS_ENV_VAR, str(path))
-    return path
+from tests.test_viewer import fake_js  # noqa: F401  (the fixture)
 
 
 def _sphere_radii(html: str) -> dict[int, float]:
