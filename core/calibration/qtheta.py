@@ -34,6 +34,7 @@ functions run.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -209,7 +210,9 @@ def raw_quantiles(model, sites, rows, x_mean: np.ndarray, x_std: np.ndarray, spe
     b_in = model.inp.bias.detach().numpy().astype(np.float64) - w_in @ x_mean
     w_in = torch.from_numpy(w_in.astype(np.float32))
     b_in = torch.from_numpy(b_in.astype(np.float32))
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        # descriptors memory-mapped read-only from a store are only read here: torch's warning is moot
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         for a in range(0, n, CHUNK):
             sel = slice(a, min(a + CHUNK, n)) if rows is None else rows[a:a + CHUNK]
             x = torch.from_numpy(np.ascontiguousarray(sites.descriptors[sel], dtype=np.float32))
