@@ -9,9 +9,7 @@
 Chunks are whole forward-pass batches of the serial run (:func:`plan_chunks`), so every
 structure meets the potential in the batch it would have serially and the store equals
 ``featurize(structures, load_potential(spec))`` in order: integers and metadata exactly, floats to
-the last few bits (a worker process may take other BLAS/oneDNN code paths than the caller; bit
-for bit on the development machine at equal torch thread counts; workers run one torch thread
-per task). One chunk = one task = one shard ``out_dir/shard-<chunk>.npz``, written atomically by
+the last few bits (a worker may take other BLAS/oneDNN code paths; one torch thread per task). One chunk = one task = one shard ``out_dir/shard-<chunk>.npz``, written atomically by
 the worker (``out_dir`` must be on a filesystem the workers share); the manifest is written last.
 Each worker loads the model once from ``potential_spec`` (a path or name; never a loaded object).
 
@@ -48,6 +46,8 @@ _FEATURIZE_OPTIONS = ("descriptor_dtype", "max_batch_atoms")
 _FORKSERVER_PRELOAD = ("distributed", "numpy", "mace.calculators", "torch", "ase", "core.featurize")
 _POTENTIALS: dict = {}  # per worker process: spec key -> loaded Potential
 _LOAD_LOCK = threading.Lock()
+# worker logs hold the chunks' structures: off, or RSS creeps with the sites featurized (BENCHMARKS §12)
+_WORKER_LOG_CONFIG = {"distributed.admin.log-length": 0, "distributed.admin.low-level-log-length": 0}
 _STATS = {"potential_loads": 0, "chunks_computed": 0, "chunks_reused": 0}
 _LIBC: list = []  # glibc, once tune_worker found this process to be a Dask worker
 
@@ -121,8 +121,8 @@ def plan_chunks(sizes, chunk_size: int, batch_size: int = 16, max_batch_atoms: i
 def local_cluster(n_workers: int, *, threads_per_worker: int = 1, memory_limit="auto"):
     """Context manager: a Dask LocalCluster of ``n_workers`` processes on 127.0.0.1; yields its Client.
 
-    Dashboard off, logs quiet. Workers fork from a forkserver that imported torch and mace once,
-    so (re)starting one takes about a second, not a fresh import's ~10 s. Closed on exit.
+    Dashboard off, worker logs off (remote: ``DASK_DISTRIBUTED__ADMIN__[LOW_LEVEL_]LOG_LENGTH=0``).
+    Workers fork from a forkserver that imported torch and mace once: a restart takes ~1 s. Closed on exit.
     """
     from core.validation import check_int
 
@@ -137,7 +137,7 @@ def local_cluster(n_workers: int, *, threads_per_worker: int = 1, memory_limit="
     # Dask's nannies export their pre-spawn variables (OMP_NUM_THREADS=1, ...) into this process's
     # environment; they are put back as they were on exit
     saved = {k: os.environ.get(k) for k in [*dask.config.get("distributed.nanny.pre-spawn-environ"), "PYTHONHASHSEED"]}
-    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver", **_WORKER_LOG_CONFIG}):
         get_mp_context().set_forkserver_preload(list(_FORKSERVER_PRELOAD))  # no effect once a forkserver runs
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
                                dashboard_address=None, host="127.0.0.1", memory_limit=memory_limit,

@@ -287,3 +287,12 @@ def test_cli_featurize_workers_and_scheduler(structures, serial, tiny_mace_model
     assert err[-1].startswith("flexcal featurize: error: --scheduler: cannot reach a Dask scheduler at '127.0.0.1:1'")
     assert main([*args, "--workers", "1", "--no-overwrite"]) == 2
     assert "already holds a site store" in capsys.readouterr().err
+
+
+
+def test_local_workers_keep_no_logs_of_task_arguments(client):
+    import dask
+
+    # their logs held the chunks' structures, and a worker's RSS crept with the sites featurized
+    for key in ("distributed.admin.log-length", "distributed.admin.low-level-log-length"):
+        assert set(client.run(dask.config.get, key).values()) == {0}, key
