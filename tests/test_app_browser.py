@@ -312,11 +312,10 @@ def test_demo_flow_in_a_real_browser(server, driver):
                 "Teaching view": 1}
     for tab, n in expected.items():
         _open_tab(drv, tab)
-        plots = _wait(drv, lambda d: (lambda p: p if len(p) >= n else None)(
+        # every plot drew its traces (checked inside the wait: a re-render makes references stale, then it retries)
+        _wait(drv, lambda d: (lambda p: len(p) >= n and all(x.find_elements(By.CSS_SELECTOR, ".main-svg") for x in p))(
             d.find_elements(By.CSS_SELECTOR, '[data-testid="stTabPanel"] .js-plotly-plot')),
-            what=f"{n} plots in tab {tab}")
-        for p in plots:  # every plot drew its traces
-            assert p.find_elements(By.CSS_SELECTOR, ".main-svg"), f"a plot without its svg in {tab}"
+            what=f"{n} plots with their svg in tab {tab}")
         if tab == "Teaching view":
             _shot(drv, "diagnose-teaching")
     severe += _severe(drv)
