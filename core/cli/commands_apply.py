@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
+from core.cli.guards import positive_float, positive_int
 from core.cli.ui import EXIT_OK, UI, coverage_warnings, expected_text, fmt
 
 __all__ = ["add_predict_parser", "cmd_predict"]
@@ -44,24 +45,7 @@ def _levels(text: str) -> list[float]:
     return values
 
 
-def _width(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive width in eV/Å, e.g. 0.3; got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+_width = positive_float("a positive width in eV/Å (e.g. 0.3)")
 
 
 def add_predict_parser(sub, formatter_class=argparse.RawDescriptionHelpFormatter) -> None:
@@ -89,7 +73,7 @@ def add_predict_parser(sub, formatter_class=argparse.RawDescriptionHelpFormatter
                    help="refuse (instead of warn about) a calibrator fitted with another model of the same width")
     p.add_argument("--no-overwrite", action="store_true",
                    help="refuse to replace existing output files (checked before any work)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="structures per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="structures per forward pass")
     p.add_argument("--format", default=None, help="ASE file format of DATA (default: from the suffix)")
     p.add_argument("--forces-key", metavar="KEY", default=None,
                    help="reference forces key, for coverage (default: auto-detect REF_forces, forces, ...)")

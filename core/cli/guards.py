@@ -23,7 +23,7 @@ from pathlib import Path
 
 from core.cli.ui import UI
 
-__all__ = ["add_read_args", "read_options", "cli_hints", "reader_note", "check_output", "check_layout"]
+__all__ = ["int_at_least", "positive_int", "positive_float", "add_read_args", "read_options", "cli_hints", "reader_note", "check_output", "check_layout"]
 
 _API_TO_FLAG = re.compile(
     r"\b(format|forces_key|energy_key|max_bytes|max_atoms|max_extent|duplicate_frames)=(?:'(\w+)')?")
@@ -45,24 +45,35 @@ def _size(text: str) -> int:
     return int(value)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (0.0 < value < math.inf):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def int_at_least(minimum: int, what: str):
+    """argparse ``type=``: an integer >= ``minimum``; else "expected {what}, got '...'"."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def positive_float(what: str):
+    """argparse ``type=``: a finite number > 0 (not NaN); else "expected {what}, got '...'"."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (0.0 < value < math.inf):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1, "a positive integer")
 
 
 def add_read_args(p: argparse.ArgumentParser) -> None:
@@ -74,9 +85,9 @@ def add_read_args(p: argparse.ArgumentParser) -> None:
                    help="ASE format of DATA (extxyz, traj, ...); default: guessed from the file")
     g.add_argument("--max-bytes", type=_size, default=None, metavar="SIZE",
                    help=f"refuse larger data files, e.g. 500M or 2G (default: {DEFAULT_MAX_BYTES // 1024**2}M)")
-    g.add_argument("--max-atoms", type=_positive_int, default=DEFAULT_MAX_ATOMS, metavar="N",
+    g.add_argument("--max-atoms", type=positive_int, default=DEFAULT_MAX_ATOMS, metavar="N",
                    help="refuse structures with more atoms (checked on extxyz atom-count lines before parsing)")
-    g.add_argument("--max-extent", type=_positive_float, default=DEFAULT_MAX_EXTENT, metavar="Å",
+    g.add_argument("--max-extent", type=positive_float("a positive number"), default=DEFAULT_MAX_EXTENT, metavar="Å",
                    help="refuse frames that are not fully periodic with an atom farther than this from the origin "
                         "(Å), and periodic cells longer than 10x this: their neighbour lists cost GB")
     g.add_argument("--duplicate-frames", choices=DUPLICATE_FRAMES, default="drop",

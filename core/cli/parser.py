@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from core.cli.guards import add_read_args
+from core.cli.guards import add_read_args, int_at_least, positive_int
 from core.cli.ui import UNITS
 
 __all__ = ["build_parser"]
@@ -44,22 +44,8 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _int_at_least(minimum: int, what: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1, "a positive integer")
-_seed = _int_at_least(0, "a seed: an integer >= 0")
-_count = _int_at_least(0, "an integer >= 0")
+_seed = int_at_least(0, "a seed: an integer >= 0")
+_count = int_at_least(0, "an integer >= 0")
 
 
 def _csv_list(text: str) -> list[str]:
@@ -166,7 +152,7 @@ def _add_model_args(p: argparse.ArgumentParser, subset: bool = True) -> None:
     )
     g.add_argument("--committee", nargs="+", metavar="MODEL", default=None,
                    help="further models; their per-atom force spread (eV/Å) feeds the 'committee' method")
-    g.add_argument("--batch-size", type=_positive_int, default=16, help="structures per forward pass")
+    g.add_argument("--batch-size", type=positive_int, default=16, help="structures per forward pass")
     g.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="cache featurized sites here (keyed by data, model and settings); none by default")
     g.add_argument("--energy-key", metavar="KEY", default=None,
@@ -180,7 +166,7 @@ def _add_model_args(p: argparse.ArgumentParser, subset: bool = True) -> None:
         g.add_argument("--reference-data", metavar="TRAIN.xyz", default=None,
                        help="the model's training structures; their descriptors are the knn/gmm reference "
                             "(default: the calibration sites; the demo model's own training frames for a demo)")
-        g.add_argument("--max-structures", type=_positive_int, default=None, metavar="N",
+        g.add_argument("--max-structures", type=positive_int, default=None, metavar="N",
                        help="use a random subset of N structures (seeded by --split-seed): a quick look at a big file")
 
 
@@ -192,7 +178,7 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--confidence", type=_confidence, default=0.9,
                    help="target coverage 1-α in (0, 1): 0.9 means e_i <= w_i for 90%% of sites")
     g.add_argument("--seed", type=_seed, default=0, help="seed of the calibrators (q_θ initialisation, holdout)")
-    g.add_argument("--max-epochs", type=_positive_int, default=None,
+    g.add_argument("--max-epochs", type=positive_int, default=None,
                    help="cap on q_θ training epochs (default: the calibrator's own)")
     g.add_argument("--bootstrap", type=_count, default=0, metavar="N",
                    help="by-structure bootstrap resamples for 95%% intervals of coverage and spearman (0 = none)")
@@ -244,13 +230,13 @@ def _featurize_parser(sub, func) -> None:
     _add_model_args(p, subset=False)
     g = p.add_argument_group("scaling out on a Dask cluster (pip install 'flexcal[distributed]')")
     x = g.add_mutually_exclusive_group()
-    x.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+    x.add_argument("--workers", type=positive_int, default=None, metavar="N",
                    help="start a local Dask cluster of N worker processes; -o is then a folder of shards + "
                         "manifest.json (rerun the same command to resume an interrupted run)")
     x.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="use an existing Dask cluster (tcp://host:port); its workers need the model file and "
                         "the -o folder on a shared filesystem")
-    g.add_argument("--chunk-size", type=_positive_int, default=256, metavar="N",
+    g.add_argument("--chunk-size", type=positive_int, default=256, metavar="N",
                    help="structures per Dask task and per shard (with --workers/--scheduler)")
     _add_common(p)
     p.set_defaults(func=func)
@@ -287,7 +273,7 @@ def _calibrate_parser(sub, func) -> None:
     p.add_argument("--reference", metavar="TRAIN_SITES", default=None,
                    help="sites of the potential's training set (reference for knn/gmm descriptors)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (q_θ initialisation, holdout split)")
-    p.add_argument("--max-epochs", type=_positive_int, default=None, help="cap on q_θ training epochs")
+    p.add_argument("--max-epochs", type=positive_int, default=None, help="cap on q_θ training epochs")
     p.add_argument("-o", "--output", metavar="CALIBRATOR.npz", required=True,
                    help="where to write the calibrator (checked before fitting; written atomically)")
     _add_overwrite(p)
@@ -428,12 +414,12 @@ def _study_parser(sub, func) -> None:
     g = p.add_argument_group("active learning")
     g.add_argument("--reference-calc", choices=("gfn2-xtb", "gfn1-xtb", "emt"), default=None,
                    help="labeller of picked frames (default: the demo family's reference; required for a file)")
-    g.add_argument("--al-initial", type=_positive_int, default=20, help="initial labelled training frames")
-    g.add_argument("--al-rounds", type=_positive_int, default=3, help="rounds of MD -> pick -> label -> refit")
-    g.add_argument("--al-picks", type=_positive_int, default=5, help="frames picked and labelled per round")
-    g.add_argument("--al-md-steps", type=_positive_int, default=200, help="MD steps per round (Langevin, 0.5 fs)")
-    g.add_argument("--al-test-size", type=_positive_int, default=20, help="labelled test frames for the curves")
-    g.add_argument("--al-train-epochs", type=_positive_int, default=30, help="epochs of every MACE refit")
+    g.add_argument("--al-initial", type=positive_int, default=20, help="initial labelled training frames")
+    g.add_argument("--al-rounds", type=positive_int, default=3, help="rounds of MD -> pick -> label -> refit")
+    g.add_argument("--al-picks", type=positive_int, default=5, help="frames picked and labelled per round")
+    g.add_argument("--al-md-steps", type=positive_int, default=200, help="MD steps per round (Langevin, 0.5 fs)")
+    g.add_argument("--al-test-size", type=positive_int, default=20, help="labelled test frames for the curves")
+    g.add_argument("--al-train-epochs", type=positive_int, default=30, help="epochs of every MACE refit")
     g.add_argument("--al-strategies", type=_csv_list, default="calibrated,heuristic,random",
                    metavar="S1,S2", help="frame-selection strategies to compare")
     g.add_argument("--al-calibrator", type=_method, default="flexible", metavar="METHOD",
