@@ -5,13 +5,14 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.flexcal-installed
 JS_DIR  := $(VENV)/share/flexcal/3dmol
 JS      := $(JS_DIR)/package/build/3Dmol-min.js
+APP_JS  := app/static/3Dmol-min.js
 PORT    ?= 8501
 LAB_PORT ?= 8888
 PYTEST_ARGS ?=
 
 .PHONY: app test venv js clean benchmarks lab
 
-venv: $(STAMP) $(JS)
+venv: $(STAMP) $(JS) $(APP_JS)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,8 +27,13 @@ $(JS):
 	cd $(JS_DIR) && npm pack --silent 3dmol@2.5.5 >/dev/null && tar xzf 3dmol-2.5.5.tgz package/build/3Dmol-min.js && rm -f 3dmol-2.5.5.tgz
 	test -s $(JS)
 
+# the app serves its own copy (Streamlit static serving: fetched once, cached by the browser)
+$(APP_JS): $(JS)
+	mkdir -p app/static
+	cp -p $(JS) $(APP_JS).tmp && mv $(APP_JS).tmp $(APP_JS)
+
 app: venv
-	$(BIN)/streamlit run app/main.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	$(BIN)/python -m app.launch --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 # JupyterLab on the notebooks with the project's kernel (offline: everything comes from the package registry)
 lab: venv

@@ -4,7 +4,9 @@ Builders come from :mod:`core.figures`; this module only picks the arrays of a
 :class:`app.job.CalibrationRun` for them (widths, ids, species, the out-of-domain flags the
 site and structure plots circle or colour), and turns a figure that cannot be drawn into a
 message instead of a crash. :func:`recoloured_figures` redraws the site plots coloured by
-element or calibration domain (:data:`COLOUR_CHOICES`).
+element or calibration domain (:data:`COLOUR_CHOICES`); :func:`toolkit_figures` (Diagnose's
+"more diagnostics"), :func:`small_multiples` and :func:`group_tables` (Compare) are the one
+place those figures are built, for the pages and for the HTML report alike.
 
 The coverage curves are drawn on the 0.05..0.95 grid only, the levels the report's
 ``miscalibration_area`` averages over, so the area in a legend is the number on the metric
@@ -150,11 +152,11 @@ def _site_builders(run, label: str, colour_by: str = "method") -> dict[str, Call
 
 
 def _build(builders: dict[str, Callable[[], Any]], label: str) -> dict[str, Any]:
-    """Run the builders in :data:`FIGURE_TITLES` order; a failure becomes a message (str)."""
+    """Run the builders, those named in :data:`FIGURE_TITLES` first and in its order, the others after
+    in their own; a failure becomes a message (str)."""
     figs: dict[str, Any] = {}
-    for name in FIGURE_TITLES:
-        if name not in builders:
-            continue
+    order = [n for n in FIGURE_TITLES if n in builders] + [n for n in builders if n not in FIGURE_TITLES]
+    for name in order:
         try:
             figs[name] = builders[name]()
         except (ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
@@ -212,8 +214,77 @@ def teaching_figure(run, level: float):
                                 float(run.levels[k]))
 
 
+#: Bins of RMSE vs RMV and groups of the ordered/adversarial group calibration (toolkit figures).
+N_BINS, N_GROUPS = 10, 10
+
+
+def toolkit_figures(run, label: str) -> dict[str, Any]:
+    """name -> figure (or a message why it cannot be drawn): RMSE vs RMV (bootstrap over structures),
+    adversarial and ordered group coverage of ``label``, and every method's sharpness."""
+    from core import figures_diagnostics as FD
+    from core import metrics as M
+
+    e, w, c = run.test.errors, run.widths[label], run.confidence
+    groups: dict = {}
+
+    def group(part: str):
+        if not groups:
+            groups.update(M.group_calibration(e, w, confidence=c, n_groups=min(N_GROUPS, len(e)), adversarial=True))
+        return groups[part]
+
+    builders = {
+        "rmse_rmv": lambda: FD.plot_rmse_vs_rmv({label: M.rmse_vs_rmv(
+            e, w, min(N_BINS, len(e)), confidence=c, structure_ids=run.test.structure_ids)}),
+        "adversarial": lambda: FD.plot_adversarial_coverage(group("adversarial"), c, label=label),
+        "ordered": lambda: FD.plot_group_coverage(group("groups"), c, label=label),
+        "sharpness": lambda: FD.plot_sharpness({m: M.sharpness(run.widths[m]) for m in run.labels}),
+    }
+    return _build(builders, label)
+
+
+def small_multiples(run, kind: str):
+    """One panel per method, same axes: ``kind`` "error_width" (error vs width) or "parity" (force parity)."""
+    from core.figures_compare import plot_small_multiples
+
+    test = run.test
+    return plot_small_multiples(test.errors, run.widths, kind=kind, reference=test.forces_ref,
+                                predicted=test.forces_pred)
+
+
+def group_tables(run, by: str) -> dict[str, Any]:
+    """{label: :func:`core.metrics.breakdown` by ``by``} of every method, without the (costly) bootstrap,
+    each with the expected spread of its own calibration size."""
+    from core.evaluation import conformal_calibration_size
+    from core.metrics import breakdown
+
+    return {label: breakdown(run.test, run.widths[label], by=by, confidence=run.confidence,
+                             n_calibration_structures=conformal_calibration_size(run.calibrators[label], run.cal),
+                             bootstrap=0)
+            for label in run.labels}
+
+
+TOOLKIT_TITLES = MappingProxyType({
+    "rmse_rmv": "Binned error vs predicted width (RMSE vs RMV)", "adversarial": "Adversarial group coverage",
+    "ordered": "Coverage of groups ordered by width", "sharpness": "Sharpness: width distribution per method",
+})
+
+
+def comparison_figures(run) -> list[tuple[str, Any]]:
+    """(title, figure) of the Compare page: small multiples (error vs width, parity) and coverage per element."""
+    from core.figures_compare import plot_species_coverage_intervals
+
+    kinds = {"error_width": "Side by side: error vs width, one panel per method"}
+    if run.test.forces_ref is not None and run.test.forces_pred is not None:
+        kinds["parity"] = "Side by side: force parity coloured by width"
+    builders = {title: (lambda k=kind: small_multiples(run, k)) for kind, title in kinds.items()}
+    builders["Coverage per element, every method (95 % intervals)"] = (
+        lambda: plot_species_coverage_intervals(group_tables(run, "species")))
+    return [(title, fig) for title, fig in _build(builders, "the comparison").items() if not isinstance(fig, str)]
+
+
 def report_figures(run, label: str, figures: dict[str, Any]) -> list[tuple[str, Any]]:
-    """(title, figure) pairs for the HTML report: the Diagnose figures, the teaching view, the loss."""
+    """(title, figure) pairs for the HTML report: the Diagnose figures of ``label``, the teaching view,
+    the loss, the toolkit diagnostics of ``label`` and the comparison of every method."""
     out = [(FIGURE_TITLES.get(k, k), f) for k, f in figures.items() if not isinstance(f, str)]
     band = teaching_figure(run, run.confidence)
     if band is not None:
@@ -222,7 +293,10 @@ def report_figures(run, label: str, figures: dict[str, Any]) -> list[tuple[str, 
         from core.figures import plot_training_curve
 
         out.append(("q_θ training curve", plot_training_curve(run.history)))
-    return out
+    if label in run.widths:
+        out += [(f"{TOOLKIT_TITLES[k]} — {label}" if k != "sharpness" else TOOLKIT_TITLES[k], f)
+                for k, f in toolkit_figures(run, label).items() if not isinstance(f, str)]
+    return out + comparison_figures(run)
 
 
 def run_report_html(run, label: str, figures: dict[str, Any]) -> str:
@@ -238,5 +312,39 @@ def run_report_html(run, label: str, figures: dict[str, Any]) -> str:
     if warnings:
         tables.append(("Warnings", pd.DataFrame({"warning": warnings})))
     tables.append((f"Metrics on the test part (confidence {run.confidence:.0%})", run.results_frame()))
+    ranked = ranking_view(run)
+    if ranked is not None:
+        tables.append(("Ranking of the methods (rank 1 = best; coverage judged by closeness to the nominal level)",
+                       ranked[0]))
     return html_report(report_figures(run, label, figures), tables,
                        title=f"FlexCal calibration report — per-method plots for {label}")
+
+
+STAR = "★"
+RANK_LABELS = MappingProxyType({
+    "coverage": "Coverage (≈ nominal)", "width_ratio": "Width / split CP (↓)", "spearman": "Spearman ρ (↑)",
+    "miscalibration_area": "Miscalibration area (↓)", "mean_rank": "Mean rank",
+})
+
+
+def ranking_view(run):
+    """The ranked metrics table for people, or None when the run defines none of the ranked metrics.
+
+    Returns ``(view, cells)``: the values of :func:`core.metrics.rank_methods` with readable headers,
+    the mean rank and a "★ best at" column (index "Method", best first), and the (row, column) cells
+    holding a metric's best value (for highlighting).
+    """
+    from core.metrics import rank_methods
+
+    keys = [k for k in ("coverage", "width_ratio", "spearman", "miscalibration_area")
+            if any(rep.get(k) is not None for rep in run.reports.values())]
+    if not keys:
+        return None
+    ranked = rank_methods(run.reports, keys=keys)
+    view = ranked[keys + ["mean_rank"]].rename(columns=dict(RANK_LABELS))
+    best_at = [", ".join(RANK_LABELS[k].split(" (")[0] for k in keys if ranked.loc[lab, f"{k}_best"])
+               for lab in ranked.index]
+    view.insert(0, f"{STAR} best at", [f"{STAR} {b}" if b else "" for b in best_at])
+    view.index.name = "Method"
+    cells = [(lab, RANK_LABELS[k]) for k in keys for lab in ranked.index if ranked.loc[lab, f"{k}_best"]]
+    return view, cells

@@ -92,25 +92,28 @@ def load_demo(kind: str, name: str):
 
 @st.cache_resource(max_entries=1, show_spinner=False)
 def prewarm() -> bool:
-    """Import the heavy modules (torch, the calibrators) in the background, once per process.
+    """Import the heavy modules (torch, the calibrators) in the background (:mod:`app.prewarm`).
 
     The first page only reads data; by the time the user trains, torch is loaded.
     """
+    from app import prewarm as warm
 
-    def work():
-        try:
-            import torch  # noqa: F401
-            import torch._dynamo  # noqa: F401  (first optimizer construction imports it: ~3 s)
-
-            import core.calibration  # noqa: F401
-            import core.evaluation  # noqa: F401
-            import core.figures  # noqa: F401
-            import core.potentials.mace  # noqa: F401  (mace-torch, e3nn)
-        except Exception:  # only a warm-up: errors surface where the modules are used
-            pass
-
-    threading.Thread(target=work, name="flexcal-prewarm", daemon=True).start()
+    warm.start()
     return True
+
+
+#: The app's copy of 3Dmol.js (``make venv`` puts it there; Streamlit serves ``app/static/`` when
+#: ``server.enableStaticServing`` is on, as .streamlit/config.toml sets).
+STATIC_3DMOL = Path(__file__).resolve().parent / "static" / "3Dmol-min.js"
+
+
+def viewer_js_url() -> str | None:
+    """Same-origin URL of the served 3Dmol.js (fetched once, then cached by the browser), or None
+    when static serving is off or the file is missing: the viewer then inlines the library."""
+    if not st.get_option("server.enableStaticServing") or not STATIC_3DMOL.is_file():
+        return None
+    base = (st.get_option("server.baseUrlPath") or "").strip("/")
+    return f"/{base}/app/static/{STATIC_3DMOL.name}" if base else f"/app/static/{STATIC_3DMOL.name}"
 
 
 # ============================================================= potentials

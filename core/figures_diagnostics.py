@@ -67,9 +67,11 @@ def plot_rmse_vs_rmv(binned_by_label: dict[str, dict], *, log: bool | None = Non
         fig.add_trace(_band(go, b["rmv"], b["expected_lo"], b["expected_hi"], "calibrated model's 95 % range"))
     if hi > 0:
         fig.add_trace(_diagonal(lo, hi, "RMSE = RMV"))
-    dof = next(iter(binned_by_label.values())).get("dof", 3)
+    first = next(iter(binned_by_label.values()))
+    dof = first.get("dof", 3)
     unit = "per component, eV/Å" if dof == 3 else "eV/Å"
-    _layout(fig, "Binned error vs predicted width (RMSE vs RMV)", f"RMV: root mean σ² of the bin ({unit})",
+    bars = {"structure": "; bars: 95 % bootstrap over structures", "site": "; bars: 95 % bootstrap over sites"}
+    _layout(fig, "Binned error vs predicted width (RMSE vs RMV)" + bars.get(first.get("bootstrap_unit"), ""), f"RMV: root mean σ² of the bin ({unit})",
             f"RMSE of the bin's errors ({unit})")
     if log or (log is None and hi > 30 * lo):
         fig.update_xaxes(type="log", exponentformat="power")

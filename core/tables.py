@@ -81,6 +81,9 @@ COLUMNS: dict[str, Column] = {
     "coverage_ci_hi": _C("Coverage 95 % CI, high", help="by-structure bootstrap"),
     "spearman_ci_lo": _C("Spearman ρ 95 % CI, low", help="by-structure bootstrap"),
     "spearman_ci_hi": _C("Spearman ρ 95 % CI, high", help="by-structure bootstrap"),
+    "coverage_expected": _C("Expected coverage", help="2.5–97.5 % range for this many calibration structures"),
+    "coverage_binom_lo": _C("Coverage binomial CI, low", help="Clopper–Pearson, counted in sites"),
+    "coverage_binom_hi": _C("Coverage binomial CI, high", help="Clopper–Pearson, counted in sites"),
     "coverage_check": _C("Coverage vs expected", help="below / within / above the expected range"),
     # -- per-group breakdowns and rankings (core.metrics.breakdown, the Compare page)
     "group": _C("Group"), "Z": _C("Z"), "mae": _C("MAE ‖ΔF‖", EV_A, "mean absolute force error"),
@@ -103,6 +106,10 @@ COLUMNS: dict[str, Column] = {
     "highlighted": _C("Highlighted", help="◉: the atom marked in the 3D view"),
     "energy_ref": _C("Reference energy", "eV"), "energy_pred": _C("Predicted energy", "eV"),
     "dataset_index": _C("Position in file"),
+    # -- active learning curves (core.active.result.CURVE_COLUMNS)
+    "strategy": _C("Strategy"), "round": _C("Round"), "n_labels": _C("Labels", help="reference labels used so far"),
+    "force_mae": _C("Force MAE", EV_A, "mean |F_pred − F_ref| over force components"),
+    "pick_force_mae": _C("Force MAE of the picks", EV_A, "the previous model's force MAE on the frames picked"),
     # -- provenance
     "field": _C("Field"), "value": _C("Value"), "warning": _C("Warning"),
 }

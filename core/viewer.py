@@ -8,7 +8,9 @@ looked up by :func:`find_3dmol_js`: ``$FLEXCAL_3DMOL_JS`` if set, else
 ``make venv`` installs from the npm package ``3dmol@2.5.5``.
 
 The viewer script is built with ``py3Dmol.view`` (same commands as in a
-notebook); only its loader is replaced by the inlined library.
+notebook); only its loader is replaced by the inlined library. A server that serves the
+library itself passes ``js_url`` instead (the app does: ``app/static/3Dmol-min.js``, fetched
+once and cached by the browser rather than 0.5 MB inlined into every view).
 """
 
 from __future__ import annotations
@@ -153,6 +155,7 @@ def structure_view_html(
     style: str = "sphere",
     arrow_length: float = 1.5,
     allow_cdn: bool = False,
+    js_url: str | None = None,
 ) -> str:
     """HTML of an interactive 3D view of ``atoms`` coloured by a per-site value.
 
@@ -177,6 +180,9 @@ def structure_view_html(
         Spheres, or ball-and-stick.
     allow_cdn : bool
         If the local 3Dmol.js is missing, load it from the CDN instead of raising.
+    js_url : str, optional
+        Load 3Dmol.js from this URL (e.g. ``"/app/static/3Dmol-min.js"``, same origin) instead of
+        inlining the local file; the fragment then needs that server.
 
     Returns
     -------
@@ -187,16 +193,19 @@ def structure_view_html(
     Raises
     ------
     FileNotFoundError
-        3Dmol.js is not installed locally and ``allow_cdn`` is False.
+        3Dmol.js is not installed locally, ``allow_cdn`` is False and no ``js_url`` is given.
     ValueError
-        Bad ``values``, ``highlight``, ``arrows``, ``style`` or limits.
+        Bad ``values``, ``highlight``, ``arrows``, ``style``, limits or ``js_url``.
     """
     import py3Dmol
 
     n, vals, lo, hi, highlight, vec = _check_view_args(atoms, values, highlight, arrows, vmin, vmax, width, height, style)
-    js_code = _read_js(allow_cdn)
+    if js_url is not None and (not isinstance(js_url, str) or not js_url.strip() or "'" in js_url):
+        raise ValueError(f"js_url: expected a URL without quotes, got {js_url!r}")
+    js_code = None if js_url is not None else _read_js(allow_cdn)
     periodic = atoms.cell.rank == 3 and any(atoms.pbc)
-    view = py3Dmol.view(width=int(width), height=int(height), js=_PLACEHOLDER if js_code is not None else CDN_URL)
+    loader = js_url if js_url is not None else _PLACEHOLDER if js_code is not None else CDN_URL
+    view = py3Dmol.view(width=int(width), height=int(height), js=loader)
     view.addModel(_xyz(atoms), "xyz")
     atom_r = _draw_atoms(view, atoms, vals, lo, hi, style)
     pos = atoms.get_positions()
@@ -325,7 +334,7 @@ def _draw_highlight(view, atoms, pos, highlight: int, vals) -> None:
 
 
 def _script_html(view, atoms, js_code: str | None) -> tuple[str, str]:
-    """(inline library ``<script>`` or "" for the CDN loader, viewer script with a unique id)."""
+    """(inline library ``<script>`` or "" for a URL loader, viewer script with a unique id)."""
     uid = hashlib.sha1(f"{next(_counter)}|{_xyz(atoms)}|{os.getpid()}".encode()).hexdigest()[:12]
     script = (view.startjs + view.endjs).replace("UNIQUEID", uid)
     if js_code is not None:

@@ -323,6 +323,12 @@ def test_export_page_and_files(trained, tmp_path):
     # the report records what produced it
     assert "What produced this report" in html and "split seed" in html and "FlexCal version" in html
     assert catalog.SYNTHETIC_LABEL.split(" (")[0] in html and "flexible, split, knn" in html
+    # the Compare page and the toolkit diagnostics are in it too, with the ranking table
+    for title in ("Side by side: error vs width, one panel per method", "Coverage per element, every method",
+                  "Binned error vs predicted width (RMSE vs RMV) — flexible", "Adversarial group coverage — flexible",
+                  "Sharpness: width distribution per method", "Ranking of the methods", "★ best at"):
+        assert title in html, title
+    assert "bootstrap over structures" in html  # RMSE-vs-RMV bars resample whole structures
 
 
 def test_stop_button_stops_training_and_keeps_a_model(cache_dir):

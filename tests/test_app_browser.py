@@ -1,6 +1,6 @@
 """The app in a real browser: headless Chromium driven by Selenium.
 
-Starts ``streamlit run app/main.py`` on a free local port, runs the one-click demo
+Starts ``python -m app.launch`` (what ``make app`` runs) on a free local port, runs the one-click demo
 (Data -> Model -> Calibrate -> Diagnose), checks that the plots rendered
 (``.js-plotly-plot``) and that the 3Dmol.js canvas drew something (a non-blank
 screenshot of the canvas), clicks a point in a plot and checks that the Structures
@@ -102,7 +102,7 @@ def server(tmp_path_factory):
     port = _free_port()
     log_path = _artifacts() / "streamlit-server.log"
     env = dict(os.environ, FLEXCAL_CACHE_DIR=str(tmp_path_factory.mktemp("cache")), OMP_NUM_THREADS="2")
-    cmd = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
+    cmd = [sys.executable, "-m", "app.launch", "--server.port", str(port),  # what `make app` runs
            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -358,6 +358,11 @@ def test_demo_flow_in_a_real_browser(server, driver):
         ok, why = _nonblank(canvas.screenshot_as_png)
         assert ok, f"3D canvas looks blank: {why}"
         assert "highlighted: atom" in highlighted, "the clicked atom should be highlighted"
+        # 3Dmol.js came from the app's static copy (make venv puts it there), not inlined into the view
+        if (ROOT / "app" / "static" / "3Dmol-min.js").is_file():
+            scripts = drv.execute_script("return Array.from(document.scripts).map(s => s.src || s.text.length)")
+            assert "/app/static/3Dmol-min.js" in " ".join(map(str, scripts)), scripts
+            assert all(isinstance(x, str) or x < 100_000 for x in scripts), scripts
     finally:
         drv.switch_to.default_content()
     _shot(drv, "structures")

@@ -301,9 +301,10 @@ def test_cli_evaluate_by_species_and_config_type(tmp_path, capsys):
     assert main(["evaluate", str(test_path), "--calibrator", str(model), "--by", "species"]) == 0
     text = capsys.readouterr().out
     block = text.split("per species:\n", 1)[1].splitlines()
-    assert block[0].split()[:4] == ["species", "sites", "structures", "coverage"]
-    assert [line.split()[0] for line in block[2:4]] == ["H", "C"]
-    assert "n/a" in block[2]  # no --calibration: no expected range, no bootstrap interval
+    rule = next(i for i, ln in enumerate(block) if ln.startswith("---"))
+    assert block[rule - 1].split()[:4] == ["species", "Sites", "Structures", "Coverage"]  # readable headers
+    assert [line.split()[0] for line in block[rule + 1:rule + 3]] == ["H", "C"]
+    assert "—" in block[rule + 1] and "n/a" not in text  # no --calibration: no expected range, no interval
 
 
 def test_cli_evaluate_by_config_type_without_it_exits_2(tmp_path, capsys):

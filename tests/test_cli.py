@@ -172,7 +172,7 @@ def test_calibrate_then_evaluate_round_trip(method, site_files, tmp_path, capsys
     # the text form prints the same keys, one per line
     assert main(["evaluate", str(test), "--calibrator", str(out)]) == 0
     text = capsys.readouterr().out
-    assert text.splitlines()[0].split()[0] == "calibrator" and "coverage" in text
+    assert text.splitlines()[0].split()[0] == "calibrator" and "\nCoverage " in text  # readable labels
 
 
 def test_flexible_training_progress_on_stderr(site_files, tmp_path, capsys):
@@ -251,8 +251,10 @@ def test_run_table_and_split_by(fake_featurize, capsys):
                  "config_type", "--calibration-types", "a", "--test-types", "b", "-q"])
     assert code == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[1].split()[:4] == ["method", "coverage", "expected", "gap"]  # coverage with its expected range
-    assert out[3].split()[0] == "split" and out[4].split()[0] == "mondrian"
+    head = out[1:out.index(next(ln for ln in out if ln.startswith("---")))]  # readable headers, wrapped
+    assert head[-1].split()[:3] == ["Method", "Coverage", "coverage"] and "Expected" in head[-2]  # with its range
+    body = out[len(head) + 2:]
+    assert body[0].split()[0] == "split" and body[1].split()[0] == "mondrian"
     assert "tested on 14" in out[0]  # 40 structures, every third is "b"
     assert main(["run", str(fake_featurize), "--model", "m", "--split-by", "config_type",
                  "--calibration-types", "a", "--test-types", "c"]) == 2
@@ -378,8 +380,9 @@ def test_study_active_learning_passes_options_and_prints_curves(monkeypatch, cap
     assert seen["strategies"] == ["calibrated", "random"]
     assert seen["calibrator"] == "flexible" and seen["calibrator_options"] == {"max_epochs": 15}
     assert seen["workdir"] == tmp_path / "active-learning"
-    assert out[1].split()[:4] == ["strategy", "round", "n_labels", "force"]
-    assert out[3].split()[:4] == ["calibrated", "1", "12", "0.520"]
+    rule = next(i for i, ln in enumerate(out) if ln.startswith("---"))
+    assert out[rule - 1].split()[:4] == ["Strategy", "Round", "Labels", "(eV/Å)"] and "Force MAE" in out[rule - 2]
+    assert out[rule + 1].split()[:4] == ["calibrated", "1", "12", "0.520"]
     assert (tmp_path / "active-learning.csv").exists()
 
 
@@ -492,7 +495,7 @@ def test_warning_when_coverage_is_outside_the_expected_spread(site_files, tmp_pa
     assert len(lines) >= 1
     assert lines[0].startswith("WARNING: split: coverage 0.") and "is below the range expected for 30 calibration " \
         "structures" in lines[0]
-    cov_line = next(ln for ln in captured.out.splitlines() if ln.startswith("coverage "))
+    cov_line = next(ln for ln in captured.out.splitlines() if ln.startswith("Coverage "))
     assert "(expected 0." in cov_line
     assert main(["evaluate", str(hot), "--calibrator", str(out), "--calibration", str(cal_path), "--json"]) == 0
     captured = capsys.readouterr()

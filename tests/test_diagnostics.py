@@ -299,3 +299,23 @@ def test_chemiscope_bad_input_names_the_argument(synthetic):
         chemiscope_bytes(structures, sites, {"a": np.ones(n)}, ood=np.zeros(2, bool))
     with pytest.raises(TypeError, match="SiteTable"):
         chemiscope_bytes(structures, "sites", {"a": np.ones(n)})
+
+
+def test_rmse_bootstrap_resamples_whole_structures_when_given_their_ids():
+    """Correlated atoms: a structure bootstrap gives wider RMSE intervals than a site bootstrap."""
+    rng = np.random.default_rng(3)
+    n_struct, atoms = 60, 20
+    ids = np.repeat(np.arange(n_struct), atoms)
+    scale = np.repeat(rng.lognormal(0.0, 0.6, n_struct), atoms)  # one error scale per structure
+    e = scale * np.sqrt(rng.chisquare(3, ids.size))
+    w = np.full(ids.size, 2.0) + 1e-6 * rng.random(ids.size)  # one bin's worth of similar widths
+    by_site = rmse_vs_rmv(e, w, 1, confidence=C, seed=0)
+    by_structure = rmse_vs_rmv(e, w, 1, confidence=C, seed=0, structure_ids=ids)
+    assert by_site["bootstrap_unit"] == "site" and by_structure["bootstrap_unit"] == "structure"
+    assert by_site["rmse"][0] == by_structure["rmse"][0]  # same bins, same RMSE: only the interval changes
+    site_span = by_site["rmse_hi"][0] - by_site["rmse_lo"][0]
+    structure_span = by_structure["rmse_hi"][0] - by_structure["rmse_lo"][0]
+    assert structure_span > 2.0 * site_span, (site_span, structure_span)
+    assert by_structure["rmse_lo"][0] < by_structure["rmse"][0] < by_structure["rmse_hi"][0]
+    with pytest.raises(ValueError, match="structure_ids"):
+        rmse_vs_rmv(e, w, 1, confidence=C, structure_ids=ids[:-1])

@@ -144,3 +144,36 @@ def test_bad_atoms(fake_js):
         V.structure_view_html([1, 2, 3])
     with pytest.raises(ValueError, match="atoms: the structure has no atoms"):
         V.structure_view_html(Atoms())
+
+
+def test_js_url_loads_the_served_library_instead_of_inlining_it(tmp_path, monkeypatch, mol):
+    monkeypatch.setenv(V.JS_ENV_VAR, str(tmp_path / "missing.js"))  # not needed: nothing is read
+    html = V.structure_view_html(mol, values=np.arange(len(mol), dtype=float), js_url="/app/static/3Dmol-min.js")
+    assert "loadScriptAsync('/app/static/3Dmol-min.js')" in html
+    assert "FAKE-3DMOL" not in html and "cdn.jsdelivr" not in html and len(html) < 50_000  # no 0.5 MB library
+    assert len(_styles(html)) == len(mol)  # the same view commands
+    for bad in ("", "x'); alert(1); ('", 3):
+        with pytest.raises(ValueError, match="js_url"):
+            V.structure_view_html(mol, js_url=bad)
+
+
+def test_app_serves_3dmol_when_static_serving_is_on(tmp_path, monkeypatch):
+    pytest.importorskip("streamlit")
+    import streamlit as st
+
+    from app import services
+
+    options = {"server.enableStaticServing": True, "server.baseUrlPath": ""}
+    monkeypatch.setattr(st, "get_option", lambda key: options[key])
+    js = tmp_path / "3Dmol-min.js"
+    monkeypatch.setattr(services, "STATIC_3DMOL", js)
+    assert services.viewer_js_url() is None  # file missing: the viewer inlines the library
+    js.write_text(FAKE_JS)
+    assert services.viewer_js_url() == "/app/static/3Dmol-min.js"
+    options["server.baseUrlPath"] = "/flexcal/"
+    assert services.viewer_js_url() == "/flexcal/app/static/3Dmol-min.js"
+    options["server.enableStaticServing"] = False
+    assert services.viewer_js_url() is None
+    # the repository's config turns it on, and make venv puts the file where it is looked for
+    config = (services.Path(services.__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text()
+    assert "enableStaticServing = true" in config

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import notices, state, widgets
+from app import notices, services, state, widgets
 
 st.title("Apply")
 st.caption("Use a calibration on structures nobody labelled: per-atom force widths (eV/Å) at the calibrator's "
@@ -276,7 +276,8 @@ def _viewer(ann) -> None:
     atoms = ann.structures([frame])[0]
     try:
         html = structure_view_html(atoms, values=atoms.arrays["flexcal_width"], label="width (eV/Å)",
-                                   highlight=int(ann.max_width_atom[i_of[frame]]), width=560, height=420)
+                                   highlight=int(ann.max_width_atom[i_of[frame]]), width=560, height=420,
+                                   js_url=services.viewer_js_url())
         st.iframe(html, height=580)
     except (FileNotFoundError, ValueError) as exc:  # no local 3Dmol.js, or infinite widths
         st.error(f"Cannot draw this frame: {_say(exc)}")

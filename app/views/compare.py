@@ -17,13 +17,8 @@ from app import notices, state, widgets
 from app.pages_index import page
 
 BOOTSTRAP = 100  # by-structure resamples per group (coverage and ρ intervals): 1.6 s per method at 10^4 sites
-STAR = "★"
 MISSING = "—"
 KINDS = MappingProxyType({"Error vs width": "error_width", "Force parity (coloured by width)": "parity"})
-RANK_LABELS = MappingProxyType({
-    "coverage": "Coverage (≈ nominal)", "width_ratio": "Width / split CP (↓)", "spearman": "Spearman ρ (↑)",
-    "miscalibration_area": "Miscalibration area (↓)", "mean_rank": "Mean rank",
-})
 # the breakdown as shown: intervals as "lo–hi" text next to their estimate (the CSV keeps every number)
 BREAKDOWN_SHOWN = (
     ("group", "Group"), ("n_sites", "Sites"), ("n_structures", "Structures"), ("coverage", "Coverage"),
@@ -45,17 +40,15 @@ if run is None:
 
 # the spread's calibration size, as the reports use
 from core.evaluation import conformal_calibration_size  # noqa: E402
-from core.figures_compare import plot_small_multiples, plot_species_coverage_intervals  # noqa: E402
-from core.metrics import breakdown, rank_methods  # noqa: E402
+from app.figures_catalogue import STAR, group_tables, ranking_view, small_multiples  # noqa: E402
+from core.figures_compare import plot_species_coverage_intervals  # noqa: E402
+from core.metrics import breakdown  # noqa: E402
 
 
 @st.cache_resource(max_entries=8, ttl=3600, show_spinner=False)
 def _group_tables(token: str, by: str, _run) -> dict[str, pd.DataFrame]:
-    """{label: breakdown by ``by``} of every method, without the (costly) bootstrap: for the figure."""
-    return {label: breakdown(_run.test, _run.widths[label], by=by, confidence=_run.confidence,
-                             n_calibration_structures=conformal_calibration_size(_run.calibrators[label], _run.cal),
-                             bootstrap=0)
-            for label in _run.labels}
+    """:func:`app.figures_catalogue.group_tables`, cached per run."""
+    return group_tables(_run, by)
 
 
 @st.cache_resource(max_entries=16, ttl=3600, show_spinner=False)
@@ -71,20 +64,7 @@ def _method_tables(token: str, label: str, _run) -> dict[str, pd.DataFrame]:
 @st.cache_resource(max_entries=8, ttl=3600, show_spinner=False)
 def _multiples(token: str, kind: str, _run):
     """The small multiples of a run (error vs width, or parity), shared read-only."""
-    test = _run.test
-    return plot_small_multiples(test.errors, _run.widths, kind=kind, reference=test.forces_ref,
-                                predicted=test.forces_pred)
-
-
-def _ranked_view(ranked: pd.DataFrame, keys) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """The ranked table for people: values, mean rank and a ★ column; the (row, column) cells to highlight."""
-    view = ranked[list(keys) + ["mean_rank"]].rename(columns=dict(RANK_LABELS))
-    best_at = [", ".join(RANK_LABELS[k].split(" (")[0] for k in keys if ranked.loc[lab, f"{k}_best"])
-               for lab in ranked.index]
-    view.insert(0, f"{STAR} best at", [f"{STAR} {b}" if b else "" for b in best_at])
-    view.index.name = "Method"
-    cells = [(lab, RANK_LABELS[k]) for k in keys for lab in ranked.index if ranked.loc[lab, f"{k}_best"]]
-    return view, cells
+    return small_multiples(_run, kind)
 
 
 def _styled(view: pd.DataFrame, cells):
@@ -133,11 +113,11 @@ st.caption(f"{len(run.labels)} methods on {len(run.test)} test sites in {run.tes
 
 # ------------------------------------------------------------------------------ ranking
 st.subheader("Ranking")
-keys = [k for k in ("coverage", "width_ratio", "spearman", "miscalibration_area")
-        if any(rep.get(k) is not None for rep in run.reports.values())]
-ranked = rank_methods(run.reports, keys=keys)
-view, cells = _ranked_view(ranked, keys)
-st.dataframe(_styled(view, cells), width="stretch", placeholder=MISSING, key="compare_ranking")
+ranking = ranking_view(run)
+if ranking is None:
+    st.info("No metric to rank on: the reports define none of coverage, width ratio, ρ or miscalibration area.")
+else:
+    st.dataframe(_styled(*ranking), width="stretch", placeholder=MISSING, key="compare_ranking")
 st.caption(f"{STAR} and green: the best value of each metric (ties share it). Coverage is judged by closeness to "
            f"{run.confidence:.0%}; a narrower width only counts when coverage holds, so read the two together. "
            f"“{MISSING}”: undefined (e.g. constant widths have no Spearman ρ).")

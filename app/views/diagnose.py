@@ -9,7 +9,7 @@ import streamlit as st
 from app import notices, services, state, widgets
 from app.catalog import describe_error
 from app.figures_catalogue import (FIGURE_TITLES, colour_choices, recoloured_figures, selected_site, site_ids,
-                                    teaching_figure)
+                                    teaching_figure, toolkit_figures)
 from app.pages_index import page
 
 st.title("Diagnose")
@@ -123,7 +123,6 @@ for tab, (tab_name, names) in zip(tabs, state.DIAG_TABS.items()):
 
 
 MORE_KEY, MAP_COLOUR_KEY, PCA_KEY = "w_more_diag", "w_map_colour", "diag_pca"
-N_BINS, N_GROUPS = 10, 10
 
 
 def _pca(test):
@@ -135,34 +134,6 @@ def _pca(test):
         cached = (run.token, descriptor_pca(test.descriptors, 2))
         st.session_state[PCA_KEY] = cached
     return cached[1]
-
-
-def _toolkit_figures(lab: str) -> dict:
-    """name -> figure, or a message saying why it cannot be drawn."""
-    from core import figures_diagnostics as FD
-    from core import metrics as M
-
-    e, w, c = run.test.errors, run.widths[lab], run.confidence
-    groups = {}
-
-    def group(part: str):
-        if not groups:
-            groups.update(M.group_calibration(e, w, confidence=c, n_groups=min(N_GROUPS, len(e)), adversarial=True))
-        return groups[part]
-
-    builders = {
-        "rmse_rmv": lambda: FD.plot_rmse_vs_rmv({lab: M.rmse_vs_rmv(e, w, min(N_BINS, len(e)), confidence=c)}),
-        "adversarial": lambda: FD.plot_adversarial_coverage(group("adversarial"), c, label=lab),
-        "ordered": lambda: FD.plot_group_coverage(group("groups"), c, label=lab),
-        "sharpness": lambda: FD.plot_sharpness({m: M.sharpness(run.widths[m]) for m in run.labels}),
-    }
-    out = {}
-    for name, build in builders.items():
-        try:
-            out[name] = build()
-        except (ValueError, TypeError, ZeroDivisionError) as exc:
-            out[name] = f"This plot cannot be drawn for {lab}: {describe_error(exc)}"
-    return out
 
 
 def _sharpness_table() -> None:
@@ -220,7 +191,7 @@ def more_diagnostics() -> None:
             "√(mean e²/3) per component. Calibrated widths put RMSE = RMV (Levi et al. 2022). Group coverages come "
             "with the range a calibrated model shows for that group size (binomial); the adversarial plot takes "
             "the worst of 100 random contiguous groups of sites ordered by width (Chung et al. 2021).")
-        figs = _toolkit_figures(lab)
+        figs = toolkit_figures(run, lab)
         cols = st.columns(2)
         with cols[0]:
             _show(figs["rmse_rmv"], "fig_rmse_rmv")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import catalog, notices, state, tables, widgets
+from app import catalog, notices, services, state, tables, widgets
 from app.figures_catalogue import selected_site, site_ids
 
 st.title("Structures")
@@ -135,7 +135,8 @@ with left:
 
     try:
         html = structure_view_html(atoms, values=values, label=vlabel, highlight=highlight, arrows=arrows,
-                                   vmin=vrange[0], vmax=vrange[1], width=560, height=420)
+                                   vmin=vrange[0], vmax=vrange[1], width=560, height=420,
+                                   js_url=services.viewer_js_url())
         st.iframe(html, height=580)
     except FileNotFoundError as exc:
         st.error(f"The 3D viewer needs 3Dmol.js installed locally: {exc}")

@@ -339,10 +339,9 @@ def cmd_evaluate(args, ui: UI) -> int:
     return EXIT_OK
 
 
-BREAKDOWN_TABLE = [("n_sites", "sites"), ("n_structures", "structures"), ("coverage", "coverage"),
-                   ("coverage_ci_lo", "ci_lo"), ("coverage_ci_hi", "ci_hi"), ("coverage_binom_lo", "binom_lo"),
-                   ("coverage_binom_hi", "binom_hi"), ("coverage_expected", "expected"), ("mean_width", "mean_width"),
-                   ("mae", "mae"), ("spearman", "spearman"), ("spearman_ci_lo", "rho_lo"), ("spearman_ci_hi", "rho_hi")]
+BREAKDOWN_TABLE = [("n_sites", "Sites"), ("n_structures", "Structures"), "coverage", "coverage_ci_lo", "coverage_ci_hi", "coverage_binom_lo",
+                   "coverage_binom_hi", "coverage_expected", "mean_width", "mae", "spearman", "spearman_ci_lo",
+                   "spearman_ci_hi"]
 
 
 def _breakdown(cal, sites, args, calibration):
@@ -356,7 +355,11 @@ def _breakdown(cal, sites, args, calibration):
 
 
 def _print_report(ui: UI, report: dict) -> None:
-    width = max(len(k) for k in report) + 2
+    """One line per report key: its readable label with units (:mod:`core.tables`), then the value."""
+    from core.tables import MISSING, column_label
+
+    labels = {key: column_label(key) for key in report}
+    width = max(map(len, labels.values())) + 2
     for key, value in report.items():
         if key.endswith("_note") and value is None:
             continue
@@ -368,8 +371,8 @@ def _print_report(ui: UI, report: dict) -> None:
             text = value if isinstance(value, str) else fmt(value)
         if key == "coverage":
             spread = expected_text(report)
-            text += f"  (expected {spread})" if spread != "n/a" else "  (expected range unavailable)"
-        ui.result(f"{key:<{width}}{text}")
+            text += f"  (expected {spread})" if spread != MISSING else "  (expected range unavailable)"
+        ui.result(f"{labels[key]:<{width}}{text}")
 
 
 # ------------------------------------------------------------------------------ run

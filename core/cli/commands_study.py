@@ -84,7 +84,7 @@ def _emit(args, ui: UI, table, name: str, outdir: Path | None, *, columns=None, 
             ui.result("")
             ui.result(title)
             several = "split" in t.columns and t["split"].nunique() > 1  # format_table adds it then
-            ui.result(format_table(t, [(c, c) for c in t.columns if c != "split" or not several]))
+            ui.result(format_table(t, [c for c in t.columns if c != "split" or not several]))
         table_notes(ui, table)
     ui.flush_warnings()
     if outdir is not None:
@@ -239,10 +239,8 @@ def _study_active_learning(args, ui: UI, outdir: Path | None) -> int:
         cols = [c for c in ("strategy", "round", "n_labels", "force_mae", "coverage", "coverage_expected",
                             "mean_width", "spearman", "structure_spearman", "pick_force_mae")
                 if c in table.columns or c == "coverage_expected"]
-        heads = {"force_mae": "force MAE eV/Å", "mean_width": "width eV/Å", "pick_force_mae": "pick MAE eV/Å",
-                 "coverage_expected": "expected"}
         ui.result(f"study active-learning on {table.attrs.get('dataset')}: confidence {args.confidence:g}")
-        ui.result(format_table(table, [(c, heads.get(c, c)) for c in cols]))
+        ui.result(format_table(table, cols))
     if outdir is not None:
         paths = studies.write_study(table, outdir, "active-learning")
         ui.info(f"wrote {paths['csv']} and {paths['json']} (models and picked frames in {workdir})")

@@ -30,10 +30,8 @@ __all__ = ["study_zero_shot", "DEFAULT_MODEL", "PUBLIC_FRAMES"]
 
 DEFAULT_MODEL = "chgnet-0.3.0"
 PUBLIC_FRAMES = 200  # frames per public file unless --max-structures: CHGNet costs ~0.25 s per 27-atom frame
-COLUMNS = [("dataset", "dataset"), ("label", "method"), ("force_mae", "force MAE eV/Å"), ("coverage", "coverage"),
-           ("coverage_expected", "expected"), ("mean_width", "width eV/Å"), ("width_ratio", "ratio"),
-           ("spearman", "spearman"), ("auroc", "auroc"), ("worst_species_coverage", "worst sp."),
-           ("ood_fraction", "ood")]
+COLUMNS = ["dataset", "label", "force_mae", "coverage", "coverage_expected", "mean_width", "width_ratio", "spearman",
+           "auroc", "worst_species_coverage", "ood_fraction"]
 SUMMARY_TITLE = ("ρ side by side (spearman of width vs error; split CP has one width, so no ρ): the best "
                  "heuristic CP vs q_θ (flexible) and flexible-ood, with the potential's force MAE (eV/Å)")
 

@@ -23,6 +23,8 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from core.tables import MISSING, column_label
+
 __all__ = [
     "EXIT_OK", "EXIT_USAGE", "EXIT_INTERRUPTED", "UNITS", "UserError", "UI", "fmt", "format_table",
     "expected_text", "coverage_warnings", "domain_warnings", "size_warning", "library_notices", "one_line",
@@ -183,15 +185,15 @@ def library_notices(ui: UI) -> Iterator[None]:
 
 # ----------------------------------------------------------------------- numbers
 def fmt(value, digits: int = 3) -> str:
-    """A number for people: ``digits`` decimals, ``n/a`` for None/NaN, ``inf``."""
+    """A number for people: ``digits`` decimals, :data:`core.tables.MISSING` ("—") for None/NaN, ``inf``."""
     if value is None:
-        return "n/a"
+        return MISSING
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float) or type(value).__name__.startswith("float"):
         value = float(value)
         if math.isnan(value):
-            return "n/a"
+            return MISSING
         if math.isinf(value):
             return "inf"
         return f"{value:.{digits}f}"
@@ -207,54 +209,66 @@ def _number(value) -> float | None:
 
 
 def expected_text(report: Mapping[str, Any]) -> str:
-    """``"0.870-0.930"``: the coverage interval expected for the calibration size, or ``n/a``."""
+    """``"0.870-0.930"``: the coverage interval expected for the calibration size, or ``—`` (MISSING)."""
     lo, hi = _number(report.get("coverage_expected_lo")), _number(report.get("coverage_expected_hi"))
     if lo is None or hi is None:
-        return "n/a"
+        return MISSING
     return f"{lo:.3f}-{hi:.3f}"
 
 
 # ------------------------------------------------------------------------ tables
-#: (key, header) of the standard result table; ``coverage_expected`` is drawn from _lo/_hi.
-TABLE_COLUMNS = [
-    ("label", "method"),
-    ("coverage", "coverage"),
-    ("coverage_expected", "expected"),
-    ("coverage_gap", "gap"),
-    ("mean_width", "width eV/Å"),
-    ("width_ratio", "ratio"),
-    ("spearman", "spearman"),
-    ("auroc", "auroc"),
-    ("miscalibration_area", "miscal"),
-    ("worst_species_coverage", "worst sp."),
-    ("ood_fraction", "ood"),
-]
+#: Keys of the standard result table; ``coverage_expected`` is drawn from ``_lo``/``_hi``.
+TABLE_COLUMNS = ["label", "coverage", "coverage_expected", "coverage_gap", "mean_width", "width_ratio", "spearman",
+                 "auroc", "miscalibration_area", "worst_species_coverage", "ood_fraction"]
+#: Widest a header line grows before its words wrap onto the next line (a wider column keeps its width).
+HEADER_WIDTH = 12
 
 
-def format_table(table, columns: Sequence[tuple[str, str]] | None = None) -> str:
-    """Aligned plain-text table of study/run rows (numbers to 3 decimals, undefined as n/a).
+def format_table(table, columns: Sequence[str | tuple[str, str]] | None = None) -> str:
+    """Aligned plain-text table of study/run rows for people.
 
-    A ``split`` column is added when the rows span several splits; columns absent from
-    ``table`` are skipped (``coverage_expected`` needs ``coverage_expected_lo``/``_hi``).
+    Headers are the readable labels with units of :mod:`core.tables` (``mean_width`` ->
+    "Mean width (eV/Å)"), wrapped over as many lines as needed to keep columns narrow;
+    ``columns`` holds keys, or ``(key, header)`` pairs for a header of the caller's own.
+    Numbers have 3 decimals, infinite widths print as ``inf`` and missing values as
+    :data:`core.tables.MISSING` ("—"). A ``split`` column is added when the rows span several
+    splits; keys absent from ``table`` are skipped (``coverage_expected`` needs
+    ``coverage_expected_lo``/``_hi``).
     """
-    columns = list(columns or TABLE_COLUMNS)
-    if "split" in table.columns and table["split"].nunique() > 1:
-        columns.insert(1, ("split", "split"))
+    columns = [c if isinstance(c, tuple) else (c, None) for c in (columns or TABLE_COLUMNS)]
+    if "split" in table.columns and table["split"].nunique() > 1 and "split" not in [k for k, _ in columns]:
+        columns.insert(1, ("split", None))
     present = set(table.columns)
     if {"coverage_expected_lo", "coverage_expected_hi"} <= present:
         present.add("coverage_expected")
-    columns = [(k, h) for k, h in columns if k in present]
-    cells = [[h for _, h in columns]]
-    for _, row in table.iterrows():
-        cells.append([_cell(row, k) for k, _ in columns])
-    widths = [max(len(r[j]) for r in cells) for j in range(len(columns))]
-    lines = []
-    for i, r in enumerate(cells):
-        parts = [c.ljust(w) if j == 0 or not _numeric(c) else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))]
-        lines.append("  ".join(parts).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    columns = [(k, h or column_label(k)) for k, h in columns if k in present]
+    rows = [[_cell(row, k) for k, _ in columns] for _, row in table.iterrows()]
+    cell_widths = [max([len(r[j]) for r in rows], default=0) for j in range(len(columns))]
+    heads = [_wrap(h, max(HEADER_WIDTH, w)) for (_, h), w in zip(columns, cell_widths)]
+    widths = [max([w, *map(len, lines)]) for w, lines in zip(cell_widths, heads)]
+    depth = max(map(len, heads), default=1)
+    heads = [[""] * (depth - len(lines)) + lines for lines in heads]  # bottom-aligned
+    numeric = [bool(rows) and all(_numeric(r[j]) for r in rows) for j in range(len(columns))]
+
+    def line(cells) -> str:
+        return "  ".join(c.rjust(w) if numeric[j] and j else c.ljust(w)
+                         for j, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [line([h[i] for h in heads]) for i in range(depth)]
+    out.append("  ".join("-" * w for w in widths))
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` split at spaces into lines of at most ``width`` characters (a longer word stays whole)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines or [""]
 
 
 def _cell(row, key: str) -> str:
@@ -270,10 +284,9 @@ def _numeric(text: str) -> bool:
         return True
     except ValueError:
         lo, sep, hi = text.partition("-")
-        return text in ("n/a", "inf") or (bool(sep) and bool(lo) and _numeric(lo) and _numeric(hi))
+        return text in (MISSING, "inf") or (bool(sep) and bool(lo) and _numeric(lo) and _numeric(hi))
 
 
-# ---------------------------------------------------------------------- warnings
 def coverage_warnings(label: str, report: Mapping[str, Any], where: str = "", n_calibration: int | None = None
                       ) -> list[str]:
     """``[message]`` when the observed coverage lies outside its expected spread, else ``[]``.

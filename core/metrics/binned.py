@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from core.metrics.basic import _check_pair, _check_widths
+from core.metrics.basic import _check_groups, _check_pair, _check_widths
 from core.validation import check_confidence, check_fraction, check_int, check_seed
 
 __all__ = ["width_to_sigma", "rmse_vs_rmv", "group_calibration", "sharpness", "N_SIMULATIONS"]
@@ -61,12 +61,24 @@ def width_to_sigma(widths, confidence: float, *, dof: int = 3) -> np.ndarray:
     return w / float(stats.chi.ppf(c, _check_dof(dof)))
 
 
-def _finite(errors, widths) -> tuple[np.ndarray, np.ndarray, int]:
+def _finite(errors, widths, structure_ids=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
     e, w = _check_pair(errors, widths)
+    ids = None if structure_ids is None else _check_groups("structure_ids", structure_ids, e.shape[0])
     ok = np.isfinite(w)
     if not ok.any():
         raise ValueError("widths: every width is +inf; nothing to bin")
-    return e[ok], w[ok], int((~ok).sum())
+    return e[ok], w[ok], None if ids is None else ids[ok], int((~ok).sum())
+
+
+def _bootstrap_rmse(e2: np.ndarray, ids: np.ndarray | None, n_boot: int, dof: int, rng) -> np.ndarray:
+    """``n_boot`` bootstrap RMSEs of one bin, shape (n_boot,): whole structures resampled when ``ids``
+    is given (all of a drawn structure's sites in the bin), else single sites."""
+    if ids is None:
+        return np.sqrt(e2[rng.integers(0, e2.size, size=(n_boot, e2.size))].mean(axis=1) / dof)
+    _, inv = np.unique(ids, return_inverse=True)
+    sums, counts = np.bincount(inv, weights=e2), np.bincount(inv).astype(float)
+    draw = rng.integers(0, sums.size, size=(n_boot, sums.size))
+    return np.sqrt(sums[draw].sum(axis=1) / counts[draw].sum(axis=1) / dof)
 
 
 def _equal_count_bins(w: np.ndarray, n_bins: int) -> list[np.ndarray]:
@@ -83,7 +95,7 @@ def _expected_ence(sizes: np.ndarray, dof: int) -> float:
 
 
 def rmse_vs_rmv(errors, widths, n_bins: int = 10, *, confidence: float, dof: int = 3, n_boot: int = 200,
-                level: float = 0.95, seed: int = 0) -> dict:
+                level: float = 0.95, seed: int = 0, structure_ids=None) -> dict:
     """Binned RMSE against root mean variance (RMV), with intervals, and the ENCE.
 
     Sites with finite widths are sorted by width and cut into ``n_bins`` equal-count bins; per bin
@@ -96,9 +108,11 @@ def rmse_vs_rmv(errors, widths, n_bins: int = 10, *, confidence: float, dof: int
     n_bins : int in [1, N_finite].
     confidence : float in (0, 1), the level the widths were predicted at.
     dof : 1..3, default 3 (force-error norms).
-    n_boot : int >= 0, site-level bootstrap resamples per bin for the RMSE interval (0: no bootstrap,
-        the interval is NaN). Atoms of a structure are correlated, so read it as a lower bound on the
-        spread.
+    n_boot : int >= 0, bootstrap resamples per bin for the RMSE interval (0: no bootstrap, the
+        interval is NaN).
+    structure_ids : array-like of int, shape (N,), optional. With it the bootstrap resamples whole
+        structures (the sites each drawn structure has in the bin): atoms of one structure are
+        correlated, so a site bootstrap (without it) understates the spread — read that as a lower bound.
     level : float in (0, 1), mass of both intervals.
     seed : int >= 0 (bootstrap).
 
@@ -109,14 +123,15 @@ def rmse_vs_rmv(errors, widths, n_bins: int = 10, *, confidence: float, dof: int
     of the observed RMSE), ``expected_lo``/``expected_hi`` (where a calibrated model's RMSE falls given
     RMV_b: RMV_b * sqrt(chi2_k.ppf(q)/k), k = n_b * dof); and floats ``ence``, ``ence_expected`` (the
     ENCE a calibrated model reaches with these bin sizes: finite-sample noise), plus ``dof``,
-    ``confidence``, ``n_infinite`` (sites left out). ``ence`` is None when every bin has RMV 0.
+    ``confidence``, ``n_infinite`` (sites left out), ``bootstrap_unit`` ("structure" or "site"). ``ence``
+    is None when every bin has RMV 0.
     """
     c = check_confidence(confidence)
     dof = _check_dof(dof)
     q = check_fraction("level", level)
     n_boot = check_int("n_boot", n_boot, 0)
     rng = np.random.default_rng(check_seed(seed))
-    e, w, n_inf = _finite(errors, widths)
+    e, w, ids, n_inf = _finite(errors, widths, structure_ids)
     n_bins = check_int("n_bins", n_bins, 1, e.shape[0])
     sigma = w / float(stats.chi.ppf(c, dof))
     bins = _equal_count_bins(w, n_bins)
@@ -127,8 +142,7 @@ def rmse_vs_rmv(errors, widths, n_bins: int = 10, *, confidence: float, dof: int
         e2, m = e[b] ** 2, b.size
         rmv = float(np.sqrt(np.mean(sigma[b] ** 2)))
         if n_boot:
-            boot = np.sqrt(e2[rng.integers(0, m, size=(n_boot, m))].mean(axis=1) / dof)
-            lo, hi = np.quantile(boot, tails)
+            lo, hi = np.quantile(_bootstrap_rmse(e2, None if ids is None else ids[b], n_boot, dof, rng), tails)
         else:
             lo = hi = np.nan
         k = m * dof
@@ -140,7 +154,7 @@ def rmse_vs_rmv(errors, widths, n_bins: int = 10, *, confidence: float, dof: int
     pos = out["rmv"] > 0
     out["ence"] = float(np.mean(np.abs(out["rmv"][pos] - out["rmse"][pos]) / out["rmv"][pos])) if pos.any() else None
     out["ence_expected"] = _expected_ence(out["n"], dof)
-    out.update(dof=dof, confidence=c, n_infinite=n_inf)
+    out.update(dof=dof, confidence=c, n_infinite=n_inf, bootstrap_unit="site" if ids is None else "structure")
     return out
 
 
