@@ -67,7 +67,7 @@ from core.data_labels import (  # the label names are part of core.data's API
     map_forces,
 )
 from core.sites import split_structure_ids
-from core.validation import check_choice, check_float, check_int
+from core.validation import check_choice, check_float, check_int, check_regular_file
 
 DEFAULT_CONFIG_TYPE = "default"
 DEFAULT_MAX_BYTES = 200 * 1024**2
@@ -291,12 +291,7 @@ def read_dataset(
 def _read_path(path: Path, name: str | None, max_bytes: int, opts: _Options) -> Dataset:
     """A file: checked (exists, regular, not empty, not over ``max_bytes``) before it is opened."""
     source = name or str(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{source}: no such file")
-    if path.is_dir():
-        raise DatasetError(f"{source}: is a directory, expected a file")
-    if not path.is_file():
-        raise DatasetError(f"{source}: not a regular file (a device, pipe or socket); give a structure file")
+    check_regular_file(path, source, expected="a structure file", error=DatasetError)
     size = path.stat().st_size
     if size > max_bytes:
         raise DatasetError(f"{source}: {size} bytes exceeds the limit of {max_bytes} bytes (max_bytes=)")

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from core.validation import check_regular_file
+
 __all__ = ["DEFAULT_MAX_NPZ_BYTES", "MAX_EXPANSION", "read_npz", "read_meta"]
 
 DEFAULT_MAX_NPZ_BYTES = 4 * 1024**3     # decompressed size of all entries together
@@ -38,14 +40,8 @@ def read_npz(path, what: str, *, max_bytes: int = DEFAULT_MAX_NPZ_BYTES, title: 
     (default ``"FlexCal <what>"``) in "not a readable <title> .npz file". Raises
     FileNotFoundError for a missing path and ValueError ``"<path>: ..."`` otherwise.
     """
-    path = Path(path)
+    path = check_regular_file(path, str(path), no_such=f"no such {what} file", expected=f"a {what} .npz file")
     title = title or f"FlexCal {what}"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such {what} file")
-    if path.is_dir():
-        raise ValueError(f"{path}: is a directory, expected a {what} .npz file")
-    if not path.is_file():
-        raise ValueError(f"{path}: not a regular file (a device, pipe or socket), expected a {what} .npz file")
     head = _head(path)
     if not head.startswith(b"PK"):
         kind = ("a single .npy array" if head.startswith(b"\x93NUMPY") else

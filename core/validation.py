@@ -11,6 +11,7 @@ Numpy only: importing this module never loads torch, pandas or plotly.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -119,6 +120,24 @@ def check_choice(name: str, value: Any, choices) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name}: expected one of {', '.join(map(str, choices))}, got {value!r}")
     return value
+
+
+def check_regular_file(path, source: str, *, no_such: str = "no such file", expected: str = "a file",
+                       error: type[Exception] = ValueError) -> Path:
+    """``path`` as a Path, checked to be an existing regular file before anything opens it.
+
+    Messages start with ``source`` (the name the user gave): ``"<source>: <no_such>"``
+    (FileNotFoundError), ``"<source>: is a directory, expected <expected>"`` and ``"<source>: not a
+    regular file (a device, pipe or socket), expected <expected>"`` (``error``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{source}: {no_such}")
+    if path.is_dir():
+        raise error(f"{source}: is a directory, expected {expected}")
+    if not path.is_file():
+        raise error(f"{source}: not a regular file (a device, pipe or socket), expected {expected}")
+    return path
 
 
 def check_bool(name: str, value: Any) -> bool:
