@@ -329,17 +329,21 @@ def apptest_bench(demo: str, repeats: int) -> dict:
 # ------------------------------------------------------------------------------ report
 NOTES = """## Notes
 
-- Where the time goes. Cold: the first page waits for the first script run (imports, reading the
+- Where the time goes. Cold: the first page waits for the server, the Streamlit front end (about
+  3 MB of JavaScript into a fresh cache) and the first script run (0.1 s of app imports, reading the
   demo file); "Run the whole demo" is then dominated by MACE featurization of every frame (the
-  model's train/valid frames too: they are the knn/gmm reference) — see (c). The app runs torch
-  with one intra-op thread (`FLEXCAL_APP_TORCH_THREADS`, default 1): on the two shared cores,
-  two threads made MACE featurization about 6x and q_θ training about 30x slower under load.
+  model's train/valid frames too: they are the knn/gmm reference) — see (c). `python -m app.launch`
+  imports torch, mace and e3nn in a background thread from process start, so the click no longer
+  waits for them (about 3.5 s of the old click time). The app runs torch with one intra-op thread
+  (`FLEXCAL_APP_TORCH_THREADS`, default 1): two threads made the cold total slower here (18.7 s at
+  load 1.3, the browser needs a core too), and under load featurization about 6x slower.
 - Diagnose draws its figures in lazily rendered tabs (`st.tabs(..., on_change="rerun")`, two
   plots each): with all nine plots on one page, switching the method took 4-6 s in this browser.
-- Structures: the server side takes < 0.1 s; the rest is the 3D viewer in the browser (0.5 MB of
-  3Dmol.js inlined per view, WebGL emulated on the CPU by headless Chromium's SwiftShader). A
-  desktop browser with a GPU does this part much faster; serving 3Dmol.js as a cached static file
-  is the next step if it matters.
+- Structures: the server side takes < 0.1 s; the rest is the 3D viewer in the browser. 3Dmol.js is
+  served once from `app/static/` (cached; each view is ~20 kB instead of 0.5 MB inlined), which
+  saves ~0.2 s per view in a standalone test; what remains is WebGL emulated on the CPU by headless
+  Chromium's SwiftShader (shader compilation and the first render take 0.5-1 s per view even for a
+  2-atom structure). A desktop browser with a GPU does this part much faster.
 - The browser numbers come from headless Chromium on the same two shared cores as the server, so
   they include the browser's own rendering; the load average above says how busy the machine was.
 """
