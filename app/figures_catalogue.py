@@ -251,16 +251,17 @@ def small_multiples(run, kind: str):
                                 predicted=test.forces_pred)
 
 
-def group_tables(run, by: str) -> dict[str, Any]:
-    """{label: :func:`core.metrics.breakdown` by ``by``} of every method, without the (costly) bootstrap,
-    each with the expected spread of its own calibration size."""
+def group_tables(run, by: str, *, labels=None, bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
+    """{label: :func:`core.metrics.breakdown` by ``by``} of ``labels`` (default every method), each with
+    the expected spread of its own calibration size; ``bootstrap`` by-structure resamples per group
+    (0, the default: none, for the figures; the breakdown tables ask for them)."""
     from core.evaluation import conformal_calibration_size
     from core.metrics import breakdown
 
     return {label: breakdown(run.test, run.widths[label], by=by, confidence=run.confidence,
                              n_calibration_structures=conformal_calibration_size(run.calibrators[label], run.cal),
-                             bootstrap=0)
-            for label in run.labels}
+                             bootstrap=bootstrap, seed=seed)
+            for label in (run.labels if labels is None else labels)}
 
 
 TOOLKIT_TITLES = MappingProxyType({

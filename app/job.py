@@ -444,11 +444,8 @@ class FeaturizeJob(BackgroundJob):
         self.cache_hit = False
 
     def start(self) -> "FeaturizeJob":
-        from core.progress import Meter
-
         hit = None if self.cache is None else self.cache.get(self.key)
         if hit is None:
-            self.meter = Meter(int(self.site_offsets[-1]))
             return super().start()
         self.sites, self.cache_hit = hit, True
         self.structures_done, self.status = self.total, "done"

@@ -19,6 +19,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from core.tables import MISSING
+
 
 def _finite(x) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and math.isfinite(x)
@@ -26,7 +28,7 @@ def _finite(x) -> bool:
 
 def fmt(x, digits: int = 3) -> str:
     """A number for people: "—" for None, NaN or ±inf."""
-    return f"{x:.{digits}f}" if _finite(x) else "—"
+    return f"{x:.{digits}f}" if _finite(x) else MISSING
 
 
 def expected_range(report: Mapping[str, Any]) -> tuple[float, float] | None:
@@ -48,9 +50,9 @@ def coverage_verdict(report: Mapping[str, Any]) -> str | None:
 
 
 def coverage_check(report: Mapping[str, Any]) -> str:
-    """ "below expected" / "above expected" / "within expected", or "—" when the range is unknown."""
+    """ "below expected" / "above expected" / "within expected", or MISSING ("—") when the range is unknown."""
     if expected_range(report) is None or not _finite(report.get("coverage")):
-        return "—"
+        return MISSING
     return f"{coverage_verdict(report) or 'within'} expected"
 
 
@@ -183,7 +185,7 @@ def stale_reasons(produced_with: Mapping[str, Any], now: Mapping[str, Any]) -> l
 
 def _show(value) -> str:
     if value is None:
-        return "—"
+        return MISSING
     if isinstance(value, (list, tuple)):
         return ", ".join(str(v) for v in value) or "none"
     return str(value)

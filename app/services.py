@@ -17,7 +17,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import streamlit as st
 
@@ -200,26 +200,6 @@ class BoundedCache:
 @st.cache_resource(max_entries=1, show_spinner=False)
 def _sites_cache() -> BoundedCache:
     return BoundedCache(SITES_CACHE_ENTRIES)
-
-
-def featurize_dataset(dataset, dataset_key: str, potential, progress: Callable[[int, int], Any] | None = None):
-    """Per-site table of ``dataset`` under ``potential``, in this thread; in-memory and on-disk cached.
-
-    Returns ``(sites, key)`` with ``key = (dataset_key, potential.identity)``. The sites
-    carry the file's per-frame ``split`` labels when it has them (what
-    :func:`core.sources.partition` reads for the demo rule). ``progress(done, total)`` is
-    called as batches finish. The Model page uses :func:`featurize_job` (a background job
-    with progress and Cancel) over the same caches.
-    """
-    from app.job import featurize_table
-
-    key = (dataset_key, potential.identity)
-    hit = _sites_cache().get(key)
-    if hit is not None:
-        return hit, key
-    sites = featurize_table(dataset, potential, progress=progress, cache_dir=CACHE_DIR)
-    _sites_cache().put(key, sites)
-    return sites, key
 
 
 def featurize_job(dataset, dataset_key: str, potential, *, potential_label: str | None = None):

@@ -11,6 +11,7 @@ from types import MappingProxyType
 import streamlit as st
 
 from app import notices, state
+from app.catalog import safe_filename
 
 #: The modebar's camera button saves the chart as SVG (vector, drawn by plotly.js in the browser: no
 #: kaleido or browser on the server). PDF export would need kaleido + Chrome, which FlexCal does not ship.
@@ -57,6 +58,21 @@ def dropped_note() -> None:
         st.info(f"The previous calibration was discarded because {reason}.", icon=":material/update:")
 
 
+def results_or_stop(why: str, *, key: str | None = None):
+    """The session's calibration run; without one, say why this page needs it (``why``), offer a way
+    back to Calibrate and end the page (``st.stop``)."""
+    run = state.get(state.RESULTS)
+    if run is None:
+        from app.pages_index import page
+
+        dropped_note()
+        st.warning(f"Calibrate first (Calibrate page){why}")
+        if st.button("← Calibrate", key=key):
+            st.switch_page(page("calibrate"))
+        st.stop()
+    return run
+
+
 def ood_banner(run) -> bool:
     """The out-of-domain banner of a run's test set; True when drawn."""
     text = notices.ood_banner(run)
@@ -99,8 +115,8 @@ def coverage_metric(column, report: dict, n_calibration: int) -> None:
 
 def chart_config(filename: str) -> dict:
     """The plotly ``config`` every chart of the app gets: SVG download named ``filename``, no logo."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in filename) or "flexcal-figure"
-    return {"toImageButtonOptions": {**SVG_EXPORT, "filename": safe}, "displaylogo": False}
+    return {"toImageButtonOptions": {**SVG_EXPORT, "filename": safe_filename(filename, default="flexcal-figure")},
+            "displaylogo": False}
 
 
 def plotly_chart(fig, *, key: str, filename: str | None = None, **kwargs):

@@ -310,7 +310,7 @@ class DomainScore:
         if sites.n_descriptors != d_fit:
             raise ValueError(f"sites: descriptors have {sites.n_descriptors} columns, but the domain score was "
                              f"fitted on {d_fit}")
-        from core.progress import chunks, report
+        from core.progress import SEARCH_CHUNK, chunks, report
 
         out = np.full(len(sites), np.inf)
         done = 0
@@ -320,7 +320,7 @@ class DomainScore:
             rows = np.flatnonzero(sites.species == z)
             x = (np.asarray(sites.descriptors[rows], dtype=np.float64) - self._mean[int(z)]) / self._std[int(z)]
             ids = sites.structure_ids[rows] if leave_structure_out else None
-            for lo, hi in chunks(len(rows), 1024):  # chunks: progress reports and cancel points (core.progress)
+            for lo, hi in chunks(len(rows), SEARCH_CHUNK):  # progress reports and cancel points
                 xc = x[lo:hi]
                 out[rows[lo:hi]] = self._search(int(z), xc) if ids is None else self._query(int(z), xc, ids[lo:hi])
                 done += hi - lo

@@ -22,6 +22,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from core.tables import MISSING
+
 WIDTH_ARRAY = "flexcal_width"
 ERROR_ARRAY = "flexcal_error"
 TABLE_FORMATS = ("csv", "parquet")
@@ -244,7 +246,7 @@ def calibrator_bytes(calibrator) -> bytes:
 
 PROVENANCE_FIELDS = ("dataset", "dataset hash", "model", "model identity", "split", "seed", "methods",
                      "confidence")
-NOT_RECORDED = "—"  # one mark for missing everywhere (core.tables.MISSING)
+NOT_RECORDED = MISSING  # one mark for missing everywhere
 _ALIASES = {"seed": ("seed", "split seed"), "split": ("split", "split mode")}
 
 

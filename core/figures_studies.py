@@ -9,6 +9,7 @@ import html as _html
 
 import numpy as np
 
+from core.tables import MISSING
 from core.validation import check_confidence
 from core.figures import (
     _REFERENCE,
@@ -238,7 +239,7 @@ def figures_to_html(figures: list, tables: list = (), title: str = "FlexCal repo
         if not hasattr(df, "to_html"):
             raise ValueError(f"tables[{i}]: expected (title, DataFrame), got {type(df).__name__}")
         parts.append(f"<h2>{_html.escape(str(t))}</h2>")
-        parts.append(df.to_html(classes="flexcal", float_format=lambda v: f"{v:.4g}", na_rep="—", border=0))
+        parts.append(df.to_html(classes="flexcal", float_format=lambda v: f"{v:.4g}", na_rep=MISSING, border=0))
     for i, item in enumerate(figures):
         if not isinstance(item, (tuple, list)) or len(item) != 2 or not hasattr(item[1], "to_html"):
             raise ValueError(f"figures[{i}]: expected (title, plotly Figure), got {item!r:.80}")

@@ -303,8 +303,11 @@ class SiteTable:
             cols[f"d_{j}"] = self.descriptors[:, j]
         return pd.DataFrame(cols)
 
-    def save(self, path) -> Path:
-        """Write the table to one ``.npz`` file (no pickle), atomically. Returns the path."""
+    def save(self, path, *, compress: bool = True) -> Path:
+        """Write the table to one ``.npz`` file (no pickle), atomically. Returns the path.
+
+        ``compress=False`` stores the members uncompressed (the store's shards: a member can then be
+        memory-mapped, :func:`core.store.map_shard`); the keys and metadata are the same."""
         path = Path(path)
         arrays = {
             "structure_ids": self.structure_ids,
@@ -322,7 +325,7 @@ class SiteTable:
         from core.io import atomic_path
 
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a crash never leaves half a file
-            np.savez_compressed(fh, **arrays)
+            (np.savez_compressed if compress else np.savez)(fh, **arrays)
         return path
 
     @classmethod

@@ -111,20 +111,6 @@ def _table_info(table: SiteTable, path: Path, content_key: str) -> dict:
     }
 
 
-def _save_uncompressed(table: SiteTable, path: Path) -> None:
-    """``table.save(path)`` with the members stored uncompressed (the same keys and metadata)."""
-    from core.sites import _OPTIONAL_SITE_COLUMNS, _STRUCTURE_PREFIX, FORMAT_VERSION
-
-    arrays = {"structure_ids": table.structure_ids, "atom_index": table.atom_index, "species": table.species,
-              "descriptors": table.descriptors}
-    arrays.update({k: getattr(table, k) for k in _OPTIONAL_SITE_COLUMNS if getattr(table, k) is not None})
-    arrays.update({_STRUCTURE_PREFIX + k: v for k, v in table.structure_info.items()})
-    meta = {"format": "flexcal.SiteTable", "version": FORMAT_VERSION, "meta": table.meta}
-    arrays["__meta__"] = np.array(json.dumps(meta))
-    with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
-
-
 def write_shard(table: SiteTable, path, content_key: str | None = None) -> dict:
     """Write ``table`` atomically as one shard (an uncompressed SiteTable .npz); returns its manifest entry.
 
@@ -140,7 +126,7 @@ def write_shard(table: SiteTable, path, content_key: str | None = None) -> dict:
     meta = dict(table.meta)
     meta["shard"] = {"content_key": key}
     shard = replace(table, meta=meta)
-    _atomic_write(path, lambda tmp: _save_uncompressed(shard, Path(tmp)))
+    shard.save(path, compress=False)  # atomic, like every SiteTable.save
     return _table_info(table, path, key)
 
 

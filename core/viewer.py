@@ -124,12 +124,6 @@ def element_radii(numbers) -> dict[int, float]:
     return {z: round(lo + (hi - lo) * k / (len(zs) - 1), 3) for k, z in sorted(enumerate(zs), key=lambda t: t[1])}
 
 
-def _jmol_hex(z: int) -> str:
-    from ase.data.colors import jmol_colors
-
-    return "#%02x%02x%02x" % tuple(int(round(255 * c)) for c in jmol_colors[int(z)])
-
-
 def _atom_style(style: str, color: str | None, radius: float | None = None) -> dict:
     """3Dmol style: by element (Jmol colours, 3Dmol's radii) or one colour with an element ``radius`` (Å)."""
     c = {"color": color} if color else {"colorscheme": "Jmol"}
@@ -207,7 +201,8 @@ def structure_view_html(
     loader = js_url if js_url is not None else _PLACEHOLDER if js_code is not None else CDN_URL
     view = py3Dmol.view(width=int(width), height=int(height), js=loader)
     view.addModel(_xyz(atoms), "xyz")
-    atom_r = _draw_atoms(view, atoms, vals, lo, hi, style)
+    by_z = element_radii(atoms.numbers) if vals is not None else None  # spheres and legend alike
+    atom_r = _draw_atoms(view, atoms, vals, lo, hi, style, by_z)
     pos = atoms.get_positions()
     if periodic:
         view.addUnitCell()
@@ -225,7 +220,7 @@ def structure_view_html(
         highlight_text=None if highlight is None else _highlight_text(atoms, highlight, vals, label),
         arrow_scale=scale, arrow_max=None if vec is None else float(np.linalg.norm(vec, axis=1).max()),
         arrow_length=float(arrow_length), periodic=periodic, width=int(width),
-        elements=_element_rows(atoms.numbers, element_radii(atoms.numbers) if vals is not None else None),
+        elements=_element_rows(atoms.numbers, by_z),
     )
     return f'<div class="flexcal-structure-view" data-n-atoms="{n}">\n{lib}{script}\n{legend}</div>\n'
 
@@ -284,13 +279,13 @@ def _read_js(allow_cdn: bool) -> str | None:
     return js_code
 
 
-def _draw_atoms(view, atoms, vals, lo, hi, style: str):
-    """Style the atoms: Viridis by ``vals`` in [lo, hi] with each element's radius (:func:`element_radii`),
-    or Jmol element colours when ``vals`` is None. Returns the radii (n,) Å, or None (by element)."""
+def _draw_atoms(view, atoms, vals, lo, hi, style: str, by_z: dict[int, float] | None):
+    """Style the atoms: Viridis by ``vals`` in [lo, hi] with each element's radius ``by_z``
+    (:func:`element_radii`), or Jmol element colours when ``vals`` is None. Returns the radii (n,) Å,
+    or None (by element)."""
     if vals is None:
         view.setStyle({}, _atom_style(style, None))
         return None
-    by_z = element_radii(atoms.numbers)
     radii = np.array([by_z[int(z)] for z in atoms.numbers])
     for i, c in enumerate(value_colors(vals, lo, hi)):
         view.setStyle({"index": i}, _atom_style(style, c, float(radii[i])))
@@ -363,12 +358,12 @@ def _highlight_text(atoms, i: int, vals, label: str) -> str:
 def _element_rows(numbers, radii: dict[int, float] | None) -> list[str]:
     """Legend entries, one per element (sorted by Z): a disc (size = sphere radius when coloured by
     a value, Jmol colour), the symbol, the atom count and the radius."""
-    from ase.data import chemical_symbols
+    from core.figures_scales import element_color, element_symbol  # the plots' element colours too
 
     zs, counts = np.unique(np.asarray(numbers, dtype=int), return_counts=True)
     rows = []
     for z, count in zip(zs.tolist(), counts.tolist()):
-        sym, colour = chemical_symbols[z], _jmol_hex(z)
+        sym, colour = element_symbol(z), element_color(z)
         r = None if radii is None else radii[z]
         px = 12 if r is None else int(round(28 * r))  # 0.38-0.78 Å -> 11-22 px
         size = "" if r is None else f" r = {r:.2f} Å"

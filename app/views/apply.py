@@ -18,6 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from app import notices, services, state, widgets
+from core.tables import MISSING
 
 st.title("Apply")
 st.caption("Use a calibration on structures nobody labelled: per-atom force widths (eV/Å) at the calibrator's "
@@ -243,7 +244,7 @@ def _results(ann) -> None:
     m[0].metric("frames", s["frames"])
     m[1].metric("flagged frames", s["flagged_frames"])
     m[2].metric("largest width (eV/Å)", f"{s['max_width']:.3g}")
-    m[3].metric("out-of-domain frames", "—" if s["ood_frames"] is None else s["ood_frames"])
+    m[3].metric("out-of-domain frames", MISSING if s["ood_frames"] is None else s["ood_frames"])
     m[4].metric(f"coverage (target {ann.confidence:.0%})", f"{s['coverage']:.3f}" if ann.labelled else "— (no labels)")
     if ann.labelled:
         _coverage_caption(s)

@@ -13,11 +13,10 @@ from types import MappingProxyType
 import pandas as pd
 import streamlit as st
 
-from app import notices, state, widgets
-from app.pages_index import page
+from app import notices, widgets
+from core.tables import MISSING
 
 BOOTSTRAP = 100  # by-structure resamples per group (coverage and ρ intervals): 1.6 s per method at 10^4 sites
-MISSING = "—"
 KINDS = MappingProxyType({"Error vs width": "error_width", "Force parity (coloured by width)": "parity"})
 # the breakdown as shown: intervals as "lo–hi" text next to their estimate (the CSV keeps every number)
 BREAKDOWN_SHOWN = (
@@ -30,19 +29,10 @@ BREAKDOWN_SHOWN = (
 )
 
 st.title("Compare")
-run = state.get(state.RESULTS)
-if run is None:
-    widgets.dropped_note()
-    st.warning("Calibrate first (Calibrate page): this page compares the methods of a calibration run.")
-    if st.button("← Calibrate", key="compare_to_calibrate"):
-        st.switch_page(page("calibrate"))
-    st.stop()
+run = widgets.results_or_stop(": this page compares the methods of a calibration run.", key="compare_to_calibrate")
 
-# the spread's calibration size, as the reports use
-from core.evaluation import conformal_calibration_size  # noqa: E402
 from app.figures_catalogue import STAR, group_tables, ranking_view, small_multiples  # noqa: E402
 from core.figures_compare import plot_species_coverage_intervals  # noqa: E402
-from core.metrics import breakdown  # noqa: E402
 
 
 @st.cache_resource(max_entries=8, ttl=3600, show_spinner=False)
@@ -54,11 +44,8 @@ def _group_tables(token: str, by: str, _run) -> dict[str, pd.DataFrame]:
 @st.cache_resource(max_entries=16, ttl=3600, show_spinner=False)
 def _method_tables(token: str, label: str, _run) -> dict[str, pd.DataFrame]:
     """{"species" | "config_type": breakdown} of one method (config_type only when the sites record it)."""
-    test = _run.test
-    groupings = ["species"] + (["config_type"] if "config_type" in test.structure_info else [])
-    n_cal = conformal_calibration_size(_run.calibrators[label], _run.cal)
-    return {by: breakdown(test, _run.widths[label], by=by, confidence=_run.confidence, n_calibration_structures=n_cal,
-                          bootstrap=BOOTSTRAP, seed=0) for by in groupings}
+    groupings = ["species"] + (["config_type"] if "config_type" in _run.test.structure_info else [])
+    return {by: group_tables(_run, by, labels=[label], bootstrap=BOOTSTRAP, seed=0)[label] for by in groupings}
 
 
 @st.cache_resource(max_entries=8, ttl=3600, show_spinner=False)

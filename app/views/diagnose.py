@@ -13,13 +13,7 @@ from app.figures_catalogue import (FIGURE_TITLES, colour_choices, recoloured_fig
 from app.pages_index import page
 
 st.title("Diagnose")
-run = state.get(state.RESULTS)
-if run is None:
-    widgets.dropped_note()
-    st.warning("Calibrate first (Calibrate page).")
-    if st.button("← Calibrate"):
-        st.switch_page(page("calibrate"))
-    st.stop()
+run = widgets.results_or_stop(".")
 
 if state.get(state.OPEN_STRUCTURE):
     state.put(state.OPEN_STRUCTURE, False)

@@ -8,6 +8,7 @@ import streamlit as st
 
 from app import catalog, notices, services, state, tables, widgets
 from app.figures_catalogue import selected_site, site_ids
+from core.tables import MISSING
 
 st.title("Structures")
 sites = state.get(state.SITES)
@@ -40,7 +41,7 @@ ood_ids = set(run.ood_structures.tolist()) if run is not None else set()
 def _part(sid: int) -> str:
     if sid in test_ids:
         return "test, out of domain" if sid in ood_ids else "test"
-    return "calibration" if sid in cal_ids else "—"
+    return "calibration" if sid in cal_ids else MISSING
 
 
 labels = run.labels if run is not None else []

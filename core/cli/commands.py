@@ -18,6 +18,7 @@ from core import sources
 from core.cli.guards import check_layout, check_output, read_options, reader_note
 from core.cli.ui import EXIT_OK, UI, UserError, coverage_warnings, domain_warnings, expected_text, fmt, \
     format_table, size_warning
+from core.tables import MISSING, column_label
 
 __all__ = ["cmd_featurize", "cmd_calibrate", "cmd_evaluate", "cmd_run", "default_methods", "load_data_sites",
            "load_site_file", "method_options", "check_outdir", "existing_file", "table_notes"]
@@ -339,9 +340,9 @@ def cmd_evaluate(args, ui: UI) -> int:
     return EXIT_OK
 
 
-BREAKDOWN_TABLE = [("n_sites", "Sites"), ("n_structures", "Structures"), "coverage", "coverage_ci_lo", "coverage_ci_hi", "coverage_binom_lo",
-                   "coverage_binom_hi", "coverage_expected", "mean_width", "mae", "spearman", "spearman_ci_lo",
-                   "spearman_ci_hi"]
+BREAKDOWN_TABLE = [("n_sites", "Sites"), ("n_structures", "Structures"), "coverage", "coverage_ci_lo",
+                   "coverage_ci_hi", "coverage_binom_lo", "coverage_binom_hi", "coverage_expected", "mean_width", "mae",
+                   "spearman", "spearman_ci_lo", "spearman_ci_hi"]
 
 
 def _breakdown(cal, sites, args, calibration):
@@ -356,8 +357,6 @@ def _breakdown(cal, sites, args, calibration):
 
 def _print_report(ui: UI, report: dict) -> None:
     """One line per report key: its readable label with units (:mod:`core.tables`), then the value."""
-    from core.tables import MISSING, column_label
-
     labels = {key: column_label(key) for key in report}
     width = max(map(len, labels.values())) + 2
     for key, value in report.items():

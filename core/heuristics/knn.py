@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 
 from core.heuristics.base import UNSEEN_SCORE, SiteTable, _check_sites, _floor, _StandardisedHeuristic
-from core.progress import chunks, report
+from core.progress import SEARCH_CHUNK, chunks, report
 from core.validation import check_int
 
 __all__ = ["KNNHeuristic"]
 
-#: Sites per kd-tree query in :meth:`KNNHeuristic.score` (one progress report each; ~0.1-0.5 s of work).
-QUERY_CHUNK = 1024
+#: Sites per kd-tree query in :meth:`KNNHeuristic.score` (one progress report each).
+QUERY_CHUNK = SEARCH_CHUNK
 
 
 class KNNHeuristic(_StandardisedHeuristic):
