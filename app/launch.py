@@ -2,12 +2,15 @@
 
 What ``make app`` runs. The same as ``streamlit run app/main.py [options]`` (options such as
 ``--server.port 8502`` pass through), except that :func:`app.prewarm.start` begins importing the
-heavy modules while the server boots and the browser loads the page, so the first calibration
-does not wait for them (benchmarks/bench_app.py measures the difference).
+heavy modules while the server boots and the browser loads the page, then featurizes the default
+demo into the feature cache, so the one-click demo waits for neither (benchmarks/bench_app.py
+measures the difference). ``FLEXCAL_WARM_DEMO`` names the demo family to featurize (default: the
+default family; empty or ``0``: none).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,9 +25,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from app import prewarm
 
-    prewarm.start()
+    prewarm.start(demo_family=warm_demo_family())
     sys.argv = ["streamlit", "run", str(MAIN), *(sys.argv[1:] if argv is None else argv)]
     return stcli.main()
+
+
+def warm_demo_family() -> str | None:
+    """The demo family to featurize at start-up: ``$FLEXCAL_WARM_DEMO`` (empty or 0: none), else the default."""
+    from core.demo import DEFAULT_FAMILY, FAMILIES
+
+    value = os.environ.get("FLEXCAL_WARM_DEMO", DEFAULT_FAMILY).strip()
+    if value in ("", "0"):
+        return None
+    if value not in FAMILIES:
+        raise SystemExit(f"FLEXCAL_WARM_DEMO: expected one of {sorted(FAMILIES)}, empty or 0, got {value!r}")
+    return value
 
 
 if __name__ == "__main__":

@@ -303,7 +303,9 @@ def main(argv=None) -> int:
 
     import pandas as pd
 
-    import mace.calculators  # noqa: F401  (mace before e3nn)
+    from core.potentials.mace_foundation import mace_modules
+
+    mace_modules()  # mace before e3nn, its environment change contained
     import torch
 
     torch.set_num_threads(1)

@@ -290,7 +290,9 @@ def main(argv=None) -> int:
         print(text)
         return 0
 
-    import mace.calculators  # noqa: F401  (mace before e3nn)
+    from core.potentials.mace_foundation import mace_modules
+
+    mace_modules()  # mace before e3nn, its environment change contained
     import torch
 
     torch.set_num_threads(args.threads)

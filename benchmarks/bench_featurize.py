@@ -78,9 +78,9 @@ def build_model(path: Path, hidden: str, r_max: float, num_interactions: int, zs
 def naive_loop(model_path: Path, structures, jit_optimize: bool = True):
     """What one writes with mace alone: per structure, energy+forces, then descriptors."""
     import torch
-    from mace.calculators import MACECalculator
+    from core.potentials.mace_foundation import mace_own_calculator
 
-    calc = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
+    calc = mace_own_calculator(model_path, device="cpu", default_dtype="float64")
     energies, forces, descriptors = [], [], []
     with torch.jit.optimized_execution(jit_optimize):
         for atoms in structures:

@@ -19,13 +19,18 @@ dataset indices), ``potential.identity`` (weights + dtype + head) and the
 settings that change the output (labelled, descriptor_dtype). The batch size is
 not part of the key: it changes results only at rounding level. A cache entry
 that cannot be read (truncated, garbled, or written for another key) is
-recomputed and overwritten, with a warning.
+recomputed and overwritten, with a warning. Within one process one key is computed once at a
+time: a second call for the same key (another app session, the app's start-up warm-up) waits
+for the first and then reads its entry, calling its progress callback with 0 every half second
+meanwhile (so a callback that raises cancels the wait).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import threading
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -92,16 +97,26 @@ def featurize(
     sizes = np.array([len(a) for a in atoms_list], dtype=np.int64)
     settings = {"labelled": bool(labelled), "descriptor_dtype": descriptor_dtype}
 
-    key = None
-    cache_path = None
     report = _progress_reporter(progress, m)
-    if cache_dir is not None:
-        key = cache_key(atoms_list, potential, settings, dataset_index)
-        cache_path = Path(cache_dir) / f"featurize-{key[:40]}.npz"
+    if cache_dir is None:
+        return _compute(atoms_list, potential, sizes, settings, dataset_index, source, report, None,
+                        batch_size, max_batch_atoms)
+    key = cache_key(atoms_list, potential, settings, dataset_index)
+    cache_path = Path(cache_dir) / f"featurize-{key[:40]}.npz"
+    with _one_at_a_time(key, report):
         cached = _read_cache(cache_path, key)
         if cached is not None:
             return _cache_hit(cached, report, m, source, labelled)
+        table = _compute(atoms_list, potential, sizes, settings, dataset_index, source, report, key,
+                         batch_size, max_batch_atoms)
+        _write_cache(table, cache_path)
+    return table
 
+
+def _compute(atoms_list, potential, sizes, settings, dataset_index, source, report, key,
+             batch_size: int, max_batch_atoms: int) -> SiteTable:
+    """The SiteTable of one featurize call, batch by batch (no cache)."""
+    labelled, descriptor_dtype = settings["labelled"], settings["descriptor_dtype"]
     # (forces_pred, descriptors, committee_std, energy_pred)
     computed = _run_batches(atoms_list, potential, sizes, batch_size, max_batch_atoms, descriptor_dtype, report)
     meta = {
@@ -109,10 +124,25 @@ def featurize(
         "n_descriptors": int(computed[1].shape[1]), "source": source, "labelled": bool(labelled),
         "descriptor_dtype": descriptor_dtype, "cache_key": key, "cache_hit": False,
     }
-    table = _assemble(atoms_list, sizes, labelled, computed, dataset_index, meta)
-    if cache_path is not None:
-        _write_cache(table, cache_path)
-    return table
+    return _assemble(atoms_list, sizes, labelled, computed, dataset_index, meta)
+
+
+_KEY_LOCKS: dict[str, threading.Lock] = {}
+_KEY_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_at_a_time(key: str, report: "_Reporter", poll_seconds: float = 0.5):
+    """Hold this process's lock of cache ``key``; while another call holds it, report 0 done every
+    ``poll_seconds`` (a progress callback that raises ends the wait with its exception)."""
+    with _KEY_LOCKS_GUARD:
+        lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    while not lock.acquire(timeout=poll_seconds):
+        report(0)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 # ----------------------------------------------------------- featurize steps

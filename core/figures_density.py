@@ -159,12 +159,13 @@ def _subset_marker(marker: dict, keep: np.ndarray) -> dict:
     return out
 
 
-def _scatter(n_total: int):
+def _scatter(n_drawn: int):
+    """``go.Scattergl`` above ``SCATTERGL_THRESHOLD`` points drawn, else ``go.Scatter`` (SVG)."""
     import plotly.graph_objects as go
 
     from core.figures import SCATTERGL_THRESHOLD
 
-    return go.Scattergl if n_total > SCATTERGL_THRESHOLD else go.Scatter
+    return go.Scattergl if n_drawn > SCATTERGL_THRESHOLD else go.Scatter
 
 
 def add_point_layers(fig, x, y, *, ranges, groups: list[PointGroup], show: np.ndarray, custom: Any,
@@ -194,10 +195,16 @@ def add_point_layers(fig, x, y, *, ranges, groups: list[PointGroup], show: np.nd
         Smaller circles (density mode: they must not hide the density).
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
-    (xr, yr), n = ranges, x.shape[0]
-    Scatter = _scatter(n)
+    xr, yr = ranges
     cd = None if custom is None else np.asarray(custom)
     inside = (x >= xr[0]) & (x <= xr[1]) & (y >= yr[0]) & (y <= yr[1])
+    drawn = np.asarray(show, bool) | ~inside  # WebGL only for many points drawn (a context costs ~0.5 s)
+    for g in groups:
+        if g.always:
+            drawn |= np.asarray(g.mask, bool)
+    if ood is not None:
+        drawn |= np.asarray(ood[0], bool)
+    Scatter = _scatter(int(np.count_nonzero(drawn)))
     tail = "<extra></extra>"
     for g in groups:
         keep = np.asarray(g.mask, bool) & inside & (True if g.always else show)

@@ -112,10 +112,9 @@ def _write_extxyz(structures: Sequence, path: Path, energy_key: str, forces_key:
 
 def _foundation_e0s(path) -> dict[int, float]:
     """Isolated-atom energies {Z: eV} stored in a MACE model (first head if several)."""
-    import mace  # noqa: F401  (mace before e3nn/torch.load of a MACE model)
-    import torch
+    from core.potentials.mace import load_model_file
 
-    model = torch.load(str(path), map_location="cpu", weights_only=False)
+    model = load_model_file(Path(path), "cpu")
     energies = model.atomic_energies_fn.atomic_energies.detach().cpu().numpy()
     energies = np.atleast_2d(energies)[0]
     zs = [int(z) for z in model.atomic_numbers]

@@ -84,12 +84,26 @@ def shared_data() -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _weights_only_default_kept():
+    """Fail the test that leaves ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` set (every later torch.load would
+    unpickle code); checked holding the environment lock, so no load in another thread is midway."""
+    yield
+    from core.potentials.base import WEIGHTS_ONLY_ENV, restored_environ
+
+    with restored_environ():
+        leaked = os.environ.get(WEIGHTS_ONLY_ENV)
+    assert leaked is None, f"{WEIGHTS_ONLY_ENV}={leaked!r} left set in the test process"
+
+
 # ------------------------------------------------------------- tiny MACE
 def build_tiny_mace(path: Path, seed: int = 0, elements=TINY_ELEMENTS, r_max: float = 4.0,
                     num_interactions: int = 2, hidden_irreps: str = "8x0e + 8x1o",
                     max_ell: int = 2, correlation: int = 2) -> Path:
     """torch.save a seeded, untrained float64 ScaleShiftMACE to ``path``."""
-    import mace.calculators  # noqa: F401  (import mace before e3nn)
+    from core.potentials.mace_foundation import mace_modules
+
+    mace_modules()  # mace before e3nn, its environment change contained
     import torch
     from ase.data import atomic_numbers
     from e3nn import o3

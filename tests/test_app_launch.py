@@ -13,25 +13,70 @@ def test_launch_starts_the_warm_up_then_streamlit_run_on_main(monkeypatch):
     from streamlit.web import cli as stcli
 
     from app import launch, prewarm
+    from core.demo import DEFAULT_FAMILY
 
     calls = []
-    monkeypatch.setattr(prewarm, "start", lambda: calls.append("prewarm"))
+    monkeypatch.setattr(prewarm, "start", lambda demo_family=None: calls.append(("prewarm", demo_family)))
     monkeypatch.setattr(stcli, "main", lambda: calls.append(list(sys.argv)) or 0)
     monkeypatch.setattr(sys, "argv", ["python"])
+    monkeypatch.delenv("FLEXCAL_WARM_DEMO", raising=False)
     assert launch.main(["--server.port", "8502"]) == 0
-    assert calls[0] == "prewarm"  # before the server starts
+    assert calls[0] == ("prewarm", DEFAULT_FAMILY)  # before the server starts, with the default demo
     assert calls[1] == ["streamlit", "run", str(launch.MAIN), "--server.port", "8502"]
     assert launch.MAIN.name == "main.py" and launch.MAIN.parent.name == "app" and launch.MAIN.is_file()
 
 
-def test_prewarm_starts_one_thread_per_process_and_loads_torch():
+@pytest.mark.parametrize(("value", "family"), [("0", None), ("", None), (" surface ", "surface")])
+def test_warm_demo_family_from_the_environment(monkeypatch, value, family):
+    from app import launch
+
+    monkeypatch.setenv("FLEXCAL_WARM_DEMO", value)
+    assert launch.warm_demo_family() == family
+
+
+def test_warm_demo_family_refuses_an_unknown_family(monkeypatch):
+    from app import launch
+
+    monkeypatch.setenv("FLEXCAL_WARM_DEMO", "graphene")
+    with pytest.raises(SystemExit, match=r"FLEXCAL_WARM_DEMO: expected one of \['licl', 'molecule', 'surface'\], "
+                                         r"empty or 0, got 'graphene'"):
+        launch.warm_demo_family()
+
+
+def test_prewarm_starts_one_thread_per_process_and_loads_torch_and_mace_contained():
+    import os
+
     from app import prewarm
 
     first = prewarm.start()
     assert prewarm.start() is first  # a second call (app/main.py after the first page) starts nothing new
     first.join(timeout=300)
     assert not first.is_alive()
-    assert "torch" in sys.modules and "core.potentials.mace" in sys.modules
+    assert sys.getswitchinterval() == pytest.approx(0.005)  # the warm-up's shorter GIL interval is put back
+    assert {"torch", "torch._dynamo", "mace.modules", "e3nn", "core.calibration"} <= set(sys.modules)
+    from core.potentials import restored_environ
+
+    with restored_environ():  # (holds the lock: no other thread is inside a load right now)
+        assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ  # mace's environment change stays contained
+    with pytest.raises(ValueError, match="stage: expected 'featurize' or 'calibrate', got 'train'"):
+        prewarm.warm_imports("train")
+
+
+def test_warm_demo_features_fill_the_cache_the_model_page_reads(tmp_path):
+    from app import prewarm
+    from app.job import featurize_table
+    from core.demo import demo_model_path
+    from core.potentials import load_potential
+    from core.sources import resolve_data
+
+    family = "molecule"  # the smallest demo
+    if not demo_model_path(family).is_file():
+        pytest.skip("demo model not installed")
+    prewarm.warm_demo_features(family, tmp_path)
+    assert len(list(tmp_path.glob("featurize-*.npz"))) == 1
+    dataset, _ = resolve_data(family)  # what the Data and Model pages build for the demo
+    sites = featurize_table(dataset, load_potential(f"demo:{family}"), cache_dir=tmp_path)
+    assert sites.meta["cache_hit"] is True and len(sites) == sum(len(a) for a in dataset.structures)
 
 
 def test_services_prewarm_uses_the_same_thread():

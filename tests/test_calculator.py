@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("mace")
+try:  # (pytest.importorskip("mace") would leave mace's TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD set for every test)
+    from core.potentials.mace_foundation import mace_modules
+
+    mace_modules()  # mace before e3nn, its environment change contained
+except ImportError:
+    pytest.skip("mace-torch is not installed", allow_module_level=True)
 
 from ase import Atoms, units  # noqa: E402
 from ase.build import bulk, molecule  # noqa: E402

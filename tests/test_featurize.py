@@ -62,11 +62,11 @@ def test_table_contents(pot, tiny_structures):
 
 
 def test_descriptors_equal_get_descriptors(pot, tiny_mace_model, tiny_structures):
-    from mace.calculators import MACECalculator
+    from core.potentials.mace_foundation import mace_own_calculator
 
     import torch
 
-    calc = MACECalculator(model_paths=str(tiny_mace_model), device="cpu", default_dtype="float64")
+    calc = mace_own_calculator(tiny_mace_model, device="cpu", default_dtype="float64")
     structs = tiny_structures[4:8]
     t = featurize(structs, pot, descriptor_dtype="float64")
     with torch.jit.optimized_execution(False):
@@ -158,6 +158,71 @@ def test_cache_hit_miss_and_corruption(pot, tiny_structures, tmp_path):
     featurize(structures, wrapped, batch_size=2, cache_dir=tmp_path)
     assert wrapped.calls == 16
     assert not list(tmp_path.glob("*.tmp.npz"))
+
+
+class Gated(Counting):
+    """A Counting potential whose first forward pass waits for ``release``."""
+
+    def __init__(self, inner):
+        import threading
+
+        super().__init__(inner)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def compute(self, structures):
+        self.entered.set()
+        assert self.release.wait(60)
+        return super().compute(structures)
+
+
+def test_one_key_is_computed_once_while_a_second_caller_waits(pot, tiny_structures, tmp_path):
+    import threading
+
+    structures = tiny_structures[:3]
+    gated = Gated(pot)
+    results = {}
+    first = threading.Thread(target=lambda: results.update(first=featurize(structures, gated, cache_dir=tmp_path)))
+    first.start()
+    assert gated.entered.wait(60)
+    waits = []
+
+    def second_progress(done, total):
+        waits.append((done, total))
+        if len(waits) == 2:
+            gated.release.set()  # the first call finishes while the second waits
+
+    second = featurize(structures, gated, cache_dir=tmp_path, progress=second_progress)
+    first.join(60)
+    assert gated.calls == 1  # computed once
+    assert results["first"].meta["cache_hit"] is False and second.meta["cache_hit"] is True
+    np.testing.assert_array_equal(second.descriptors, results["first"].descriptors)
+    assert waits[:2] == [(0, 3), (0, 3)] and waits[-1] == (3, 3)  # 0 done while waiting, then the hit
+
+    # a progress callback that raises ends the wait (the app's Cancel), the running call is untouched
+    other = [a.copy() for a in structures]
+    other[0].positions[0, 0] += 0.01
+    gated2 = Gated(pot)
+    running = threading.Thread(target=lambda: results.update(run=featurize(other, gated2, cache_dir=tmp_path)))
+    running.start()
+    assert gated2.entered.wait(60)
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(done, total):
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        featurize(other, gated2, cache_dir=tmp_path, progress=cancel)
+    # another key does not wait for the running one
+    unrelated = threading.Thread(target=lambda: results.update(unrelated=featurize(structures[:1], pot,
+                                                                                   cache_dir=tmp_path)))
+    unrelated.start()
+    unrelated.join(60)
+    assert not unrelated.is_alive() and len(results["unrelated"]) == len(structures[0])
+    gated2.release.set()
+    running.join(60)
+    assert gated2.calls == 1 and results["run"].meta["cache_hit"] is False
 
 
 def test_unlabelled(pot, tiny_structures):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import urllib.error
 import urllib.request
@@ -28,11 +29,14 @@ def pot(tiny_mace_model):
 
 def _reference(model_path, structures):
     """Energies, forces and descriptors from mace's own ASE calculator (two passes)."""
-    from mace.calculators import MACECalculator
+    from core.potentials import restored_environ
+    from core.potentials.mace_foundation import mace_own_calculator
 
     import torch
 
-    calc = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
+    calc = mace_own_calculator(model_path, device="cpu", default_dtype="float64")
+    with restored_environ():  # (holds the lock: no other thread is inside a load right now)
+        assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ  # set for mace's own load only
     e, f, d = [], [], []
     # no TorchScript re-specialisation per shape: same numbers, several times faster here
     with torch.jit.optimized_execution(False):
@@ -238,6 +242,69 @@ def test_mace_import_and_load_leave_the_environment_alone(tiny_mace_model):
     assert "weights-only default kept" in res.stdout and "code ran" not in res.stdout
 
 
+def test_model_loads_and_forward_passes_from_many_threads(tiny_mace_model, tiny_structures, monkeypatch):
+    """e3nn's torch.fx tracing at unpickling patches torch.nn.Module.__call__ for the whole process:
+    a load must hold the guard alone, and loads and forwards from several threads all succeed."""
+    import threading
+
+    import torch
+
+    from core.potentials import mace as mace_backend
+    from core.torch_guard import TORCH_GUARD
+
+    seen = []
+    real_load = torch.load
+
+    def watching_load(*args, **kwargs):  # may another thread run a module call now?
+        entered = threading.Event()
+
+        def call():
+            with TORCH_GUARD.calls():
+                entered.set()
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        seen.append(entered.wait(0.3))  # False: the load holds the guard
+        result = real_load(*args, **kwargs)
+        seen.append(t)
+        return result
+
+    monkeypatch.setattr(torch, "load", watching_load)
+    model = mace_backend.load_model_file(tiny_mace_model, "cpu")
+    seen[1].join(10)
+    assert seen[0] is False and not seen[1].is_alive() and isinstance(model, torch.nn.Module)
+    monkeypatch.setattr(torch, "load", real_load)
+
+    pot = load_potential(tiny_mace_model, device="cpu")
+    pot32 = load_potential(tiny_mace_model, device="cpu", dtype="float32")  # torch's default dtype is global
+    expected = pot.compute(tiny_structures[:2]).forces
+    results, results32, errors = [], [], []
+
+    def work(i):
+        try:
+            if i % 3 == 0:
+                results.append(load_potential(tiny_mace_model, device="cpu").compute(tiny_structures[:2]).forces)
+            elif i % 3 == 1:
+                for _ in range(3):
+                    results.append(pot.compute(tiny_structures[:2]).forces)
+            else:
+                for _ in range(3):
+                    results32.append(pot32.compute(tiny_structures[:2]).forces)
+        except Exception as exc:  # pragma: no cover - the failure this test guards against
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == [] and len(results) == 2 + 2 * 3 and len(results32) == 2 * 3
+    for forces in results:  # float64 throughout, never rounded by a float32 neighbour (TorchScript
+        np.testing.assert_allclose(forces, expected, rtol=1e-9, atol=1e-12)  # re-specialises: to rounding)
+    for forces in results32:
+        np.testing.assert_allclose(forces, expected, rtol=1e-4, atol=1e-6)
+
+
 def test_restored_environ_restores_set_and_unset(monkeypatch):
     import os
 
@@ -252,6 +319,38 @@ def test_restored_environ_restores_set_and_unset(monkeypatch):
         with restored_environ():
             os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
             raise RuntimeError("load failed")
+    assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
+
+
+def test_restored_environ_from_two_threads_leaves_nothing_set(monkeypatch):
+    """Overlapping blocks in two threads (the app's warm-up importing mace while a page loads a model)."""
+    import os
+    import threading
+
+    from core.potentials import restored_environ
+
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with restored_environ():
+            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+            first_in.set()
+            second_in.wait(0.5)  # (with the lock the second block cannot start before this one ends)
+        first_out.set()
+
+    def second():  # would save the first block's "1" and restore it after the first block ended
+        first_in.wait(10)
+        with restored_environ():
+            second_in.set()
+            first_out.wait(0.5)
+            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
     assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
 
 

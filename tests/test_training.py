@@ -82,7 +82,7 @@ def tiny_model(tmp_path_factory):
 def test_train_mace_gives_loadable_float64_model(tiny_model):
     import mace  # noqa: F401
     import torch
-    from mace.calculators import MACECalculator
+    from core.potentials.mace_foundation import mace_own_calculator
 
     path, frames, calls = tiny_model
     assert path.name == "tiny.model" and path.is_file()
@@ -93,7 +93,7 @@ def test_train_mace_gives_loadable_float64_model(tiny_model):
     model = torch.load(path, map_location="cpu", weights_only=False)
     assert next(model.parameters()).dtype == torch.float64
     atoms = frames[0].copy()
-    atoms.calc = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
+    atoms.calc = mace_own_calculator(path, device="cpu", default_dtype="float64")
     forces = atoms.get_forces()
     assert forces.shape == (4, 3) and np.all(np.isfinite(forces))
     assert np.isfinite(atoms.get_potential_energy())

@@ -40,6 +40,7 @@ from typing import Any, Callable
 import numpy as np
 
 from core.progress import report
+from core.torch_guard import TORCH_GUARD
 
 __all__ = [
     "MIN_STEPS_PER_EPOCH",
@@ -193,7 +194,8 @@ def build_quantile_model(n_descriptors: int, n_species: int, hidden: tuple[int, 
 def forward_batched(model, x, z):
     """``model(x, z)`` in chunks of :data:`CHUNK` rows (bounded memory), tensor (m, K)."""
     torch = torch_module()
-    return torch.cat([model(x[a:a + CHUNK], z[a:a + CHUNK]) for a in range(0, x.shape[0], CHUNK)])
+    with TORCH_GUARD.calls():
+        return torch.cat([model(x[a:a + CHUNK], z[a:a + CHUNK]) for a in range(0, x.shape[0], CHUNK)])
 
 
 def raw_quantiles(model, sites, rows, x_mean: np.ndarray, x_std: np.ndarray, species_table: np.ndarray,
@@ -210,7 +212,7 @@ def raw_quantiles(model, sites, rows, x_mean: np.ndarray, x_std: np.ndarray, spe
     b_in = model.inp.bias.detach().numpy().astype(np.float64) - w_in @ x_mean
     w_in = torch.from_numpy(w_in.astype(np.float32))
     b_in = torch.from_numpy(b_in.astype(np.float32))
-    with torch.inference_mode(), warnings.catch_warnings():
+    with torch.inference_mode(), warnings.catch_warnings(), TORCH_GUARD.calls():
         # descriptors memory-mapped read-only from a store are only read here: torch's warning is moot
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         for a in range(0, n, CHUNK):
@@ -269,7 +271,8 @@ def train_quantile_model(
     best_val, best_state, best_epoch, wait = math.inf, None, 0, 0
     stop_reason = "max_epochs"
     for epoch in range(1, max_epochs + 1):
-        train_loss = _train_epoch(model, opt, train, tau, bs, shuffle)
+        with TORCH_GUARD.calls():
+            train_loss = _train_epoch(model, opt, train, tau, bs, shuffle)
         val_loss = math.nan
         model.eval()
         if validation is not None:

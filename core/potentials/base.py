@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
@@ -131,24 +132,30 @@ def check_structures(structures) -> list:
     return structures
 
 
+_ENVIRON_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def restored_environ(*names: str):
     """Put the environment variables ``names`` back as they were when the block ends.
 
     mace-torch sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` when it is imported, which makes
     every later ``torch.load`` in the process unpickle arbitrary code. FlexCal imports mace
-    and loads models inside this block, so the change does not outlive the load.
+    and loads models inside this block, so the change does not outlive the load. One block at
+    a time per process (re-entrant): two overlapping blocks in two threads would otherwise save
+    each other's value and leave it set.
     """
     names = names or (WEIGHTS_ONLY_ENV,)
-    saved = {n: os.environ.get(n) for n in names}
-    try:
-        yield
-    finally:
-        for n, v in saved.items():
-            if v is None:
-                os.environ.pop(n, None)
-            else:
-                os.environ[n] = v
+    with _ENVIRON_LOCK:
+        saved = {n: os.environ.get(n) for n in names}
+        try:
+            yield
+        finally:
+            for n, v in saved.items():
+                if v is None:
+                    os.environ.pop(n, None)
+                else:
+                    os.environ[n] = v
 
 
 def resolve_device(device) -> str:

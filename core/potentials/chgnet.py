@@ -69,6 +69,7 @@ from core.potentials.base import (
     sha256_file,
     sha256_state_dict,
 )
+from core.torch_guard import TORCH_GUARD
 
 #: FlexCal name -> chgnet's pretrained folder (the weights ship in the wheel)
 CHGNET_MODELS: dict[str, str] = {"chgnet-0.3.0": "0.3.0", "chgnet-0.2.0": "0.2.0", "chgnet-r2scan": "r2scan"}
@@ -308,7 +309,7 @@ class CHGNetPotential:
         hooks = [layer.register_forward_hook(lambda _m, _args, out: layers.append(out.detach()))
                  for layer in self.model.atom_conv_layers]
         try:
-            with torch.enable_grad(), warnings.catch_warnings():  # forces are a gradient, even under no_grad
+            with torch.enable_grad(), warnings.catch_warnings(), TORCH_GUARD.calls():  # forces: a gradient
                 # chgnet converts a graph tensor to a Python scalar inside its forward: a harmless notice
                 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True")
                 pred = self.model(graphs, task="ef")

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -61,21 +62,31 @@ from core.potentials.mace_foundation import (  # noqa: F401  (re-exported)
     foundation_model_source,
     mace_modules,
 )
+from core.torch_guard import TORCH_GUARD
 
 DTYPES = ("float64", "float32")
 _HASH_VERSION = "flexcal-mace-v1"
 
 
+_DEFAULT_DTYPE_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _default_dtype(dtype: str):
+    """torch's default dtype set to ``dtype`` for the block, one block at a time per process.
+
+    The default dtype is process-wide: without the lock a float32 model's batch built in another
+    thread (or the restore at its end) would silently round this thread's float64 graph.
+    """
     import torch
 
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64 if dtype == "float64" else torch.float32)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
+    with _DEFAULT_DTYPE_LOCK:
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64 if dtype == "float64" else torch.float32)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(old)
 
 
 # -------------------------------------------------------------- model files
@@ -93,13 +104,17 @@ def is_mace_file(spec) -> bool:
     return bool(sniffed) and any(g.startswith("mace.") for g in sniffed["globals"])
 
 
-def _load_model_file(path: Path, device: str):
-    """torch.load a pickled MACE model (trusted local file) onto ``device``."""
+def load_model_file(path: Path, device: str):
+    """The ``torch.nn.Module`` pickled in a MACE ``.model`` file (trusted: unpickling runs its code) on ``device``.
+
+    Unpickling holds ``core.torch_guard.TORCH_GUARD.tracing()`` (e3nn's torch.fx tracing must not meet a
+    module call in another thread); mace's environment change does not outlive it.
+    """
     mace_modules()
     import torch
 
     try:
-        with restored_environ():
+        with TORCH_GUARD.tracing(), restored_environ():
             model = torch.load(str(path), map_location=device, weights_only=False)
     except Exception as exc:
         raise ValueError(
@@ -198,7 +213,7 @@ class MACEPotential:
         import torch
 
         tdtype = torch.float64 if dtype == "float64" else torch.float32
-        models = [_load_model_file(p, device).to(device=device, dtype=tdtype) for p in paths]
+        models = [load_model_file(p, device).to(device=device, dtype=tdtype) for p in paths]
         self.model_paths = paths
         self._setup(
             models, labels=[str(p) for p in paths], hashes=[sha256_file(p) for p in paths], device=device,
@@ -346,7 +361,7 @@ class MACEPotential:
         import torch
 
         batch = self._batch(structures)
-        with torch.jit.optimized_execution(self.jit_optimize):
+        with torch.jit.optimized_execution(self.jit_optimize), TORCH_GUARD.calls():
             return self._forward(batch)
 
     def _forward(self, batch) -> PotentialOutput:

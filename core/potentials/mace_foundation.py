@@ -18,7 +18,8 @@ import os
 import warnings
 from pathlib import Path
 
-from core.potentials.base import restored_environ
+from core.potentials.base import WEIGHTS_ONLY_ENV, restored_environ
+from core.torch_guard import TORCH_GUARD
 
 DEFAULT_MODEL = "mace-mp-0b3-medium"
 
@@ -52,6 +53,22 @@ def mace_modules():
         import mace.modules  # noqa: F401  (imports e3nn while the variable is set)
 
     return foundations_models
+
+
+def mace_own_calculator(model_path, **kwargs):
+    """mace-torch's own ``MACECalculator(model_paths=model_path, **kwargs)`` for a file you trust.
+
+    Its ``torch.load`` unpickles the file, which it can do only while ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
+    is set; the variable is set for the construction alone. FlexCal loads models with
+    :func:`core.potentials.load_potential`; this is for comparing with mace's own calculator
+    (tests, benchmarks).
+    """
+    mace_modules()
+    from mace.calculators import MACECalculator
+
+    with TORCH_GUARD.tracing(), restored_environ():
+        os.environ[WEIGHTS_ONLY_ENV] = "1"
+        return MACECalculator(model_paths=str(model_path), **kwargs)
 
 
 def foundation_model_source(name: str) -> tuple[str, Path]:

@@ -37,6 +37,7 @@ import fnmatch
 import inspect
 import os
 import pickletools
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -408,13 +409,22 @@ def potential_from_calculator(calc):
 
 # ------------------------------------------------------------------ built-ins
 _BUILTINS_DONE = False
+_BUILTINS_REGISTERING = False  # True while the lock's owner registers them (register_backend re-enters)
+_BUILTINS_LOCK = threading.RLock()  # two first calls from two threads: the second waits for the full list
 
 
 def _ensure_builtins() -> None:
-    global _BUILTINS_DONE
+    global _BUILTINS_DONE, _BUILTINS_REGISTERING
     if _BUILTINS_DONE:
         return
-    _BUILTINS_DONE = True
-    from core.potentials import builtin_backends
+    with _BUILTINS_LOCK:
+        if _BUILTINS_DONE or _BUILTINS_REGISTERING:
+            return
+        from core.potentials import builtin_backends
 
-    builtin_backends.register_all(register_backend)  # the oldest entries: plug-ins take precedence
+        _BUILTINS_REGISTERING = True
+        try:
+            builtin_backends.register_all(register_backend)  # the oldest entries: plug-ins take precedence
+        finally:
+            _BUILTINS_REGISTERING = False
+        _BUILTINS_DONE = True
