@@ -31,14 +31,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def warm_demo_family() -> str | None:
-    """The demo family to featurize at start-up: ``$FLEXCAL_WARM_DEMO`` (empty or 0: none), else the default."""
+    """The demo family to featurize at start-up: ``$FLEXCAL_WARM_DEMO`` (empty or 0: none), else the default.
+
+    Any other value: one line on stderr naming the variable and the value, exit code 2.
+    """
     from core.demo import DEFAULT_FAMILY, FAMILIES
 
     value = os.environ.get("FLEXCAL_WARM_DEMO", DEFAULT_FAMILY).strip()
     if value in ("", "0"):
         return None
     if value not in FAMILIES:
-        raise SystemExit(f"FLEXCAL_WARM_DEMO: expected one of {sorted(FAMILIES)}, empty or 0, got {value!r}")
+        print(f"FLEXCAL_WARM_DEMO: expected one of {sorted(FAMILIES)}, empty or 0, got {value!r}", file=sys.stderr)
+        raise SystemExit(2)
     return value
 
 

@@ -17,7 +17,6 @@ the page's job waits for this one. Errors are left for the code that really uses
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 
@@ -26,7 +25,7 @@ __all__ = ("start", "warm_imports", "warm_demo_features")
 #: The GIL switch interval (s) while warming up (Python's default is 0.005). The imports hold the GIL
 #: almost all the time; the web server's thread needs it after every socket read, and with the default
 #: it waits up to 5 ms each time: the first page took seconds longer to load.
-SWITCH_INTERVAL = float(os.environ.get("FLEXCAL_WARM_SWITCH_INTERVAL", "0.0005"))
+SWITCH_INTERVAL = 0.0005
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
