@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from functools import partial
 
 __all__ = ("start", "warm_imports", "warm_demo_features")
 
@@ -62,18 +63,18 @@ def warm_demo_features(family: str, cache_dir) -> None:
 
 def _work(demo_family: str | None) -> None:
     """Imports for featurizing, the demo's features (in the order the one-click demo needs them), imports for calibrating."""
-    steps = [(warm_imports, "featurize")]
+    steps = [partial(warm_imports, "featurize")]
     if demo_family:
         from app.services import CACHE_DIR
 
-        steps.append((lambda family: warm_demo_features(family, CACHE_DIR), demo_family))
-    steps.append((warm_imports, "calibrate"))
+        steps.append(partial(warm_demo_features, demo_family, CACHE_DIR))
+    steps.append(partial(warm_imports, "calibrate"))
     interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)
     try:
-        for fn, arg in steps:
+        for step in steps:
             try:
-                fn(arg)
+                step()
             except Exception:  # only a warm-up: errors surface where the modules (or the demo) are used
                 pass
     finally:

@@ -50,7 +50,9 @@ MODELS = {
 
 def build_model(path: Path, hidden: str, r_max: float, num_interactions: int, zs=(1, 6, 7, 8), seed: int = 0) -> Path:
     """torch.save a seeded, untrained float64 ScaleShiftMACE (cost per pass = a trained one's)."""
-    import mace.calculators  # noqa: F401  (mace before e3nn)
+    from core.potentials.mace_foundation import mace_modules
+
+    mace_modules()  # mace before e3nn, its environment change contained
     import torch
     from e3nn import o3
     from mace import modules

@@ -43,7 +43,7 @@ DEFAULT_CHUNK_SIZE = 256
 _MODEL_SUFFIXES = (".model", ".pt", ".pth", ".ckpt")
 _FEATURIZE_OPTIONS = ("descriptor_dtype", "max_batch_atoms")
 # imported once in the forkserver that starts local worker processes (a restart then costs < 1 s)
-_FORKSERVER_PRELOAD = ("distributed", "numpy", "mace.calculators", "torch", "ase", "core.featurize")
+_FORKSERVER_PRELOAD = ("distributed", "numpy", "core.potentials.mace_preload", "torch", "ase", "core.featurize")
 _POTENTIALS: dict = {}  # per worker process: spec key -> loaded Potential
 _LOAD_LOCK = threading.Lock()
 # worker logs hold the chunks' structures: off, or RSS creeps with the sites featurized (BENCHMARKS §12)

@@ -55,7 +55,9 @@ def client():
     import threading
 
     # this process imports torch + mace (for the serial reference) while the workers' forkserver does
-    warm = threading.Thread(target=lambda: __import__("mace.calculators"), daemon=True)
+    from core.potentials.mace_foundation import mace_modules
+
+    warm = threading.Thread(target=mace_modules, daemon=True)  # (contained: no unsafe torch.load after)
     warm.start()
     with local_cluster(2) as c:
         warm.join()
@@ -296,3 +298,17 @@ def test_local_workers_keep_no_logs_of_task_arguments(client):
     # their logs held the chunks' structures, and a worker's RSS crept with the sites featurized
     for key in ("distributed.admin.log-length", "distributed.admin.low-level-log-length"):
         assert set(client.run(dask.config.get, key).values()) == {0}, key
+
+
+def test_local_workers_keep_torch_load_safe(client, structures, tiny_mace_model, tmp_path):
+    """The workers fork from a forkserver that preloads mace: its environment change stays contained."""
+    run(structures[:4], tiny_mace_model, tmp_path / "store", client)
+    seen = client.run(_worker_weights_only_state)  # (os.environ.get itself would pickle this process's environ)
+    assert set(seen.values()) == {(None, True)}  # mace imported (preloaded, model loaded), the variable unset
+
+
+def _worker_weights_only_state():
+    import os
+    import sys
+
+    return os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"), "mace.modules" in sys.modules

@@ -13,7 +13,8 @@ to :func:`load_mace`. :meth:`MACEPotential.from_calculator` wraps the models of 
 Trust: ``.model`` files are Python pickles and ``torch.load`` executes code from them.
 ``load_potential(path, trusted=False)`` refuses them before reading; this module loads what
 it is given. Importing mace sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``; every import and
-load here restores the variable afterwards (:func:`core.potentials.base.restored_environ`).
+load here restores the variable afterwards (``mace_modules`` and ``unpickling_mace`` in
+:mod:`core.potentials.mace_foundation`).
 
 Descriptors are exactly what ``MACECalculator.get_descriptors(invariants_only=True)``
 returns: the scalar (L=0) channels of the node features of every interaction
@@ -50,7 +51,6 @@ from core.potentials.base import (
     check_elements,
     check_structures,
     resolve_device,
-    restored_environ,
     sha256_file,
     sha256_state_dict,
 )
@@ -61,6 +61,7 @@ from core.potentials.mace_foundation import (  # noqa: F401  (re-exported)
     foundation_model_path,
     foundation_model_source,
     mace_modules,
+    unpickling_mace,
 )
 from core.torch_guard import TORCH_GUARD
 
@@ -107,14 +108,13 @@ def is_mace_file(spec) -> bool:
 def load_model_file(path: Path, device: str):
     """The ``torch.nn.Module`` pickled in a MACE ``.model`` file (trusted: unpickling runs its code) on ``device``.
 
-    Unpickling holds ``core.torch_guard.TORCH_GUARD.tracing()`` (e3nn's torch.fx tracing must not meet a
-    module call in another thread); mace's environment change does not outlive it.
+    Unpickled inside :func:`core.potentials.mace_foundation.unpickling_mace` (alone in the process,
+    mace's environment change undone after).
     """
-    mace_modules()
     import torch
 
     try:
-        with TORCH_GUARD.tracing(), restored_environ():
+        with unpickling_mace():
             model = torch.load(str(path), map_location=device, weights_only=False)
     except Exception as exc:
         raise ValueError(

@@ -14,6 +14,7 @@ to its previous value afterwards and later ``torch.load`` calls keep torch's saf
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -55,6 +56,19 @@ def mace_modules():
     return foundations_models
 
 
+@contextlib.contextmanager
+def unpickling_mace():
+    """Hold while a trusted MACE model file is unpickled (by FlexCal or by mace-torch itself).
+
+    mace is imported first (contained); the block runs alone in the process
+    (``core.torch_guard.TORCH_GUARD.tracing()``: e3nn's torch.fx tracing must not meet a module call
+    in another thread) and mace's environment change does not outlive it.
+    """
+    mace_modules()
+    with TORCH_GUARD.tracing(), restored_environ():
+        yield
+
+
 def mace_own_calculator(model_path, **kwargs):
     """mace-torch's own ``MACECalculator(model_paths=model_path, **kwargs)`` for a file you trust.
 
@@ -63,10 +77,9 @@ def mace_own_calculator(model_path, **kwargs):
     :func:`core.potentials.load_potential`; this is for comparing with mace's own calculator
     (tests, benchmarks).
     """
-    mace_modules()
     from mace.calculators import MACECalculator
 
-    with TORCH_GUARD.tracing(), restored_environ():
+    with unpickling_mace():
         os.environ[WEIGHTS_ONLY_ENV] = "1"
         return MACECalculator(model_paths=str(model_path), **kwargs)
 
@@ -119,7 +132,7 @@ def foundation_model_path(name: str) -> Path:
     if cache_path.is_file():
         return cache_path
     try:
-        with restored_environ():
+        with unpickling_mace():  # (mace_off loads the model it downloads)
             if family == "mp":
                 path = Path(fm.download_mace_mp_checkpoint(key))
             else:
