@@ -25,6 +25,16 @@ TRUST_REASON = (
     "with your permissions. Only load model files that you made yourself or got from a source "
     "you trust. FlexCal never loads such a file until you confirm this."
 )
+
+
+def cache_root() -> Path:
+    """The app's cache folder: ``$FLEXCAL_CACHE_DIR``, default ``.flexcal_cache`` (features, model
+    metadata records, the autosaved session)."""
+    import os
+
+    return Path(os.environ.get("FLEXCAL_CACHE_DIR", ".flexcal_cache"))
+
+
 # errors whose message already says everything (no exception class name in front)
 _PLAIN_ERRORS = ("DatasetError", "FoundationModelUnavailable", "ValueError", "FileNotFoundError",
                  "UntrustedModelError", "UploadTooLarge", "UntrustedModelFile", "EvaluationCancelled")

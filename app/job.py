@@ -277,6 +277,30 @@ class BackgroundJob:
     def elapsed(self) -> float:
         return (self.finished or time.perf_counter()) - self.started
 
+    #: how often a page redraws a running job's progress (s): often enough to read, rarely enough that
+    #: the browser's re-rendering does not compete with the job for a small machine's cores
+    REDRAW_EVERY = 0.5
+
+    def follow(self, update, *, every: float = REDRAW_EVERY, timeout: float | None = None) -> bool:
+        """Call ``update()`` now and every ``every`` s while the job runs; return as soon as it ends.
+
+        The pages' one polling loop (``update`` draws the progress; this module never calls
+        Streamlit). Waiting is a join on the job's thread, so the page moves on the moment the
+        job ends rather than at its next tick. True when the job ended, False when ``timeout``
+        seconds passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done:
+            update()
+            wait = every if deadline is None else min(every, deadline - time.monotonic())
+            if wait <= 0:
+                return False
+            if self._thread is None:  # not started (yet): nothing to join
+                time.sleep(wait)
+            else:
+                self._thread.join(wait)
+        return True
+
     # -- progress
     def _sink(self, what: str, done: int, total: int) -> None:
         """The progress-scope sink: record the step (a new step restarts the meter); cancel point."""

@@ -12,7 +12,6 @@ messages), :mod:`app.job` (the featurize and calibration jobs), :mod:`app.figure
 
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
 from collections import OrderedDict
@@ -28,11 +27,12 @@ from app.catalog import (
     TRUST_REASON,
     UntrustedModelFile,
     UploadTooLarge,
+    cache_root,
     digest,
     safe_filename,
 )
 
-CACHE_DIR = Path(os.environ.get("FLEXCAL_CACHE_DIR", ".flexcal_cache")) / "features"
+CACHE_DIR = cache_root() / "features"  # the feature cache and the models' metadata records
 SITES_CACHE_ENTRIES = 4
 MODEL_KINDS = ("synthetic", "demo", "named", "path")
 
@@ -130,8 +130,11 @@ def load_model(kind: str, value: str, trusted: bool = False):
         return SyntheticPotential()
     from core.potentials import load_potential
 
-    if kind == DEMO:
-        return load_potential(f"demo:{value}" if value else "demo")
+    if kind == DEMO:  # once per process, shared with the warm-up; deferred once its metadata is recorded
+        from app.prewarm import demo_potential
+        from core.demo import DEFAULT_FAMILY
+
+        return demo_potential(value or DEFAULT_FAMILY, records=CACHE_DIR)
     if kind == "named":
         return load_potential(str(value))
     if kind == "path":

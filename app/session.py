@@ -73,7 +73,9 @@ SESSION_WIDGETS = MappingProxyType({
 
 def sessions_dir() -> Path:
     """Where the last session is autosaved: ``$FLEXCAL_CACHE_DIR/sessions`` (default ``.flexcal_cache``)."""
-    return Path(os.environ.get("FLEXCAL_CACHE_DIR", ".flexcal_cache")) / "sessions"
+    from app.catalog import cache_root
+
+    return cache_root() / "sessions"
 
 
 def last_session_path() -> Path:

@@ -19,10 +19,17 @@ dataset indices), ``potential.identity`` (weights + dtype + head) and the
 settings that change the output (labelled, descriptor_dtype). The batch size is
 not part of the key: it changes results only at rounding level. A cache entry
 that cannot be read (truncated, garbled, or written for another key) is
-recomputed and overwritten, with a warning. Within one process one key is computed once at a
-time: a second call for the same key (another app session, the app's start-up warm-up) waits
-for the first and then reads its entry, calling its progress callback with 0 every half second
-meanwhile (so a callback that raises cancels the wait).
+recomputed and overwritten, with a warning.
+
+One computation per key across threads and processes (e.g. the app's warm-up process and its
+server): a call takes this process's lock of the key, then (where ``fcntl`` exists; Windows keeps
+the in-process lock only) an exclusive ``flock`` on ``<cache_dir>/featurize-<key[:40]>.lock``,
+tried without blocking every 0.1 s. The holder writes ``"<done> <total>"`` into that file after
+each batch; a waiter reports it (a thread of the same process: the holder's count in memory) to
+its progress callback, never lower than before (a callback that raises ends the wait). With the
+lock the waiter re-reads the cache: a hit returns with no forward pass; if the holder died without
+an entry (the kernel drops its ``flock``) the waiter computes, its progress restarting from 0.
+Lock files are never unlinked (unlink + ``flock`` races).
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -38,6 +47,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from core.sites import SiteTable
+
+try:  # POSIX: one computation per key across processes; elsewhere within this process only
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 CACHE_VERSION = 1
 _DESCRIPTOR_DTYPES = ("float32", "float64")
@@ -68,6 +82,9 @@ def featurize(
     progress : None, True or callable(done, total)
         True: a tqdm bar. A callable is called after every batch with the number
         of structures done so far and the total (monotone, ending at total).
+        While another call computes the same cache entry, called every 0.1 s with
+        its count; if that one died without an entry, this call computes and
+        reports 0 once first (the only decrease; ``_Reporter.restart``).
     cache_dir : path, optional
         Directory of the on-disk cache (see the module docstring).
     labelled : bool, default True
@@ -103,10 +120,11 @@ def featurize(
                         batch_size, max_batch_atoms)
     key = cache_key(atoms_list, potential, settings, dataset_index)
     cache_path = Path(cache_dir) / f"featurize-{key[:40]}.npz"
-    with _one_at_a_time(key, report):
+    with _one_at_a_time(key, report, lock_dir=cache_dir, total=m) as report.publish:
         cached = _read_cache(cache_path, key)
         if cached is not None:
             return _cache_hit(cached, report, m, source, labelled)
+        report.restart()  # after waiting for a holder that died (or failed) without an entry
         table = _compute(atoms_list, potential, sizes, settings, dataset_index, source, report, key,
                          batch_size, max_batch_atoms)
         _write_cache(table, cache_path)
@@ -128,21 +146,71 @@ def _compute(atoms_list, potential, sizes, settings, dataset_index, source, repo
 
 
 _KEY_LOCKS: dict[str, threading.Lock] = {}
+_KEY_PROGRESS: dict[str, int] = {}  # key -> structures done by its computation (here or in another process)
 _KEY_LOCKS_GUARD = threading.Lock()
 
 
 @contextlib.contextmanager
-def _one_at_a_time(key: str, report: "_Reporter", poll_seconds: float = 0.5):
-    """Hold this process's lock of cache ``key``; while another call holds it, report 0 done every
-    ``poll_seconds`` (a progress callback that raises ends the wait with its exception)."""
+def _one_at_a_time(key: str, report: "_Reporter", *, lock_dir=None, total: int = 0, poll_seconds: float = 0.1):
+    """Hold cache ``key`` in this process and, with ``lock_dir`` and ``fcntl``, across processes.
+    While another thread or process holds it, ``report(done)`` every ``poll_seconds`` with its
+    progress (a callback that raises ends the wait). Yields ``publish(done)`` for the holder."""
     with _KEY_LOCKS_GUARD:
         lock = _KEY_LOCKS.setdefault(key, threading.Lock())
     while not lock.acquire(timeout=poll_seconds):
-        report(0)
+        report(_KEY_PROGRESS.get(key, 0))
     try:
-        yield
+        with _file_lock(key, lock_dir, report, total, poll_seconds) as fd:
+            def publish(done: int) -> None:
+                _KEY_PROGRESS[key] = int(done)
+                if fd is not None:  # truncate + write on the holder's own fd; no fsync needed
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{int(done)} {total}\n".encode(), 0)
+
+            publish(0)  # no stale count from a holder that died
+            yield publish
     finally:
+        fd = None  # the lock file is closed: a late publish() writes no file
+        _KEY_PROGRESS.pop(key, None)
         lock.release()
+
+
+@contextlib.contextmanager
+def _file_lock(key: str, lock_dir, report, total: int, poll_seconds: float):
+    """Yield the fd of ``<lock_dir>/featurize-<key[:40]>.lock`` once its exclusive ``flock`` is ours
+    (tried without blocking; meanwhile the holder's count in the file is reported and shared with
+    this process's threads); None without ``fcntl`` or an openable file (in-process lock only)."""
+    fd = None
+    if fcntl is not None and lock_dir is not None:
+        with contextlib.suppress(OSError):
+            Path(lock_dir).mkdir(parents=True, exist_ok=True)
+            fd = os.open(Path(lock_dir) / f"featurize-{key[:40]}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    if fd is None:
+        yield None
+        return
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                _KEY_PROGRESS[key] = max(_KEY_PROGRESS.get(key, 0), _read_progress(fd, total))
+                report(_KEY_PROGRESS[key])
+                time.sleep(poll_seconds)
+        try:
+            yield fd
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _read_progress(fd: int, total: int) -> int:
+    """Structures done from a lock file's ``"<done> <total>"``; 0 when empty, garbled or foreign."""
+    with contextlib.suppress(OSError, ValueError):
+        done, their_total = (int(v) for v in os.pread(fd, 64, 0).split())
+        return done if their_total == total and 0 <= done <= total else 0
+    return 0
 
 
 # ----------------------------------------------------------- featurize steps
@@ -336,15 +404,29 @@ def _plan_batches(sizes: np.ndarray, batch_size: int, max_atoms: int):
 
 
 class _Reporter:
+    """Callback and/or tqdm bar; never goes back but by :meth:`restart`; ``publish``: the key holder's."""
+
     def __init__(self, fn, bar, total):
         self._fn, self._bar, self._total, self._last = fn, bar, total, 0
+        self.publish = None
 
     def __call__(self, done: int) -> None:
+        done = max(int(done), self._last)  # a waiter's view of another computation only grows
+        if self.publish is not None:
+            self.publish(done)
         if self._fn is not None:
-            self._fn(int(done), int(self._total))
+            self._fn(done, int(self._total))
         if self._bar is not None:
             self._bar.update(done - self._last)
         self._last = done
+
+    def restart(self) -> None:
+        """Back to 0 when the call this one waited for died (the callback's only decrease)."""
+        if self._last and self._bar is not None:
+            self._bar.reset(total=self._total)
+        if self._last and self._fn is not None:
+            self._fn(0, int(self._total))
+        self._last = 0
 
     def close(self) -> None:
         if self._bar is not None:

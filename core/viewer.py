@@ -331,7 +331,7 @@ def _draw_highlight(view, atoms, pos, highlight: int, vals) -> None:
 def _script_html(view, atoms, js_code: str | None) -> tuple[str, str]:
     """(inline library ``<script>`` or "" for a URL loader, viewer script with a unique id)."""
     uid = hashlib.sha1(f"{next(_counter)}|{_xyz(atoms)}|{os.getpid()}".encode()).hexdigest()[:12]
-    script = (view.startjs + view.endjs).replace("UNIQUEID", uid)
+    script = _draw_once((view.startjs + view.endjs).replace("UNIQUEID", uid), f"viewer_{uid}")
     if js_code is not None:
         # the inline library below defines window.$3Dmol synchronously; no loader needed
         script = script.replace(f"loadScriptAsync('{_PLACEHOLDER}')", "Promise.resolve()")
@@ -345,6 +345,45 @@ def _script_html(view, atoms, js_code: str | None) -> tuple[str, str]:
     else:
         lib = ""
     return lib, script
+
+
+def _draw_once(script: str, viewer: str) -> str:
+    """``script`` with 3Dmol's drawing held back until its final ``render()``, and no redraw unless needed.
+
+    3Dmol.js redraws the scene after ``zoomTo``, ``rotate``, ``addUnitCell`` and ``addLabel``
+    (``GLViewer.show``); py3Dmol's script calls seven of them before ``render()``, and each
+    redraw costs 0.1-0.35 s without a GPU (a software WebGL, as in a headless or remote
+    browser), so the view took 1.2 s to appear. ``show`` is a no-op while the scene is built and
+    the prototype's ``show`` is restored just before ``render()``: one draw, the same picture (up to the
+    anti-aliasing of the cell's text labels). 3Dmol's own Resize- and IntersectionObserver then redraw twice more on their first callbacks
+    although nothing changed; they are replaced by observers that call ``resize()`` only when the
+    container's size changed or the WebGL context was lost (a view created hidden is still drawn
+    when it is shown). Relies on 3Dmol 2.5.5's ``divwatcher``/``intwatcher``/``WIDTH``/``HEIGHT``
+    (py3Dmol and the npm package are pinned; ``tests/test_viewer_browser.py`` checks it in a browser).
+    """
+    created = f"{viewer} = $3Dmol.createViewer("
+    final = f"{viewer}.render();"
+    start, end = script.find(created), script.rfind(final)
+    line_end = script.find(";\n", start) + 2
+    if start < 0 or end < 0 or not start < line_end <= end:
+        raise RuntimeError("py3Dmol's viewer script changed: createViewer(...) or render() not found")
+    hold = (f"{viewer}.show = function () {{}};  // drawn once, by render() below\n"
+            + _REDRAW_ON_CHANGE.replace("VIEWER", viewer))
+    return script[:line_end] + hold + script[line_end:end] + f"delete {viewer}.show;\n" + script[end:]
+
+
+_REDRAW_ON_CHANGE = """(function (v) {  // redraw on a real size change only (3Dmol's observers redraw on their first call)
+  [v.divwatcher, v.intwatcher].forEach(function (w) { if (w) w.disconnect(); });
+  var changed = function () {
+    if (v.getWidth() !== v.WIDTH || v.getHeight() !== v.HEIGHT || v.renderer.isLost()) v.resize();
+  };
+  if (window.ResizeObserver) { v.divwatcher = new ResizeObserver(changed); v.divwatcher.observe(v.container); }
+  if (window.IntersectionObserver) {
+    v.intwatcher = new IntersectionObserver(function (es) { es.forEach(function (e) { if (e.isIntersecting) changed(); }); });
+    v.intwatcher.observe(v.container);
+  }
+})(VIEWER);
+"""
 
 
 def _highlight_text(atoms, i: int, vals, label: str) -> str:

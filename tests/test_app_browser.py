@@ -25,6 +25,7 @@ the first embedded demo whose MACE model is installed, else the synthetic demo.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -134,6 +135,13 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def driver(server):
+    with headless_chromium() as drv:
+        yield drv
+
+
+@contextlib.contextmanager
+def headless_chromium():
+    """A headless Chromium (fresh profile, downloads into ``drv.downloads``), quit on exit."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -55,7 +55,7 @@ def test_prewarm_starts_one_thread_per_process_and_loads_torch_and_mace_containe
     first.join(timeout=300)
     assert not first.is_alive()
     assert sys.getswitchinterval() == pytest.approx(0.005)  # the warm-up's shorter GIL interval is put back
-    assert {"torch", "torch._dynamo", "mace.modules", "e3nn", "core.calibration"} <= set(sys.modules)
+    assert {"torch", "torch._dynamo", "mace.modules", "e3nn", "core.calibration", "core.metrics", "scipy.stats"} <= set(sys.modules)
     from core.potentials import restored_environ
 
     with restored_environ():  # (holds the lock: no other thread is inside a load right now)
@@ -86,3 +86,64 @@ def test_services_prewarm_uses_the_same_thread():
 
     assert services.prewarm() is True
     assert prewarm._thread is not None and prewarm.start() is prewarm._thread
+
+
+def test_the_warm_up_process_records_the_demo_model_and_fills_the_cache_for_a_deferred_load(tmp_path, monkeypatch):
+    """`python -m app.prewarm FAMILY DIR` featurizes the demo into DIR; this process then reads the
+    features through a deferred potential without loading the model (no mace-torch needed here)."""
+    from app import prewarm
+    from app.job import featurize_table
+    from core.demo import demo_model_path
+    from core.potentials.deferred import DeferredPotential, record_path
+    from core.sources import resolve_data
+
+    family = "molecule"  # the smallest demo
+    if not demo_model_path(family).is_file():
+        pytest.skip("demo model not installed")
+    monkeypatch.setattr(prewarm, "_demo_processes", {})
+    monkeypatch.setattr(prewarm, "_demo_potentials", {})
+    process = prewarm.start_demo_process(family, tmp_path)
+    assert prewarm.start_demo_process(family, tmp_path) is process  # once per family
+    assert process.args[1:] == ["-m", "app.prewarm", family, str(tmp_path.resolve())]
+    potential = prewarm.demo_potential(family, tmp_path)  # waits for the process's record
+    assert record_path(f"demo:{family}", tmp_path).is_file()
+    assert isinstance(potential, DeferredPotential) and not potential.loaded
+    assert process.wait(timeout=300) == 0
+    dataset, _ = resolve_data(family)
+    sites = featurize_table(dataset, potential, cache_dir=tmp_path)
+    assert sites.meta["cache_hit"] is True and sites.meta["potential_identity"] == potential.identity
+    assert not potential.loaded  # cached features need no model
+    assert len(sites) == sum(len(a) for a in dataset.structures)
+
+
+def test_demo_potential_stops_waiting_when_the_warm_up_process_ends_without_a_record(tmp_path, monkeypatch):
+    from app import prewarm
+
+    class Ended:  # a warm-up process that failed before recording the model
+        def __init__(self):
+            self.polls = 0
+
+        def poll(self):
+            self.polls += 1
+            return None if self.polls < 3 else 1
+
+    ended = Ended()
+    record = tmp_path / "potential-x.json"
+    prewarm._wait_for_record(ended, record)
+    assert ended.polls == 3 and not record.exists()
+    prewarm._wait_for_record(None, record)  # no warm-up process: no wait
+    record.write_text("{}")
+    running = Ended()
+    prewarm._wait_for_record(running, record)  # recorded already: no wait
+    assert running.polls == 1
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    ([], "usage: python -m app.prewarm FAMILY CACHE_DIR"),
+    (["graphene", "/tmp"], "FAMILY: expected one of ['licl', 'molecule', 'surface'], got 'graphene'"),
+])
+def test_the_warm_up_process_refuses_bad_arguments(argv, message, capsys):
+    from app import prewarm
+
+    assert prewarm.main(argv) == 2
+    assert capsys.readouterr().err == message + "\n"

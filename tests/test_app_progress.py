@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("streamlit")
 
 from app import job as app_job  # noqa: E402
-from app import services, state  # noqa: E402
+from app import catalog, services, state  # noqa: E402
 from app.pages_index import page  # noqa: E402
 from core.progress import Cancelled, Meter, chunks, format_seconds, progress_scope, report  # noqa: E402
 from core.sites import SiteTable  # noqa: E402
@@ -246,3 +246,90 @@ def test_format_seconds_chunks_and_scope_errors():
             report("a", 1, 2)
         report("b", 2, 2)
     assert inner == [("a", 1, 2)] and outer == [("b", 2, 2)]
+
+
+class _GatedJob(app_job.BackgroundJob):
+    """A job that runs until its gate opens (or fails with ``error``)."""
+
+    name = "gated"
+
+    def __init__(self, error: Exception | None = None):
+        super().__init__()
+        self.gate = threading.Event()
+        self.error_to_raise = error
+
+    def _run(self) -> None:
+        self.gate.wait(60)
+        if self.error_to_raise is not None:
+            raise self.error_to_raise
+
+
+def test_follow_returns_when_the_job_ends_not_at_its_next_tick():
+    import time
+
+    job = _GatedJob().start()
+    calls = []
+    threading.Timer(0.3, job.gate.set).start()
+    t = time.monotonic()
+    assert job.follow(lambda: calls.append(job.status), every=30.0) is True
+    assert time.monotonic() - t < 15  # woke on the job's end, not after its 30 s tick
+    assert calls == ["running"] and job.status == "done"
+    assert job.follow(lambda: calls.append("again"), every=30.0) is True and calls == ["running"]  # done: no update
+
+
+def test_follow_gives_up_after_its_timeout_and_reports_a_failed_job():
+    job = _GatedJob(error=ValueError("frame 3: bad forces")).start()
+    calls = []
+    assert job.follow(lambda: calls.append(1), every=0.05, timeout=0.3) is False
+    assert len(calls) >= 2 and not job.done
+    job.gate.set()
+    assert job.follow(lambda: None, every=0.05, timeout=30) is True
+    assert job.status == "failed" and "frame 3: bad forces" in job.error
+
+
+def test_demo_potential_is_loaded_once_for_concurrent_callers_and_a_failure_is_not_kept(monkeypatch, tmp_path):
+    import core.potentials.deferred as deferred
+    from app import prewarm
+
+    loads, release = [], threading.Event()
+
+    def fake_deferred(spec, *, records):
+        loads.append((spec, records))
+        release.wait(30)
+        if spec == "demo:surface" and len(loads) == 1:
+            raise OSError("demo:surface: disk hiccup")
+        return object()
+
+    monkeypatch.setattr(deferred, "deferred_potential", fake_deferred)
+    monkeypatch.setattr(prewarm, "_demo_potentials", {})
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(prewarm.demo_potential("molecule", tmp_path)))
+               for _ in range(3)]
+    for th in threads:
+        th.start()
+    release.set()
+    for th in threads:
+        th.join(30)
+    assert loads == [("demo:molecule", tmp_path)] and len(got) == 3 and got[0] is got[1] is got[2]
+    assert prewarm.demo_potential("molecule", tmp_path) is got[0]
+
+    loads.clear()
+    with pytest.raises(OSError, match="demo:surface: disk hiccup"):
+        prewarm.demo_potential("surface", tmp_path)
+    second = prewarm.demo_potential("surface", tmp_path)  # the failure was not kept: loaded again
+    assert len(loads) == 2 and prewarm.demo_potential("surface", tmp_path) is second
+
+
+def test_the_model_page_shares_the_warm_ups_demo_model(monkeypatch):
+    from app import prewarm
+    from core.demo import DEFAULT_FAMILY, demo_model_path
+
+    if not demo_model_path(DEFAULT_FAMILY).is_file():
+        pytest.skip("demo model not installed")
+    services.load_model.clear()
+    try:
+        shared = prewarm.demo_potential(DEFAULT_FAMILY, services.CACHE_DIR)
+        assert services.load_model(catalog.DEMO, "") is shared
+        assert services.load_model(catalog.DEMO, DEFAULT_FAMILY) is shared
+    finally:
+        services.load_model.clear()

@@ -177,3 +177,24 @@ def test_app_serves_3dmol_when_static_serving_is_on(tmp_path, monkeypatch):
     # the repository's config turns it on, and make venv puts the file where it is looked for
     config = (services.Path(services.__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text()
     assert "enableStaticServing = true" in config
+
+
+def test_drawing_is_held_back_until_the_final_render(fake_js, crystal):
+    # 3Dmol.js redraws after zoomTo/rotate/addUnitCell/addLabel; the view draws once, at render()
+    html = V.structure_view_html(crystal, values=np.arange(8.0), highlight=1, arrows=np.ones((8, 3)))
+    viewer = re.search(r"(viewer_[0-9a-f]{12}) = \$3Dmol\.createViewer\(", html)[1]
+    created = html.index(f"{viewer} = $3Dmol.createViewer(")
+    hold = html.index(f"{viewer}.show = function () {{}};")
+    release = html.index(f"delete {viewer}.show;\n{viewer}.render();")
+    assert created < hold < html.index(f"{viewer}.zoomTo();") < release
+    assert html.count(f"{viewer}.show = function") == 1 and html.count("delete ") == 1
+    # every command that draws sits between the hold and the release
+    for command in ("zoomTo", "rotate", "addUnitCell", "addLabel", "addArrow"):
+        calls = [m.start() for m in re.finditer(rf"{viewer}\.{command}\(", html)]
+        assert calls and all(hold < c < release for c in calls), command
+    assert html.rindex(f"{viewer}.render();") > release
+
+
+def test_draw_once_refuses_a_script_it_does_not_recognise():
+    with pytest.raises(RuntimeError, match=r"py3Dmol's viewer script changed"):
+        V._draw_once("viewer_x.render();", "viewer_x")

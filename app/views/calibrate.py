@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import streamlit as st
 
 from app import catalog, services, state, widgets
@@ -175,14 +173,16 @@ def follow_in_this_run(job) -> None:
     status, chart = st.empty(), st.empty()
     _controls(job)
     shown = 0
-    deadline = time.monotonic() + 900
-    while not job.done and time.monotonic() < deadline:
+
+    def update() -> None:
+        nonlocal shown
         status.info(_status_text(job))
         n = len(job.history)
         if n > shown:
             chart.plotly_chart(plot_training_curve(job.history[:n]))
             shown = n
-        time.sleep(0.3)
+
+    job.follow(update, timeout=900)
     state.collect_finished_job()
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import streamlit as st
 
 from app import catalog, services, state
@@ -110,10 +108,8 @@ def _follow(job) -> None:
     st.button("Cancel featurizing", key="btn_cancel_featurize", on_click=job.cancel,
               disabled=job.cancel_requested,
               help="Stop after the current batch. Nothing is kept: the previous features (if any) stay.")
-    while not job.done:
-        time.sleep(0.2)
-        bar.progress(job.fraction, text=job.progress_text()
-                     + (" — cancelling after this batch ..." if job.cancel_requested else ""))
+    job.follow(lambda: bar.progress(job.fraction, text=job.progress_text()
+                                    + (" — cancelling after this batch ..." if job.cancel_requested else "")))
     bar.empty()
 
 
