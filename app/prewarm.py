@@ -25,6 +25,7 @@ featurizes as without it, and reports its own errors.
 from __future__ import annotations
 
 import atexit
+import gc
 import subprocess
 import sys
 import threading
@@ -142,7 +143,10 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def _work(stages: tuple[str, ...]) -> None:
-    """Import the stages in order (errors are left for the code that really uses the modules)."""
+    """Import the stages in order (errors are left for the code that really uses the modules), then
+    freeze the garbage collector's view of everything loaded so far (:func:`gc.freeze`): the modules
+    live as long as the process, and a full collection over their ~400 000 objects took 0.25 s each
+    time (Streamlit's own collection after every rerun is off in ``.streamlit/config.toml``)."""
     interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)
     try:
@@ -151,6 +155,7 @@ def _work(stages: tuple[str, ...]) -> None:
                 step()
             except Exception:  # only a warm-up: errors surface where the modules are used
                 pass
+        gc.freeze()
     finally:
         sys.setswitchinterval(interval)
 

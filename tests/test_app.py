@@ -413,6 +413,13 @@ def test_upload_over_the_size_limit_is_refused_with_a_clear_message(monkeypatch)
     assert errs and "upload limit is 0 MB" in errs[0] and "maxUploadSize" in errs[0]
 
 
+def test_config_toml_skips_streamlits_full_collection_after_every_rerun():
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert cfg["runner"]["postScriptGC"] is False
+
+
 def test_config_toml_sets_the_upload_limit():
     import tomllib
 

@@ -54,6 +54,11 @@ def test_prewarm_starts_one_thread_per_process_and_loads_torch_and_mace_containe
     assert prewarm.start() is first  # a second call (app/main.py after the first page) starts nothing new
     first.join(timeout=300)
     assert not first.is_alive()
+    import gc
+
+    frozen = gc.get_freeze_count()
+    gc.unfreeze()  # (the rest of the test session is not an app server)
+    assert frozen > 100_000  # the start-up modules are out of the collector's sight
     assert sys.getswitchinterval() == pytest.approx(0.005)  # the warm-up's shorter GIL interval is put back
     assert {"torch", "torch._dynamo", "mace.modules", "e3nn", "core.calibration", "core.metrics", "scipy.stats"} <= set(sys.modules)
     from core.potentials import restored_environ
