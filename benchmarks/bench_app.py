@@ -131,7 +131,7 @@ def _sidebar_link(drv, page):
                                  if a.text.strip().splitlines()[-1:] == [title]], what=page)[0]
 
 
-def _start_server(cache: str, demo: str):
+def _start_server(cache: str, demo: str, root: Path = ROOT):
     from core.demo import FAMILIES
 
     port = _free_port()
@@ -140,7 +140,7 @@ def _start_server(cache: str, demo: str):
     cmd = [sys.executable, "-m", "app.launch", "--server.port", str(port),  # what `make app` runs
            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     while True:
         try:
@@ -178,7 +178,7 @@ def _timed(fn, repeats: int) -> list[float]:
     return out
 
 
-def _launch_to_diagnosis(demo: str, cache: str, profile: str):
+def _launch_to_diagnosis(demo: str, cache: str, profile: str, root: Path = ROOT):
     """Browser open, then ``python -m app.launch`` started, the demo page loaded and "Run the whole demo" clicked.
 
     Returns (timings, driver, server process); the caller quits both. Timings in seconds:
@@ -191,7 +191,7 @@ def _launch_to_diagnosis(demo: str, cache: str, profile: str):
     t = time.perf_counter()
     drv = _browser(profile)  # the user's browser is open before the app starts
     res["browser_launch"] = time.perf_counter() - t
-    proc, url, t0, res["server_up"] = _start_server(cache, demo)
+    proc, url, t0, res["server_up"] = _start_server(cache, demo, root)
     try:
         drv.get(f"{url}/?demo={demo}")
         _wait(drv, lambda d: "Data" in _title(d) and _css(d, '[data-testid="stDataFrame"]') and _idle(d),
@@ -219,32 +219,41 @@ def _quit(drv, proc) -> None:
         proc.kill()
 
 
-#: In-page clock: the input event's time (a capturing listener, first event only), and whether a
-#: script run started after it (a MutationObserver on Streamlit's script-state attribute: a quick rerun
-#: can start and end before the polling below begins) ...
+#: In-page clock: the input event's time (a capturing listener, first event only), and whether the page
+#: changed after it (a MutationObserver: Streamlit's script-state attribute, or elements added/removed; a
+#: quick rerun can start and end before the polling below begins) ...
 _MARK_JS = """
-window.__flexcalT0 = null; window.__flexcalRan = false;
+window.__flexcalT0 = null; window.__flexcalRan = false; window.__flexcalArmed = performance.now();
 if (window.__flexcalObserver) window.__flexcalObserver.disconnect();
-const app = document.querySelector('[data-testid="stApp"]');
-window.__flexcalObserver = new MutationObserver(() => {
-  if (window.__flexcalT0 !== null && app.getAttribute('data-test-script-state') === 'running') window.__flexcalRan = true;
+window.__flexcalApp = document.querySelector('[data-testid="stApp"]');
+window.__flexcalObserver = new MutationObserver(() => {  // any change after the event is that run's
+  if (window.__flexcalT0 !== null) window.__flexcalRan = true;  // (records are batched: 'running' may be gone)
 });
-window.__flexcalObserver.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+// React may commit 'running' and 'notRunning' of a fast rerun together (no attribute change at all):
+// elements added or removed after the event count as that rerun too
+window.__flexcalObserver.observe(document.body, {attributes: true, subtree: true, childList: true,
+                                                 attributeFilter: ['data-test-script-state']});
 document.addEventListener(arguments[0], () => {
   if (window.__flexcalT0 === null) window.__flexcalT0 = performance.now(); }, {capture: true, once: true});"""
 #: ... to the first moment (polled every 5 ms in the page) the rerun has finished, Streamlit is idle and
-#: ``arguments[0]`` (a JS expression) holds; returns milliseconds (-1 after 60 s).
+#: ``arguments[0]`` (a JS expression) holds; returns milliseconds, or after 60 s the page's state (JSON).
 _UNTIL_JS = r"""
 const [cond, done] = [arguments[0], arguments[arguments.length - 1]];
-const app = document.querySelector('[data-testid="stApp"]');
 const ready = new Function('return (' + cond + ');');
 (function check() {
   const t0 = window.__flexcalT0;
+  const app = document.querySelector('[data-testid="stApp"]');  // a page switch may mount a new one
+  if (t0 !== null && app !== window.__flexcalApp) window.__flexcalRan = true;
   let ok = false;
   try { ok = t0 !== null && window.__flexcalRan && app.getAttribute('data-test-script-state') !== 'running'
         && !document.querySelector('[data-testid="stStatusWidget"]') && ready(); } catch (e) {}
   if (ok) { window.__flexcalObserver.disconnect(); done(performance.now() - t0); return; }
-  if (t0 !== null && performance.now() - t0 > 60000) { done(-1); return; }
+  if (t0 !== null && performance.now() - t0 > 60000 || t0 === null && performance.now() > (window.__flexcalArmed || 0) + 60000) {
+    let r = null; try { r = ready(); } catch (e) { r = String(e); }
+    done(JSON.stringify({event: t0 !== null, ran: window.__flexcalRan, state: app.getAttribute('data-test-script-state'),
+                         busy: !!document.querySelector('[data-testid="stStatusWidget"]'), ready: r}));
+    return;
+  }
   setTimeout(check, 5);
 })();"""
 #: JS conditions: the open tab's plots drawn; the Structures page with its 3D view drawn (same-origin iframe:
@@ -271,10 +280,10 @@ def _in_page(drv, event: str, act, ready_js: str) -> float:
     drv.execute_script(_MARK_JS, event)
     act()
     ms = drv.execute_async_script(_UNTIL_JS, ready_js)
-    if ms < 0:
+    if isinstance(ms, str):  # timed out: the page's state, for the message
         shot = Path(tempfile.gettempdir()) / "flexcal-bench-timeout.png"
         drv.save_screenshot(str(shot))
-        raise RuntimeError(f"timed out waiting for {json.dumps(ready_js)[:120]} (screenshot: {shot})")
+        raise RuntimeError(f"timed out ({ms}) waiting for {json.dumps(ready_js)[:120]} (screenshot: {shot})")
     return ms / 1000.0
 
 
@@ -502,6 +511,34 @@ def cold_section(demo: str, runs: int, out: Path) -> int:
     return 0
 
 
+def cold_pairs(demo: str, pairs: int, against: Path) -> int:
+    """Cold totals of this checkout and of ``against`` (another checkout, e.g. a ``git worktree`` of an older
+    commit, run with this interpreter), launched alternately (``pairs`` each, order flipped every pair):
+    the machine's speed drifts over minutes, so only interleaved runs compare fairly. Prints, writes nothing."""
+    import statistics
+
+    roots = {"this": ROOT, "against": Path(against).resolve()}
+    if not (roots["against"] / "app" / "launch.py").is_file():
+        print(f"--against: expected a FlexCal checkout (with app/launch.py), got {str(against)!r}", file=sys.stderr)
+        return 2
+    totals: dict[str, list[float]] = {"this": [], "against": []}
+    for i in range(pairs):
+        for name in ("this", "against") if i % 2 == 0 else ("against", "this"):
+            cache, profile = tempfile.mkdtemp(prefix="flexcal-bench-cache-"), tempfile.mkdtemp(prefix="flexcal-bench-")
+            try:
+                res, drv, proc = _launch_to_diagnosis(demo, cache, profile, roots[name])
+                _quit(drv, proc)
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+                shutil.rmtree(profile, ignore_errors=True)
+            totals[name].append(res["cold_total"])
+            print(f"{name} ({roots[name]}): {res['cold_total']:.2f} s, load {os.getloadavg()[0]:.1f}", flush=True)
+            time.sleep(3)
+    for name, values in totals.items():
+        print(f"{name}: " + ", ".join(f"{v:.1f}" for v in values) + f" s (mean {statistics.mean(values):.2f})")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", default="auto", help="auto (embedded demo with a model, else synthetic), "
@@ -512,8 +549,15 @@ def main(argv=None) -> int:
     parser.add_argument("--cold-apptest", type=int, default=0, metavar="RUNS",
                         help="only (d): RUNS cold starts under AppTest (fresh process, empty caches), mean "
                              "(benchmarks/app_cold.py); replaces section (d) of --out, keeping the rest")
+    parser.add_argument("--cold-pairs", type=int, default=0, metavar="N",
+                        help="only: N cold launches of this checkout and of --against, alternately (prints means)")
+    parser.add_argument("--against", type=Path, help="with --cold-pairs: another FlexCal checkout")
     args = parser.parse_args(argv)
     demo = _pick_demo(args.demo)
+    if args.cold_pairs:
+        if args.against is None:
+            parser.error("--cold-pairs needs --against DIR (another checkout, e.g. git worktree add DIR <rev>)")
+        return cold_pairs(demo, args.cold_pairs, args.against)
     if args.cold_apptest:
         return cold_section(demo, args.cold_apptest, args.out)
     load0 = os.getloadavg()
@@ -581,6 +625,10 @@ def main(argv=None) -> int:
     lines.append("")
     lines.append(NOTES)
     text = "\n".join(lines)
+    previous = args.out.read_text() if args.out.exists() else ""
+    if COLD_BEGIN in previous and COLD_END in previous:  # section (d) is refreshed by --cold-apptest only
+        text = text.rstrip("\n") + "\n\n" + COLD_BEGIN + previous.split(COLD_BEGIN, 1)[1].split(COLD_END, 1)[0] \
+            + COLD_END + "\n"
     from core.io import atomic_write_text
 
     atomic_write_text(args.out, text)
