@@ -1,11 +1,11 @@
-"""``python -m app.launch [streamlit options]``: the app, with torch & co. loading from the first second.
+"""``python -m app.launch [streamlit options]``: the app, warming up from the first second.
 
 What ``make app`` runs. The same as ``streamlit run app/main.py [options]`` (options such as
-``--server.port 8502`` pass through), except that :func:`app.prewarm.start` begins importing the
-heavy modules while the server boots and the browser loads the page, then featurizes the default
-demo into the feature cache, so the one-click demo waits for neither (benchmarks/bench_app.py
-measures the difference). ``FLEXCAL_WARM_DEMO`` names the demo family to featurize (default: the
-default family; empty or ``0``: none).
+``--server.port 8502`` pass through), except that :func:`app.prewarm.start` starts a warm-up process
+that featurizes the default demo into the feature cache, and a thread importing what calibrating
+needs, while the server boots and the browser loads the page (benchmarks/bench_app.py measures the
+difference). ``FLEXCAL_WARM_DEMO`` names the demo family to featurize (default: the default family;
+empty or ``0``: none, and the thread imports mace-torch too).
 """
 
 from __future__ import annotations
