@@ -419,14 +419,20 @@ def featurize_table(dataset, potential, *, progress=None, cache_dir=None):
     nothing is written unless every batch finished) in ``FEATURIZE_BATCH`` structures /
     ``FEATURIZE_MAX_ATOMS`` atoms per batch, with ``TORCH_THREADS`` threads; the file's
     per-frame ``split`` labels become a structure column when every frame has one.
-    ``progress(done, total)``: structures done after each batch (may raise Cancelled).
+    ``progress(done, total)``: structures done after each batch (may raise Cancelled). An entry
+    already in the cache is read first without torch (a deferred potential stays unloaded).
     """
-    from core.featurize import featurize
+    from core.featurize import cached, featurize
     from core.sources import SPLIT_KEY, with_structure_columns
 
-    with torch_threads():
-        sites = featurize(dataset.structures, potential, batch_size=FEATURIZE_BATCH, progress=progress,
-                          cache_dir=cache_dir, max_batch_atoms=FEATURIZE_MAX_ATOMS)
+    sites = None if cache_dir is None else cached(dataset.structures, potential, cache_dir)
+    if sites is not None:
+        if progress is not None:
+            progress(len(dataset.structures), len(dataset.structures))
+    else:
+        with torch_threads():
+            sites = featurize(dataset.structures, potential, batch_size=FEATURIZE_BATCH, progress=progress,
+                              cache_dir=cache_dir, max_batch_atoms=FEATURIZE_MAX_ATOMS)
     labels = [a.info.get(SPLIT_KEY) for a in dataset.structures]
     if all(v is not None for v in labels):
         sites = with_structure_columns(sites, {SPLIT_KEY: np.array([str(v) for v in labels])})

@@ -22,36 +22,24 @@ that cannot be read (truncated, garbled, or written for another key) is
 recomputed and overwritten, with a warning.
 
 One computation per key across threads and processes (e.g. the app's warm-up process and its
-server): a call takes this process's lock of the key, then (where ``fcntl`` exists; Windows keeps
-the in-process lock only) an exclusive ``flock`` on ``<cache_dir>/featurize-<key[:40]>.lock``,
-tried without blocking every 0.1 s. The holder writes ``"<done> <total>"`` into that file after
-each batch; a waiter reports it (a thread of the same process: the holder's count in memory) to
-its progress callback, never lower than before (a callback that raises ends the wait). With the
-lock the waiter re-reads the cache: a hit returns with no forward pass; if the holder died without
-an entry (the kernel drops its ``flock``) the waiter computes, its progress restarting from 0.
-Lock files are never unlinked (unlink + ``flock`` races).
+server): :func:`core.key_lock.one_at_a_time`; a waiter's progress callback shows the holder's
+progress, and with the key it re-reads the cache (a hit: no forward pass; a holder that died
+without an entry: it computes, its progress restarting from 0). :func:`cached` reads an entry
+without computing or waiting (nothing beyond numpy is imported: a deferred potential stays unloaded).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from core.key_lock import one_at_a_time
 from core.sites import SiteTable
-
-try:  # POSIX: one computation per key across processes; elsewhere within this process only
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
 
 CACHE_VERSION = 1
 _DESCRIPTOR_DTYPES = ("float32", "float64")
@@ -120,7 +108,7 @@ def featurize(
                         batch_size, max_batch_atoms)
     key = cache_key(atoms_list, potential, settings, dataset_index)
     cache_path = Path(cache_dir) / f"featurize-{key[:40]}.npz"
-    with _one_at_a_time(key, report, lock_dir=cache_dir, total=m) as report.publish:
+    with one_at_a_time(key, report, lock_dir=cache_dir, total=m) as report.publish:
         cached = _read_cache(cache_path, key)
         if cached is not None:
             return _cache_hit(cached, report, m, source, labelled)
@@ -129,6 +117,23 @@ def featurize(
                          batch_size, max_batch_atoms)
         _write_cache(table, cache_path)
     return table
+
+
+def cached(structures, potential, cache_dir, labelled: bool = True, *,
+           descriptor_dtype: str = "float32") -> SiteTable | None:
+    """The table :func:`featurize` would read from ``cache_dir`` for the same arguments, or None.
+
+    No forward pass, no waiting for a computation in progress, no torch import: a
+    :class:`~core.potentials.deferred.DeferredPotential` stays unloaded.
+    """
+    atoms_list, dataset_index, source = _unpack_structures(structures)
+    _validate_args(atoms_list, potential, 1, descriptor_dtype, 1)
+    _validate_labels(atoms_list, potential, labelled)
+    settings = {"labelled": bool(labelled), "descriptor_dtype": descriptor_dtype}
+    key = cache_key(atoms_list, potential, settings, dataset_index)
+    table = _read_cache(Path(cache_dir) / f"featurize-{key[:40]}.npz", key)
+    m = len(atoms_list)
+    return None if table is None else _cache_hit(table, _Reporter(None, None, m), m, source, labelled)
 
 
 def _compute(atoms_list, potential, sizes, settings, dataset_index, source, report, key,
@@ -143,74 +148,6 @@ def _compute(atoms_list, potential, sizes, settings, dataset_index, source, repo
         "descriptor_dtype": descriptor_dtype, "cache_key": key, "cache_hit": False,
     }
     return _assemble(atoms_list, sizes, labelled, computed, dataset_index, meta)
-
-
-_KEY_LOCKS: dict[str, threading.Lock] = {}
-_KEY_PROGRESS: dict[str, int] = {}  # key -> structures done by its computation (here or in another process)
-_KEY_LOCKS_GUARD = threading.Lock()
-
-
-@contextlib.contextmanager
-def _one_at_a_time(key: str, report: "_Reporter", *, lock_dir=None, total: int = 0, poll_seconds: float = 0.1):
-    """Hold cache ``key`` in this process and, with ``lock_dir`` and ``fcntl``, across processes.
-    While another thread or process holds it, ``report(done)`` every ``poll_seconds`` with its
-    progress (a callback that raises ends the wait). Yields ``publish(done)`` for the holder."""
-    with _KEY_LOCKS_GUARD:
-        lock = _KEY_LOCKS.setdefault(key, threading.Lock())
-    while not lock.acquire(timeout=poll_seconds):
-        report(_KEY_PROGRESS.get(key, 0))
-    try:
-        with _file_lock(key, lock_dir, report, total, poll_seconds) as fd:
-            def publish(done: int) -> None:
-                _KEY_PROGRESS[key] = int(done)
-                if fd is not None:  # truncate + write on the holder's own fd; no fsync needed
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, f"{int(done)} {total}\n".encode(), 0)
-
-            publish(0)  # no stale count from a holder that died
-            yield publish
-    finally:
-        fd = None  # the lock file is closed: a late publish() writes no file
-        _KEY_PROGRESS.pop(key, None)
-        lock.release()
-
-
-@contextlib.contextmanager
-def _file_lock(key: str, lock_dir, report, total: int, poll_seconds: float):
-    """Yield the fd of ``<lock_dir>/featurize-<key[:40]>.lock`` once its exclusive ``flock`` is ours
-    (tried without blocking; meanwhile the holder's count in the file is reported and shared with
-    this process's threads); None without ``fcntl`` or an openable file (in-process lock only)."""
-    fd = None
-    if fcntl is not None and lock_dir is not None:
-        with contextlib.suppress(OSError):
-            Path(lock_dir).mkdir(parents=True, exist_ok=True)
-            fd = os.open(Path(lock_dir) / f"featurize-{key[:40]}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-    if fd is None:
-        yield None
-        return
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                _KEY_PROGRESS[key] = max(_KEY_PROGRESS.get(key, 0), _read_progress(fd, total))
-                report(_KEY_PROGRESS[key])
-                time.sleep(poll_seconds)
-        try:
-            yield fd
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _read_progress(fd: int, total: int) -> int:
-    """Structures done from a lock file's ``"<done> <total>"``; 0 when empty, garbled or foreign."""
-    with contextlib.suppress(OSError, ValueError):
-        done, their_total = (int(v) for v in os.pread(fd, 64, 0).split())
-        return done if their_total == total and 0 <= done <= total else 0
-    return 0
 
 
 # ----------------------------------------------------------- featurize steps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -119,6 +120,14 @@ def test_the_warm_up_process_records_the_demo_model_and_fills_the_cache_for_a_de
     assert sites.meta["cache_hit"] is True and sites.meta["potential_identity"] == potential.identity
     assert not potential.loaded  # cached features need no model
     assert len(sites) == sum(len(a) for a in dataset.structures)
+    # the next launch's warm-up process finds both and imports neither torch nor mace-torch
+    import subprocess
+
+    again = subprocess.run([sys.executable, "-c", "import sys; from app import prewarm; "
+                            f"code = prewarm.main([{family!r}, {str(tmp_path)!r}]); "
+                            "print(code, 'torch' in sys.modules, 'mace' in sys.modules)"],
+                           capture_output=True, text=True, timeout=300, cwd=str(Path(prewarm.__file__).parent.parent))
+    assert again.stdout.split() == ["0", "False", "False"], again.stderr[-2000:]
 
 
 def test_demo_potential_stops_waiting_when_the_warm_up_process_ends_without_a_record(tmp_path, monkeypatch):

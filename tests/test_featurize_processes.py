@@ -286,3 +286,22 @@ def test_reporter_never_goes_back_but_by_restart():
     bar(5)
     assert bar._bar.n == 5
     bar.close()
+
+
+def test_cached_reads_an_entry_without_computing_or_waiting(tmp_path):
+    from core.featurize import cached
+
+    frames = structures()
+    counting = Counting(ToyEMTPotential())
+    assert cached(frames, counting, tmp_path) is None and counting.calls == 0  # nothing there yet
+    written = featurize(frames, counting, batch_size=2, cache_dir=tmp_path)
+    calls = counting.calls
+    hit = cached(frames, counting, tmp_path)
+    assert counting.calls == calls and hit.meta["cache_hit"] is True
+    np.testing.assert_array_equal(hit.descriptors, written.descriptors)
+    np.testing.assert_array_equal(hit.errors, written.errors)
+    assert cached(frames, counting, tmp_path, labelled=False) is None  # other settings: other keys
+    assert cached(frames, counting, tmp_path, descriptor_dtype="float64") is None
+    assert cached(frames[:-1], counting, tmp_path) is None
+    with pytest.raises(TypeError, match="potential: expected a Potential"):
+        cached(frames, object(), tmp_path)
