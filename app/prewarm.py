@@ -51,7 +51,8 @@ _demo_processes: dict[str, subprocess.Popen] = {}  # family -> the warm-up proce
 
 def warm_imports(stage: str) -> None:
     """Import the modules of one stage: ``"featurize"`` (torch, mace, e3nn) or ``"calibrate"``
-    (torch's optimizer machinery, the calibrators, the evaluation engine, the figures)."""
+    (torch's optimizer machinery, the calibrators, the evaluation engine, the metrics, the figures
+    and the 3D viewer)."""
     if stage == "featurize":
         import torch  # noqa: F401
 
@@ -65,6 +66,8 @@ def warm_imports(stage: str) -> None:
         import core.evaluation  # noqa: F401
         import core.figures  # noqa: F401
         import core.metrics  # noqa: F401  (scipy.stats: 0.65 s the first evaluation would wait for)
+        import core.viewer  # noqa: F401
+        import py3Dmol  # noqa: F401  (IPython: 0.1 s the first Structures page would wait for)
     else:
         raise ValueError(f"stage: expected 'featurize' or 'calibrate', got {stage!r}")
 
