@@ -94,21 +94,18 @@ def featurize(
         ``n_descriptors``, ``source``, ``labelled``, ``descriptor_dtype``,
         ``cache_key``.
     """
-    atoms_list, dataset_index, source = _unpack_structures(structures)
-    _validate_args(atoms_list, potential, batch_size, descriptor_dtype, max_batch_atoms)
-    _validate_labels(atoms_list, potential, labelled)
-
+    atoms_list, dataset_index, source, settings = _checked(structures, potential, labelled, descriptor_dtype,
+                                                           batch_size, max_batch_atoms)
     m = len(atoms_list)
     sizes = np.array([len(a) for a in atoms_list], dtype=np.int64)
-    settings = {"labelled": bool(labelled), "descriptor_dtype": descriptor_dtype}
 
     report = _progress_reporter(progress, m)
     if cache_dir is None:
         return _compute(atoms_list, potential, sizes, settings, dataset_index, source, report, None,
                         batch_size, max_batch_atoms)
     key = cache_key(atoms_list, potential, settings, dataset_index)
-    cache_path = Path(cache_dir) / f"featurize-{key[:40]}.npz"
-    with one_at_a_time(key, report, lock_dir=cache_dir, total=m) as report.publish:
+    cache_path = _entry_path(cache_dir, key)
+    with one_at_a_time(key, report, lock_file=cache_path.with_suffix(".lock"), total=m) as report.publish:
         cached = _read_cache(cache_path, key)
         if cached is not None:
             return _cache_hit(cached, report, m, source, labelled)
@@ -126,14 +123,19 @@ def cached(structures, potential, cache_dir, labelled: bool = True, *,
     No forward pass, no waiting for a computation in progress, no torch import: a
     :class:`~core.potentials.deferred.DeferredPotential` stays unloaded.
     """
-    atoms_list, dataset_index, source = _unpack_structures(structures)
-    _validate_args(atoms_list, potential, 1, descriptor_dtype, 1)
-    _validate_labels(atoms_list, potential, labelled)
-    settings = {"labelled": bool(labelled), "descriptor_dtype": descriptor_dtype}
+    atoms_list, dataset_index, source, settings = _checked(structures, potential, labelled, descriptor_dtype)
     key = cache_key(atoms_list, potential, settings, dataset_index)
-    table = _read_cache(Path(cache_dir) / f"featurize-{key[:40]}.npz", key)
+    table = _read_cache(_entry_path(cache_dir, key), key, recomputing=False)
     m = len(atoms_list)
     return None if table is None else _cache_hit(table, _Reporter(None, None, m), m, source, labelled)
+
+
+def _checked(structures, potential, labelled, descriptor_dtype, batch_size=1, max_batch_atoms=1):
+    """(atoms_list, dataset_index, source, settings) of a featurize call, its arguments checked."""
+    atoms_list, dataset_index, source = _unpack_structures(structures)
+    _validate_args(atoms_list, potential, batch_size, descriptor_dtype, max_batch_atoms)
+    _validate_labels(atoms_list, potential, labelled)
+    return atoms_list, dataset_index, source, {"labelled": bool(labelled), "descriptor_dtype": descriptor_dtype}
 
 
 def _compute(atoms_list, potential, sizes, settings, dataset_index, source, report, key,
@@ -407,7 +409,14 @@ def cache_key(atoms_list: Sequence, potential, settings: dict, dataset_index=Non
     return h.hexdigest()
 
 
-def _read_cache(path: Path, key: str) -> SiteTable | None:
+def _entry_path(cache_dir, key: str) -> Path:
+    """The cache entry of ``key`` (its lock file: the same name with ``.lock``)."""
+    return Path(cache_dir) / f"featurize-{key[:40]}.npz"
+
+
+def _read_cache(path: Path, key: str, *, recomputing: bool = True) -> SiteTable | None:
+    """The entry at ``path`` or None; an unreadable one warns when the caller recomputes it
+    (``recomputing``; :func:`cached` does not, and leaves the warning to :func:`featurize`)."""
     if not path.exists():
         return None
     try:
@@ -416,11 +425,12 @@ def _read_cache(path: Path, key: str) -> SiteTable | None:
             raise ValueError(f"cache key mismatch ({table.meta.get('cache_key')!r})")
         return table
     except Exception as exc:  # truncated/garbled zip, bad JSON, failed validation, ...
-        warnings.warn(
-            f"featurize cache entry {path} is unreadable ({type(exc).__name__}: {exc}); recomputing",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        if recomputing:
+            warnings.warn(
+                f"featurize cache entry {path} is unreadable ({type(exc).__name__}: {exc}); recomputing",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return None
 
 

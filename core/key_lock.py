@@ -3,8 +3,8 @@
 :func:`core.featurize.featurize` holds its cache key while it computes an entry, so a second caller —
 another thread (an app session) or another process (the app's warm-up process) — waits for the entry
 instead of computing it again. :func:`one_at_a_time` takes this process's lock of the key, then (where
-``fcntl`` exists; Windows keeps the in-process lock only) an exclusive ``flock`` on
-``<lock_dir>/featurize-<key[:40]>.lock``, tried without blocking every ``poll_seconds``. The holder
+``fcntl`` exists; Windows keeps the in-process lock only) an exclusive ``flock`` on the caller's
+``lock_file`` (featurize: the cache entry's name with ``.lock``), tried without blocking every ``poll_seconds``. The holder
 writes ``"<done> <total>"`` into that file (``publish(done)``, also kept in memory for this process's
 threads); a waiter calls ``report(done)`` with it every poll, never lower than before (a ``report``
 that raises, e.g. ``core.progress.Cancelled``, ends the wait). The kernel drops a dead holder's
@@ -32,8 +32,8 @@ _GUARD = threading.Lock()
 
 
 @contextlib.contextmanager
-def one_at_a_time(key: str, report, *, lock_dir=None, total: int = 0, poll_seconds: float = 0.1):
-    """Hold cache ``key`` in this process and, with ``lock_dir`` and ``fcntl``, across processes.
+def one_at_a_time(key: str, report, *, lock_file=None, total: int = 0, poll_seconds: float = 0.1):
+    """Hold cache ``key`` in this process and, with ``lock_file`` and ``fcntl``, across processes.
     While another thread or process holds it, ``report(done)`` every ``poll_seconds`` with its
     progress (a callback that raises ends the wait). Yields ``publish(done)`` for the holder."""
     with _GUARD:
@@ -41,7 +41,7 @@ def one_at_a_time(key: str, report, *, lock_dir=None, total: int = 0, poll_secon
     while not lock.acquire(timeout=poll_seconds):
         report(_PROGRESS.get(key, 0))
     try:
-        with _file_lock(key, lock_dir, report, total, poll_seconds) as fd:
+        with _file_lock(key, lock_file, report, total, poll_seconds) as fd:
             def publish(done: int) -> None:
                 _PROGRESS[key] = int(done)
                 if fd is not None:  # truncate + write on the holder's own fd; no fsync needed
@@ -57,15 +57,15 @@ def one_at_a_time(key: str, report, *, lock_dir=None, total: int = 0, poll_secon
 
 
 @contextlib.contextmanager
-def _file_lock(key: str, lock_dir, report, total: int, poll_seconds: float):
-    """Yield the fd of ``<lock_dir>/featurize-<key[:40]>.lock`` once its exclusive ``flock`` is ours
+def _file_lock(key: str, lock_file, report, total: int, poll_seconds: float):
+    """Yield the fd of ``lock_file`` once its exclusive ``flock`` is ours
     (tried without blocking; meanwhile the holder's count in the file is reported and shared with
     this process's threads); None without ``fcntl`` or an openable file (in-process lock only)."""
     fd = None
-    if fcntl is not None and lock_dir is not None:
+    if fcntl is not None and lock_file is not None:
         with contextlib.suppress(OSError):
-            Path(lock_dir).mkdir(parents=True, exist_ok=True)
-            fd = os.open(Path(lock_dir) / f"featurize-{key[:40]}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            Path(lock_file).parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
     if fd is None:
         yield None
         return

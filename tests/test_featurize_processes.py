@@ -305,3 +305,26 @@ def test_cached_reads_an_entry_without_computing_or_waiting(tmp_path):
     assert cached(frames[:-1], counting, tmp_path) is None
     with pytest.raises(TypeError, match="potential: expected a Potential"):
         cached(frames, object(), tmp_path)
+
+
+def test_cached_leaves_an_unreadable_entry_to_featurize_which_warns_once(tmp_path):
+    import warnings
+
+    from core.featurize import cached
+
+    frames = structures()
+    counting = Counting(ToyEMTPotential())
+    featurize(frames, counting, batch_size=2, cache_dir=tmp_path)
+    (entry,) = tmp_path.glob("featurize-*.npz")
+    assert entry.with_suffix(".lock").is_file()  # the lock file sits beside its entry
+    entry.write_bytes(b"not a zip")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cached(frames, counting, tmp_path) is None
+        assert not caught  # it recomputes nothing, so it says nothing
+        calls = counting.calls
+        featurize(frames, counting, batch_size=2, cache_dir=tmp_path)
+    assert counting.calls > calls
+    assert [str(w.message) for w in caught if "unreadable" in str(w.message)] == [
+        f"featurize cache entry {entry} is unreadable (ValueError: {entry}: not a readable SiteTable .npz file "
+        "(not a zip archive)); recomputing"]
