@@ -1,7 +1,7 @@
 """The figures of one calibration run, by name (no Streamlit: ``app.services`` caches them).
 
 Builders come from :mod:`core.figures`; this module only picks the arrays of a
-:class:`app.job.CalibrationRun` for them (widths, ids, species, the out-of-domain flags the
+:class:`app.run.CalibrationRun` for them (widths, ids, species, the out-of-domain flags the
 site and structure plots circle or colour), and turns a figure that cannot be drawn into a
 message instead of a crash. :func:`recoloured_figures` redraws the site plots coloured by
 element or calibration domain (:data:`COLOUR_CHOICES`); :func:`toolkit_figures` (Diagnose's

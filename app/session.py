@@ -42,11 +42,11 @@ import numpy as np
 
 from app import state as S
 from app.catalog import DEMO, SYNTHETIC, digest
+from app.run import TEST
 from core.session import DEFAULT_MAX_BYTES, DOCUMENT, SessionFileError, evaluation_from_state, evaluation_state, pack, unpack
 
 SESSION_FILE = "flexcal-session.zip"
 LAST_FILE = "last.zip"
-TEST = "test"  # app.job.TEST: the app's one test split
 # How each saved widget is checked on load: ("choice", options) | ("number"/"int", lo, hi) | ("text",)
 # | ("texts",) (list of text) | ("numbers", lo, hi) | ("bool",) | ("optional text",)
 SESSION_WIDGETS = MappingProxyType({
@@ -99,7 +99,7 @@ class SessionSnapshot:
 
     document: dict                     # session.json
     sites: Any                         # core.sites.SiteTable of the whole dataset
-    run: Any                           # app.job.CalibrationRun (metrics as saved, nothing refitted)
+    run: Any                           # app.run.CalibrationRun (metrics as saved, nothing refitted)
     widgets: dict                      # the validated widget values
     dataset_bytes: bytes | None = None  # the embedded upload, when it was small enough
     source: str = "session file"
@@ -181,7 +181,7 @@ def autosave(values: Mapping[str, Any], path=None) -> Path:
 # =================================================================== reading
 def read_session(data: bytes, *, source: str = "session file", max_bytes: int | None = None) -> SessionSnapshot:
     """Validate a session file and rebuild its calibration run; :class:`SessionFileError` otherwise."""
-    from app.job import CalibrationRun
+    from app.run import CalibrationRun
 
     bundle = unpack(data, source=source, max_bytes=max_session_bytes() if max_bytes is None else max_bytes)
     doc = bundle.document

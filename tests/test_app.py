@@ -830,7 +830,7 @@ def test_q_theta_settings_reach_every_method_that_takes_them():
 
 def test_run_reference_levels_are_global_split_cp_without_refitting():
     """Without a split-CP method, the teaching view's global CP comes from the calibration errors."""
-    from app.job import CalibrationRun
+    from app.run import CalibrationRun
     from core.calibration import make_calibrator
     from core.evaluation import evaluate
     from core.sites import SiteTable

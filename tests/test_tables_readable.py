@@ -59,7 +59,7 @@ def test_every_report_key_has_a_registered_readable_label_with_units():
     assert column_label("miscalibration_area") == "Miscalibration area"
     assert column_info("coverage").unit is None and column_info("mean_width").unit == "eV/Å"
     # the CI columns the evaluation table adds and the app's results columns
-    from app.job import RESULT_COLUMNS
+    from app.run import RESULT_COLUMNS
 
     for key in [*REPORT_COLUMNS, "coverage_ci_lo", "coverage_ci_hi", "spearman_ci_lo", "spearman_ci_hi",
                 *RESULT_COLUMNS]:
@@ -176,7 +176,7 @@ def test_html_report_puts_provenance_first_and_shows_tables_for_people():
 
 def test_app_report_records_dataset_hash_and_model_identity():
     from app.figures_catalogue import run_report_html
-    from app.job import CalibrationRun
+    from app.run import CalibrationRun
     from core.evaluation import evaluate
 
     sites = _sites()
