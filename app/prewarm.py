@@ -1,8 +1,8 @@
 """Warm the app up at launch: the heavy imports in a background thread, the demo's features in a process of their own.
 
 Importing torch, mace-torch/e3nn (through :func:`core.potentials.mace_foundation.mace_modules`,
-which keeps mace's environment change contained), torch's optimizer machinery and the
-calibrators takes about 8 s of one core, and featurizing the default demo about 3 s: most of
+which keeps mace's environment change contained) and the calibrators takes about 6 s of one
+core, and featurizing the default demo about 3 s: most of
 the demo's first calibration. :mod:`app.launch` (``make app``) calls :func:`start` at process
 start, with the default demo family, while the server boots and the browser loads the page;
 ``app/main.py`` calls it (imports only) after the first page is drawn, for a plain
@@ -51,8 +51,7 @@ _demo_processes: dict[str, subprocess.Popen] = {}  # family -> the warm-up proce
 
 def warm_imports(stage: str) -> None:
     """Import the modules of one stage: ``"featurize"`` (torch, mace, e3nn) or ``"calibrate"``
-    (torch's optimizer machinery, the calibrators, the evaluation engine, the metrics, the figures
-    and the 3D viewer)."""
+    (torch, the calibrators, the evaluation engine, the metrics, the figures and the 3D viewer)."""
     if stage == "featurize":
         import torch  # noqa: F401
 
@@ -60,7 +59,7 @@ def warm_imports(stage: str) -> None:
 
         mace_modules()
     elif stage == "calibrate":
-        import torch._dynamo  # noqa: F401  (the first optimizer construction imports it: ~1.5 s)
+        import torch  # noqa: F401  (q_θ; its optimizer needs no torch._dynamo: core/calibration/adamw.py)
 
         import core.calibration  # noqa: F401
         import core.evaluation  # noqa: F401

@@ -18,7 +18,8 @@ Loss
     levels and over sites with weights w_i: L = Σ w_i ρ_i / Σ w_i.
 
 Training
-    AdamW (Adam with decoupled weight decay), shuffled mini-batches, early
+    AdamW (Adam with decoupled weight decay; :mod:`core.calibration.adamw`, torch's update without
+    torch's optimizer machinery), shuffled mini-batches, early
     stopping on a validation set with the best weights restored. Computation is
     float32; initial weights come from a ``torch.Generator`` seeded with ``seed``
     and the shuffling from a second seeded generator, so the same seed, data and
@@ -39,6 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from core.calibration.adamw import AdamW
 from core.progress import report
 from core.torch_guard import TORCH_GUARD
 
@@ -263,7 +265,7 @@ def train_quantile_model(
     """
     torch = torch_module()
     tau = torch.from_numpy(np.asarray(levels, dtype=np.float32))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)  # torch.optim.AdamW's update, no dynamo import
     shuffle = torch.Generator().manual_seed(shuffle_seed)
     n = train[0].shape[0]
     bs = min(batch_size, n, max(32, math.ceil(n / MIN_STEPS_PER_EPOCH)))
