@@ -426,7 +426,22 @@ def browser_bench(demo: str, repeats: int, cold_runs: int = 1) -> dict:
 
 # ---------------------------------------------------------------------------- AppTest
 def apptest_bench(demo: str, repeats: int) -> dict:
-    """Server-side script time per page once everything is cached (no browser)."""
+    """Server-side script time per page once everything is cached (no browser).
+
+    Featurize and train run in this process with an empty feature cache of its own (a leftover
+    ``.flexcal_cache`` would turn featurizing into a read and move torch's import into training).
+    """
+    if "app.services" in sys.modules:
+        raise RuntimeError("apptest_bench needs a process that has not imported app.services yet")
+    cache = tempfile.mkdtemp(prefix="flexcal-bench-cache-")
+    os.environ["FLEXCAL_CACHE_DIR"] = cache
+    try:
+        return _apptest_pages(demo, repeats)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _apptest_pages(demo: str, repeats: int) -> dict:
     from streamlit.testing.v1 import AppTest
 
     from app import catalog, state
@@ -479,6 +494,19 @@ NOTES = """## Notes
 - The browser numbers come from headless Chromium on the same two shared cores as the server, so
   they include the browser's own rendering; the load average above says how busy the machine was.
 """
+
+
+def speed_probe() -> float:
+    """Seconds for a fixed pure-Python loop (20 million additions): how fast this machine is right now.
+
+    The project's cores are shared and their speed drifts (by a third between hours on the
+    development machine), so each table records it beside the load average.
+    """
+    t = time.perf_counter()
+    total = 0
+    for i in range(20_000_000):
+        total += i
+    return time.perf_counter() - t
 
 
 def _fmt(v) -> str:
@@ -546,6 +574,7 @@ def cold_pairs(demo: str, pairs: int, against: Path) -> int:
         print(f"--against: expected a FlexCal checkout (with app/launch.py), got {str(against)!r}", file=sys.stderr)
         return 2
     totals: dict[str, list[float]] = {"this": [], "against": []}
+    speed0 = speed_probe()
     for i in range(pairs):
         for name in ("this", "against") if i % 2 == 0 else ("against", "this"):
             res = _cold_launch(demo, roots[name])
@@ -554,6 +583,7 @@ def cold_pairs(demo: str, pairs: int, against: Path) -> int:
             time.sleep(3)
     for name, values in totals.items():
         print(f"{name}: " + ", ".join(f"{v:.1f}" for v in values) + f" s (mean {statistics.mean(values):.2f})")
+    print(f"speed probe before/after: {speed0:.2f} / {speed_probe():.2f} s")
     return 0
 
 
@@ -582,18 +612,19 @@ def main(argv=None) -> int:
         return cold_pairs(demo, args.cold_pairs, args.against)
     if args.cold_apptest:
         return cold_section(demo, args.cold_apptest, args.out)
-    load0 = os.getloadavg()
+    load0, speed0 = os.getloadavg(), speed_probe()
     have_browser = Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists() and not args.no_browser
     browser = browser_bench(demo, args.repeats, args.cold_runs) if have_browser else {}
     server = apptest_bench(demo, args.repeats)
-    load1 = os.getloadavg()
+    load1, speed1 = os.getloadavg(), speed_probe()
 
     lines = [
         "# App benchmark",
         "",
         f"`python -m benchmarks.bench_app --demo {args.demo} --repeats {args.repeats} --cold-runs {args.cold_runs}` — demo: **{demo}**; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, Python "
-        f"{platform.python_version()}; load average before/after: {load0[0]:.1f} / {load1[0]:.1f} "
+        f"{platform.python_version()}; load average before/after: {load0[0]:.1f} / {load1[0]:.1f}; "
+        f"speed probe (`speed_probe`, a 20M-step Python loop) before/after: {speed0:.2f} / {speed1:.2f} s "
         "(the cores are shared with other work, so these are upper bounds). Torch threads in the app: "
         f"{os.environ.get('FLEXCAL_APP_TORCH_THREADS', '1')}.",
         "",
