@@ -3,6 +3,7 @@
 Run::
 
     .venv/bin/python -m benchmarks.bench_calibration [--quick] [--threads N] [--out PATH]
+    .venv/bin/python -m benchmarks.bench_calibration --first-fit 3 [--against OTHER_CHECKOUT]
 
 (a) Quality. Synthetic sites whose error law is known: e = sigma(X, Z) · chi_3 (the norm of a
     3-D Gaussian force error), so the oracle half-width at confidence 0.9 is
@@ -154,6 +155,46 @@ def speed(quick=False) -> list[tuple[str, str, str]]:
     return rows
 
 
+# First fit in a fresh process: what a `flexcal` command or a new kernel pays (imports included).
+_FIRST_FIT = """
+import time
+from core.calibration import make_calibrator
+from core.synthetic_demo import synthetic_site_table, synthetic_structures
+sites = synthetic_site_table(synthetic_structures(24, seed=0))
+t = time.perf_counter()
+make_calibrator("flexible", hidden=(8,), max_epochs=5).fit(sites)
+print(time.perf_counter() - t)
+"""
+
+
+def first_fit(runs: int, against: Path | None = None) -> int:
+    """Seconds of the first q_θ fit (24 synthetic structures, 5 epochs) in a fresh interpreter, with
+    what the fit itself imports (torch, and before core/calibration/adamw.py torch._dynamo),
+    ``runs`` times, alternating with the checkout ``against`` when given (run with this
+    interpreter on its own source tree). Prints, writes nothing."""
+    import statistics
+    import subprocess
+    import sys
+
+    roots = {"this": Path(__file__).resolve().parent.parent}
+    if against is not None:
+        roots["against"] = Path(against).resolve()
+        if not (roots["against"] / "core" / "calibration").is_dir():
+            print(f"--against: expected a FlexCal checkout (with core/calibration/), got {str(against)!r}",
+                  file=sys.stderr)
+            return 2
+    times: dict[str, list[float]] = {name: [] for name in roots}
+    for _ in range(runs):
+        for name, root in roots.items():
+            out = subprocess.run([sys.executable, "-c", _FIRST_FIT], cwd=root, capture_output=True, text=True,
+                                 env=dict(os.environ, PYTHONPATH=str(root)), check=True)
+            times[name].append(float(out.stdout.split()[-1]))
+    for name, values in times.items():
+        print(f"{name} ({roots[name]}): first q_θ fit " + ", ".join(f"{v:.2f}" for v in values)
+              + f" s (median {statistics.median(values):.2f})")
+    return 0
+
+
 # ------------------------------------------------------------------------ report
 def _fmt(pair, digits=3):
     m, s = pair
@@ -199,7 +240,12 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--first-fit", type=int, default=0, metavar="N",
+                        help="only: the first q_θ fit in a fresh process, N times (prints; imports included)")
+    parser.add_argument("--against", type=Path, help="with --first-fit: another checkout, run alternately")
     args = parser.parse_args(argv)
+    if args.first_fit:
+        return first_fit(args.first_fit, args.against)
     import torch
 
     torch.set_num_threads(args.threads)
