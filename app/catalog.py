@@ -35,6 +35,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("FLEXCAL_CACHE_DIR", ".flexcal_cache"))
 
 
+def features_cache() -> Path:
+    """The feature cache and the models' metadata records: ``cache_root() / "features"``."""
+    return cache_root() / "features"
+
+
 # errors whose message already says everything (no exception class name in front)
 _PLAIN_ERRORS = ("DatasetError", "FoundationModelUnavailable", "ValueError", "FileNotFoundError",
                  "UntrustedModelError", "UploadTooLarge", "UntrustedModelFile", "EvaluationCancelled")

@@ -1,10 +1,11 @@
 """``python -m app.launch [streamlit options]``: the app, warming up from the first second.
 
 What ``make app`` runs. The same as ``streamlit run app/main.py [options]`` (options such as
-``--server.port 8502`` pass through), except that :func:`app.prewarm.start` starts a warm-up process
-that featurizes the default demo into the feature cache, and a thread importing what calibrating
-needs, while the server boots and the browser loads the page (benchmarks/bench_app.py measures the
-difference). ``FLEXCAL_WARM_DEMO`` names the demo family to featurize (default: the default family;
+``--server.port 8502`` pass through), except that it first starts a warm-up process that featurizes
+the default demo into the feature cache (:func:`app.prewarm.start_app_demo_process`, before even
+Streamlit is imported: the first diagnosis waits for it), then a thread importing what calibrating
+needs (:func:`app.prewarm.start`), while the server boots and the browser loads the page
+(benchmarks/bench_app.py measures the difference). ``FLEXCAL_WARM_DEMO`` names the demo family to featurize (default: the default family;
 empty or ``0``: none, and the thread imports mace-torch too).
 """
 
@@ -21,11 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     root = str(MAIN.parent.parent)
     if root not in sys.path:  # a source tree without `pip install -e .`
         sys.path.insert(0, root)
-    from streamlit.web import cli as stcli
-
     from app import prewarm
 
-    prewarm.start(demo_family=warm_demo_family())
+    family = warm_demo_family()
+    if family:  # the first diagnosis waits for this process: start it before Streamlit's import (~0.6 s)
+        prewarm.start_app_demo_process(family)
+    from streamlit.web import cli as stcli
+
+    prewarm.start(demo_family=family)  # the thread (the process is running already)
     sys.argv = ["streamlit", "run", str(MAIN), *(sys.argv[1:] if argv is None else argv)]
     return stcli.main()
 

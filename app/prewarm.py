@@ -34,7 +34,8 @@ from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
 
-__all__ = ("demo_potential", "start", "start_demo_process", "warm_imports", "warm_demo_features")
+__all__ = ("demo_potential", "start", "start_app_demo_process", "start_demo_process", "warm_imports",
+           "warm_demo_features")
 
 #: The GIL switch interval (s) while warming up (Python's default is 0.005). The imports hold the GIL
 #: almost all the time; the web server's thread needs it after every socket read, and with the default
@@ -135,6 +136,14 @@ def start_demo_process(family: str, cache_dir) -> subprocess.Popen:
         return process
 
 
+def start_app_demo_process(family: str) -> subprocess.Popen:
+    """:func:`start_demo_process` into the app's feature cache (``app.services.CACHE_DIR``, without
+    importing Streamlit): :mod:`app.launch` calls it first thing, as the first diagnosis waits for it."""
+    from app.catalog import features_cache
+
+    return start_demo_process(family, features_cache())
+
+
 def _stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.terminate()
@@ -174,9 +183,7 @@ def start(demo_family: str | None = None) -> threading.Thread:
         if _thread is not None:
             return _thread
     if demo_family:
-        from app.catalog import cache_root
-
-        start_demo_process(demo_family, cache_root() / "features")  # app.services.CACHE_DIR, before the server
+        start_app_demo_process(demo_family)
     stages = ("calibrate",) if demo_family else ("featurize", "calibrate")
     with _lock:
         if _thread is None:

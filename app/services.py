@@ -27,12 +27,12 @@ from app.catalog import (
     TRUST_REASON,
     UntrustedModelFile,
     UploadTooLarge,
-    cache_root,
     digest,
+    features_cache,
     safe_filename,
 )
 
-CACHE_DIR = cache_root() / "features"  # the feature cache and the models' metadata records
+CACHE_DIR = features_cache()  # the feature cache and the models' metadata records
 SITES_CACHE_ENTRIES = 4
 MODEL_KINDS = ("synthetic", "demo", "named", "path")
 

@@ -17,14 +17,49 @@ def test_launch_starts_the_warm_up_then_streamlit_run_on_main(monkeypatch):
     from core.demo import DEFAULT_FAMILY
 
     calls = []
+    monkeypatch.setattr(prewarm, "start_app_demo_process", lambda family: calls.append(("process", family)))
     monkeypatch.setattr(prewarm, "start", lambda demo_family=None: calls.append(("prewarm", demo_family)))
     monkeypatch.setattr(stcli, "main", lambda: calls.append(list(sys.argv)) or 0)
     monkeypatch.setattr(sys, "argv", ["python"])
     monkeypatch.delenv("FLEXCAL_WARM_DEMO", raising=False)
     assert launch.main(["--server.port", "8502"]) == 0
-    assert calls[0] == ("prewarm", DEFAULT_FAMILY)  # before the server starts, with the default demo
-    assert calls[1] == ["streamlit", "run", str(launch.MAIN), "--server.port", "8502"]
+    assert calls[:2] == [("process", DEFAULT_FAMILY), ("prewarm", DEFAULT_FAMILY)]  # before the server starts
+    assert calls[2] == ["streamlit", "run", str(launch.MAIN), "--server.port", "8502"]
     assert launch.MAIN.name == "main.py" and launch.MAIN.parent.name == "app" and launch.MAIN.is_file()
+    calls.clear()
+    monkeypatch.setenv("FLEXCAL_WARM_DEMO", "0")  # no demo: no warm-up process, the thread imports everything
+    assert launch.main([]) == 0
+    assert calls[:2] == [("prewarm", None), ["streamlit", "run", str(launch.MAIN)]]
+
+
+def test_launch_starts_the_warm_up_process_before_importing_streamlit(tmp_path):
+    """The first diagnosis waits for the warm-up process: it starts before Streamlit's ~0.6 s import."""
+    import subprocess
+
+    code = (
+        "import sys, importlib.abc\n"
+        "events = []\n"
+        "class Watch(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'streamlit':\n"
+        "            events.append('import streamlit')\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Watch())\n"
+        "from app import launch, prewarm\n"
+        "prewarm.start_app_demo_process = lambda family: events.append('process ' + family)\n"
+        "prewarm.start = lambda demo_family=None: events.append('thread')\n"
+        "try:\n"
+        "    launch.main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(events, file=sys.stderr)\n"
+    )
+    import os
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, FLEXCAL_WARM_DEMO="molecule", FLEXCAL_CACHE_DIR=str(tmp_path)))
+    assert out.stderr.strip().splitlines()[-1] == "['process molecule', 'import streamlit', 'thread']", out.stderr
 
 
 @pytest.mark.parametrize(("value", "family"), [("0", None), ("", None), (" surface ", "surface")])
