@@ -5,8 +5,8 @@ What ``make app`` runs. The same as ``streamlit run app/main.py [options]`` (opt
 the default demo into the feature cache (:func:`app.prewarm.start_app_demo_process`, before even
 Streamlit is imported: the first diagnosis waits for it), then a thread importing what calibrating
 needs (:func:`app.prewarm.start`), while the server boots and the browser loads the page
-(benchmarks/bench_app.py measures the difference). ``FLEXCAL_WARM_DEMO`` names the demo family to featurize (default: the default family;
-empty or ``0``: none, and the thread imports mace-torch too).
+(benchmarks/bench_app.py measures the difference). ``FLEXCAL_WARM_DEMO`` names the demo family to
+featurize (default: the default family; empty or ``0``: none, and the thread imports mace-torch too).
 """
 
 from __future__ import annotations

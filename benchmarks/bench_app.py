@@ -567,8 +567,6 @@ def cold_pairs(demo: str, pairs: int, against: Path) -> int:
     """Cold totals of this checkout and of ``against`` (another checkout, e.g. a ``git worktree`` of an older
     commit, run with this interpreter), launched alternately (``pairs`` each, order flipped every pair):
     the machine's speed drifts over minutes, so only interleaved runs compare fairly. Prints, writes nothing."""
-    import statistics
-
     roots = {"this": ROOT, "against": Path(against).resolve()}
     if not (roots["against"] / "app" / "launch.py").is_file():
         print(f"--against: expected a FlexCal checkout (with app/launch.py), got {str(against)!r}", file=sys.stderr)

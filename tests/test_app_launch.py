@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -34,8 +36,6 @@ def test_launch_starts_the_warm_up_then_streamlit_run_on_main(monkeypatch):
 
 def test_launch_starts_the_warm_up_process_before_importing_streamlit(tmp_path):
     """The first diagnosis waits for the warm-up process: it starts before Streamlit's ~0.6 s import."""
-    import subprocess
-
     code = (
         "import sys, importlib.abc\n"
         "events = []\n"
@@ -54,8 +54,6 @@ def test_launch_starts_the_warm_up_process_before_importing_streamlit(tmp_path):
         "    pass\n"
         "print(events, file=sys.stderr)\n"
     )
-    import os
-
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, FLEXCAL_WARM_DEMO="molecule", FLEXCAL_CACHE_DIR=str(tmp_path)))
@@ -82,8 +80,6 @@ def test_warm_demo_family_refuses_an_unknown_family(monkeypatch, capsys):
 
 
 def test_prewarm_starts_one_thread_per_process_and_loads_torch_and_mace_contained():
-    import os
-
     from app import prewarm
 
     first = prewarm.start()
@@ -156,8 +152,6 @@ def test_the_warm_up_process_records_the_demo_model_and_fills_the_cache_for_a_de
     assert not potential.loaded  # cached features need no model
     assert len(sites) == sum(len(a) for a in dataset.structures)
     # the next launch's warm-up process finds both and imports neither torch nor mace-torch
-    import subprocess
-
     again = subprocess.run([sys.executable, "-c", "import sys; from app import prewarm; "
                             f"code = prewarm.main([{family!r}, {str(tmp_path)!r}]); "
                             "print(code, 'torch' in sys.modules, 'mace' in sys.modules)"],
