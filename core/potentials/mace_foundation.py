@@ -19,6 +19,7 @@ import os
 import warnings
 from pathlib import Path
 
+from core.import_on_use import imported_on_first_use
 from core.potentials.base import WEIGHTS_ONLY_ENV, restored_environ
 from core.torch_guard import TORCH_GUARD
 
@@ -43,10 +44,18 @@ class FoundationModelUnavailable(RuntimeError):
     """A foundation model is not cached and could not be downloaded."""
 
 
+#: Modules mace-torch imports at its import time that FlexCal's use of it does not need until later, if
+#: ever (:mod:`core.import_on_use`): ``torch._dynamo`` (~1 s of one core), for mace's ``torch.compile`` path.
+MACE_IMPORTS_ON_FIRST_USE = ("torch._dynamo",)
+
+
 def mace_modules():
     """Import mace (before e3nn) with the environment restored afterwards; returns
-    ``mace.calculators.foundations_models``."""
-    with restored_environ(), warnings.catch_warnings():
+    ``mace.calculators.foundations_models``.
+
+    The modules of :data:`MACE_IMPORTS_ON_FIRST_USE` are imported when mace first uses them.
+    """
+    with restored_environ(), warnings.catch_warnings(), imported_on_first_use(*MACE_IMPORTS_ON_FIRST_USE):
         # our own, contained use of the variable: torch's notice about it is noise here
         warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
         import mace.calculators  # noqa: F401  (sets the variable; e3nn's constants need it)
