@@ -68,7 +68,7 @@ def test_a_submodule_import_in_the_block_imports_the_real_package(packages):
 def test_imported_or_unknown_names_are_left_alone(packages):
     import iou_pkg
 
-    real = sys.modules["iou_pkg"]
+    real = iou_pkg
     with imported_on_first_use("iou_pkg", "iou_no_such_module_anywhere"):
         assert sys.modules["iou_pkg"] is real
         assert "iou_no_such_module_anywhere" not in sys.modules
