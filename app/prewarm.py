@@ -1,8 +1,8 @@
 """Warm the app up at launch: the heavy imports in a background thread, the demo's features in a process of their own.
 
 Importing torch, mace-torch/e3nn (through :func:`core.potentials.mace_foundation.mace_modules`,
-which keeps mace's environment change contained) and the calibrators takes about 6 s of one
-core, and featurizing the default demo about 3 s: most of
+which keeps mace's environment change contained and leaves ``torch._dynamo`` for first use) and
+the calibrators takes about 4.5 s of one core, and featurizing the default demo about 3 s: most of
 the demo's first calibration. :mod:`app.launch` (``make app``) calls :func:`start` at process
 start, with the default demo family, while the server boots and the browser loads the page;
 ``app/main.py`` calls it (imports only) after the first page is drawn, for a plain
