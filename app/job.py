@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from app.catalog import describe_error
+from core.batching import usable_cores
 from app.run import TEST, CalibrationRun
 
 # torch intra-op threads for the app's own work (featurize, q_θ training). 1 by default: on two
@@ -269,6 +270,9 @@ class TrainingJob(BackgroundJob):
 # cancel point) every few seconds even for large structures; CPU throughput is the same as with 16
 FEATURIZE_BATCH = int(os.environ.get("FLEXCAL_APP_FEATURIZE_BATCH", "8"))
 FEATURIZE_MAX_ATOMS = int(os.environ.get("FLEXCAL_APP_FEATURIZE_MAX_ATOMS", "512"))
+# batches featurized at once, each on a thread with TORCH_THREADS torch threads (core.batching): the
+# demos 1.45-1.8x faster on two cores, the same numbers (benchmarks/results/featurize_threads.md)
+FEATURIZE_THREADS = int(os.environ.get("FLEXCAL_APP_FEATURIZE_THREADS", str(min(2, usable_cores()))))
 
 
 def featurize_table(dataset, potential, *, progress=None, cache_dir=None):
@@ -276,7 +280,8 @@ def featurize_table(dataset, potential, *, progress=None, cache_dir=None):
 
     Featurized with :func:`core.featurize.featurize` (its on-disk cache under ``cache_dir``;
     nothing is written unless every batch finished) in ``FEATURIZE_BATCH`` structures /
-    ``FEATURIZE_MAX_ATOMS`` atoms per batch, with ``TORCH_THREADS`` threads; the file's
+    ``FEATURIZE_MAX_ATOMS`` atoms per batch, ``FEATURIZE_THREADS`` batches at once with
+    ``TORCH_THREADS`` torch threads each; the file's
     per-frame ``split`` labels become a structure column when every frame has one.
     ``progress(done, total)``: structures done after each batch (may raise Cancelled). An entry
     already in the cache is read first without torch (a deferred potential stays unloaded).
@@ -291,7 +296,7 @@ def featurize_table(dataset, potential, *, progress=None, cache_dir=None):
     else:
         with torch_threads():
             sites = featurize(dataset.structures, potential, batch_size=FEATURIZE_BATCH, progress=progress,
-                              cache_dir=cache_dir, max_batch_atoms=FEATURIZE_MAX_ATOMS)
+                              cache_dir=cache_dir, max_batch_atoms=FEATURIZE_MAX_ATOMS, threads=FEATURIZE_THREADS)
     labels = [a.info.get(SPLIT_KEY) for a in dataset.structures]
     if all(v is not None for v in labels):
         sites = with_structure_columns(sites, {SPLIT_KEY: np.array([str(v) for v in labels])})

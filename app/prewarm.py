@@ -2,9 +2,10 @@
 
 Importing torch, mace-torch/e3nn (through :func:`core.potentials.mace_foundation.mace_modules`,
 which keeps mace's environment change contained and leaves ``torch._dynamo`` for first use) and
-the calibrators takes about 4.5 s of one core, and featurizing the default demo about 3 s: most of
-the demo's first calibration. :mod:`app.launch` (``make app``) calls :func:`start` at process
-start, with the default demo family, while the server boots and the browser loads the page;
+the calibrators takes about 4.5 s of one core, and featurizing the default demo about 2.5 s (1.5 s
+on two threads, :mod:`core.batching`): most of the demo's first calibration. :mod:`app.launch`
+(``make app``) calls :func:`start` at process start, with the default demo family, while the
+server boots and the browser loads the page;
 ``app/main.py`` calls it (imports only) after the first page is drawn, for a plain
 ``streamlit run app/main.py``. Only the first call starts anything.
 
@@ -12,8 +13,10 @@ With a demo family, the demo is featurized by a **warm-up process** (``python -m
 FAMILY CACHE_DIR``): it imports mace-torch, loads the demo model, records the model's metadata
 (:mod:`core.potentials.deferred`) and writes the features to the app's on-disk feature cache
 (``app.services.CACHE_DIR``) through the same :func:`app.job.featurize_table` the Model page
-uses. In a process of its own it runs on the second core instead of taking turns for the
-server's interpreter lock with the pages. The server then never imports mace-torch for the demo:
+uses, and ends without the interpreter's teardown (``os._exit``: ~1.1 s of CPU the server's
+first calibration would wait for). In a process of its own it runs on the second core instead of
+taking turns for the server's interpreter lock with the pages. The server then never imports
+mace-torch for the demo:
 :func:`demo_potential` waits for the recorded metadata and returns a
 :class:`~core.potentials.deferred.DeferredPotential`, and the Model page's featurize job waits
 for the warm-up's cache entry (:func:`core.featurize.featurize` locks a cache key across
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import os
 import subprocess
 import sys
 import threading
@@ -209,4 +213,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # the features are on disk (written atomically, the key's lock released): skip the interpreter's
+    # teardown of torch and mace-torch, ~1.1 s of CPU the server's first calibration would share a core with
+    os._exit(code)

@@ -476,7 +476,8 @@ NOTES = """## Notes
   demo file); "Run the whole demo" is then dominated by MACE featurization of every frame (the
   model's train/valid frames too: they are the knn/gmm reference) — see (c). `python -m app.launch`
   starts a warm-up *process* that imports torch, mace and e3nn, loads the default demo model, records
-  its metadata and featurizes the demo into the feature cache, on the second core; the server's own
+  its metadata and featurizes the demo into the feature cache (two batches at once, `core/batching.py`;
+  it ends without the interpreter's teardown, ~1.1 s of CPU), beside the server; the server's own
   background thread imports only what calibrating needs, and the Model page reads the warm-up's
   features through a deferred potential (no mace-torch in the server: `core/potentials/deferred.py`),
   waiting for the warm-up's cache entry with its progress. The benchmark clicks at once, while the
@@ -633,7 +634,7 @@ def main(argv=None) -> int:
             f"median of {args.cold_runs} launches, max in brackets)",
             "",
             "Goal: <= 15 s on 2 cores (issue 12; issue 5 asked <= 20 s). The app process is `python -m app.launch`",
-            "(what `make app` runs: a warm-up process featurizes the default demo on the second core, a thread",
+            "(what `make app` runs: a warm-up process featurizes the default demo on two threads, a thread",
             "imports what calibrating needs); the browser is",
             "open before the app starts, as a user's is, with a fresh profile and an empty cache.",
             "",

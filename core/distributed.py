@@ -105,10 +105,10 @@ def plan_chunks(sizes, chunk_size: int, batch_size: int = 16, max_batch_atoms: i
     ``batch_size`` structures / ``max_batch_atoms`` atoms); a chunk takes whole batches up to
     ``chunk_size`` structures (one batch when a batch alone is larger).
     """
-    from core.featurize import _plan_batches  # the serial batch plan (one definition of batching)
+    from core.batching import plan_batches  # the serial batch plan (one definition of batching)
 
     chunks: list[tuple[int, int]] = []
-    for lo, hi in _plan_batches(np.asarray(sizes, dtype=np.int64), batch_size, max_batch_atoms):
+    for lo, hi in plan_batches(np.asarray(sizes, dtype=np.int64), batch_size, max_batch_atoms):
         if chunks and hi - chunks[-1][0] <= chunk_size:
             chunks[-1] = (chunks[-1][0], hi)
         else:

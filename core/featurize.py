@@ -10,7 +10,8 @@ and descriptors (N, d). Descriptors are stored as float32 by default
 (``descriptor_dtype``): they feed distance/density heuristics and a small MLP,
 for which float32 is ample, and it halves the largest array (10^6 sites x 256
 descriptors = 1.0 GB in float32). Pass ``descriptor_dtype="float64"`` to keep
-the model's precision. Only one batch of model intermediates lives at a time.
+the model's precision. Only one batch of model intermediates lives at a time (N batches with
+``threads=N``).
 
 Cache: with ``cache_dir`` the table is saved as
 ``featurize-<key>.npz`` where the key is the SHA-256 of the data content
@@ -38,6 +39,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from core.batching import batch_outputs, plan_batches
 from core.key_lock import one_at_a_time
 from core.sites import SiteTable
 
@@ -55,6 +57,7 @@ def featurize(
     *,
     descriptor_dtype: str = "float32",
     max_batch_atoms: int = 4096,
+    threads: int = 1,
 ) -> SiteTable:
     """Per-site forces, errors and descriptors of ``structures`` under ``potential``.
 
@@ -83,6 +86,11 @@ def featurize(
     max_batch_atoms : int, default 4096
         A batch is also cut when it would exceed this many atoms (a larger
         single structure gets a batch of its own).
+    threads : int, default 1
+        Batches computed at once, each on a Python thread of its own (torch's intra-op thread
+        count stays the process's; ``core.batching``): for a potential that declares
+        ``concurrent_compute`` (MACE), otherwise one at a time. The numbers are the same bit for
+        bit; ``threads`` batches of model intermediates live at once.
 
     Returns
     -------
@@ -95,14 +103,14 @@ def featurize(
         ``cache_key``.
     """
     atoms_list, dataset_index, source, settings = _checked(structures, potential, labelled, descriptor_dtype,
-                                                           batch_size, max_batch_atoms)
+                                                           batch_size, max_batch_atoms, threads)
+    batching = (batch_size, max_batch_atoms, threads)
     m = len(atoms_list)
     sizes = np.array([len(a) for a in atoms_list], dtype=np.int64)
 
     report = _progress_reporter(progress, m)
     if cache_dir is None:
-        return _compute(atoms_list, potential, sizes, settings, dataset_index, source, report, None,
-                        batch_size, max_batch_atoms)
+        return _compute(atoms_list, potential, sizes, settings, dataset_index, source, report, None, batching)
     key = cache_key(atoms_list, potential, settings, dataset_index)
     cache_path = _entry_path(cache_dir, key)
     with one_at_a_time(key, report, lock_file=cache_path.with_suffix(".lock"), total=m) as report.publish:
@@ -110,8 +118,7 @@ def featurize(
         if cached is not None:
             return _cache_hit(cached, report, m, source, labelled)
         report.restart()  # after waiting for a holder that died (or failed) without an entry
-        table = _compute(atoms_list, potential, sizes, settings, dataset_index, source, report, key,
-                         batch_size, max_batch_atoms)
+        table = _compute(atoms_list, potential, sizes, settings, dataset_index, source, report, key, batching)
         _write_cache(table, cache_path)
     return table
 
@@ -130,20 +137,21 @@ def cached(structures, potential, cache_dir, labelled: bool = True, *,
     return None if table is None else _cache_hit(table, _Reporter(None, None, m), m, source, labelled)
 
 
-def _checked(structures, potential, labelled, descriptor_dtype, batch_size=1, max_batch_atoms=1):
+def _checked(structures, potential, labelled, descriptor_dtype, batch_size=1, max_batch_atoms=1, threads=1):
     """(atoms_list, dataset_index, source, settings) of a featurize call, its arguments checked."""
     atoms_list, dataset_index, source = _unpack_structures(structures)
-    _validate_args(atoms_list, potential, batch_size, descriptor_dtype, max_batch_atoms)
+    _validate_args(atoms_list, potential, batch_size, descriptor_dtype, max_batch_atoms, threads)
     _validate_labels(atoms_list, potential, labelled)
     return atoms_list, dataset_index, source, {"labelled": bool(labelled), "descriptor_dtype": descriptor_dtype}
 
 
 def _compute(atoms_list, potential, sizes, settings, dataset_index, source, report, key,
-             batch_size: int, max_batch_atoms: int) -> SiteTable:
-    """The SiteTable of one featurize call, batch by batch (no cache)."""
+             batching: tuple[int, int, int]) -> SiteTable:
+    """The SiteTable of one featurize call, batch by batch (no cache); ``batching``: (batch_size,
+    max_batch_atoms, threads)."""
     labelled, descriptor_dtype = settings["labelled"], settings["descriptor_dtype"]
     # (forces_pred, descriptors, committee_std, energy_pred)
-    computed = _run_batches(atoms_list, potential, sizes, batch_size, max_batch_atoms, descriptor_dtype, report)
+    computed = _run_batches(atoms_list, potential, sizes, batching, descriptor_dtype, report)
     meta = {
         "potential": potential.name, "potential_identity": potential.identity,
         "n_descriptors": int(computed[1].shape[1]), "source": source, "labelled": bool(labelled),
@@ -207,8 +215,9 @@ def _cache_hit(cached: SiteTable, report, m: int, source, labelled: bool) -> Sit
     return _with_meta(cached, meta)
 
 
-def _run_batches(atoms_list, potential, sizes, batch_size, max_batch_atoms, descriptor_dtype, report):
-    """Forward passes over the batches, filling preallocated arrays.
+def _run_batches(atoms_list, potential, sizes, batching, descriptor_dtype, report):
+    """Forward passes over the batches (``batching``: batch_size, max_batch_atoms, threads),
+    filling preallocated arrays in batch order.
 
     Returns forces_pred (N, 3) float64 eV/Å, descriptors (N, d) ``descriptor_dtype``,
     committee_std (N,) float64 or None, energy_pred (m,) float64 eV.
@@ -220,28 +229,29 @@ def _run_batches(atoms_list, potential, sizes, batch_size, max_batch_atoms, desc
     descriptors = None
     committee_std = None
     energy_pred = np.empty(m, dtype=np.float64)
+    batch_size, max_batch_atoms, threads = batching
     done = 0
     try:
-        for lo, hi in _plan_batches(sizes, batch_size, max_batch_atoms):
-            out = potential.compute(atoms_list[lo:hi])
-            a0, a1 = offsets[lo], offsets[hi]
-            _check_output(out, hi - lo, a1 - a0, potential)
-            if descriptors is None:
-                descriptors = np.empty((n_total, out.descriptors.shape[1]), dtype=descriptor_dtype)
-            elif out.descriptors.shape[1] != descriptors.shape[1]:
-                raise ValueError(
-                    f"potential {potential.name!r}: descriptor width changed between batches "
-                    f"({descriptors.shape[1]} -> {out.descriptors.shape[1]})"
-                )
-            energy_pred[lo:hi] = out.energies
-            forces_pred[a0:a1] = out.forces
-            descriptors[a0:a1] = out.descriptors
-            if out.committee_std is not None:
-                if committee_std is None:
-                    committee_std = np.full(n_total, np.nan, dtype=np.float64)
-                committee_std[a0:a1] = out.committee_std
-            done = hi
-            report(done)
+        with batch_outputs(potential, atoms_list, plan_batches(sizes, batch_size, max_batch_atoms), threads) as outputs:
+            for lo, hi, out in outputs:
+                a0, a1 = offsets[lo], offsets[hi]
+                _check_output(out, hi - lo, a1 - a0, potential)
+                if descriptors is None:
+                    descriptors = np.empty((n_total, out.descriptors.shape[1]), dtype=descriptor_dtype)
+                elif out.descriptors.shape[1] != descriptors.shape[1]:
+                    raise ValueError(
+                        f"potential {potential.name!r}: descriptor width changed between batches "
+                        f"({descriptors.shape[1]} -> {out.descriptors.shape[1]})"
+                    )
+                energy_pred[lo:hi] = out.energies
+                forces_pred[a0:a1] = out.forces
+                descriptors[a0:a1] = out.descriptors
+                if out.committee_std is not None:
+                    if committee_std is None:
+                        committee_std = np.full(n_total, np.nan, dtype=np.float64)
+                    committee_std[a0:a1] = out.committee_std
+                done = hi
+                report(done)
     finally:
         report.close()
     if committee_std is not None and np.isnan(committee_std).any():
@@ -292,7 +302,7 @@ def _assemble(atoms_list, sizes, labelled, computed, dataset_index, meta):
 
 
 # ------------------------------------------------------------------ checks
-def _validate_args(atoms_list, potential, batch_size, descriptor_dtype, max_batch_atoms) -> None:
+def _validate_args(atoms_list, potential, batch_size, descriptor_dtype, max_batch_atoms, threads=1) -> None:
     from core.potentials.base import check_structures
 
     check_structures(atoms_list)
@@ -306,6 +316,8 @@ def _validate_args(atoms_list, potential, batch_size, descriptor_dtype, max_batc
         raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
     if isinstance(max_batch_atoms, bool) or not isinstance(max_batch_atoms, (int, np.integer)) or max_batch_atoms < 1:
         raise ValueError(f"max_batch_atoms: expected an integer >= 1, got {max_batch_atoms!r}")
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads: expected an integer >= 1, got {threads!r}")
     if descriptor_dtype not in _DESCRIPTOR_DTYPES:
         raise ValueError(f"descriptor_dtype: expected one of {_DESCRIPTOR_DTYPES}, got {descriptor_dtype!r}")
 
@@ -325,21 +337,6 @@ def _float_or_nan(value) -> float:
         return float(value)
     except (TypeError, ValueError):
         return float("nan")
-
-
-def _plan_batches(sizes: np.ndarray, batch_size: int, max_atoms: int):
-    """(start, stop) slices of consecutive structures; <= batch_size structures and,
-    unless a single structure is larger, <= max_atoms atoms each."""
-    lo = 0
-    m = len(sizes)
-    while lo < m:
-        hi = lo + 1
-        atoms = int(sizes[lo])
-        while hi < m and hi - lo < batch_size and atoms + int(sizes[hi]) <= max_atoms:
-            atoms += int(sizes[hi])
-            hi += 1
-        yield lo, hi
-        lo = hi
 
 
 class _Reporter:

@@ -190,3 +190,14 @@ def test_the_warm_up_process_refuses_bad_arguments(argv, message, capsys):
 
     assert prewarm.main(argv) == 2
     assert capsys.readouterr().err == message + "\n"
+
+
+def test_the_warm_up_process_exits_with_mains_code_and_its_message():
+    """The module run as a process ends with ``os._exit`` (no interpreter teardown): the exit code
+    and the message written before it still arrive."""
+    from app import prewarm
+
+    done = subprocess.run([sys.executable, "-m", "app.prewarm", "graphene", "/tmp"], capture_output=True, text=True,
+                          timeout=120, cwd=str(Path(prewarm.__file__).parent.parent))
+    assert done.returncode == 2
+    assert done.stderr == "FAMILY: expected one of ['licl', 'molecule', 'surface'], got 'graphene'\n"

@@ -95,6 +95,48 @@ def test_featurize_shows_progress_with_eta_and_a_rerun_uses_the_cache(cache_dir,
     np.testing.assert_array_equal(again.errors, sites.errors)
 
 
+class ConcurrentPotential(HookedPotential):
+    """The hooked mock declaring that its compute may run in several threads at once (as MACE does)."""
+
+    concurrent_compute = True
+
+    def __init__(self, seed: int, hook=None):
+        super().__init__(seed=seed, hook=hook)
+        self._count = threading.Lock()
+
+    def compute(self, structures):
+        with self._count:
+            self.calls += 1
+            call = self.calls
+        if self.hook is not None:
+            self.hook(call)
+        return SyntheticPotential.compute(self, structures)
+
+
+def test_the_app_featurizes_two_batches_at_once_with_the_serial_numbers(cache_dir, monkeypatch):
+    """``FEATURIZE_THREADS`` batches run at once for a potential that allows it (batches 1 and 2 meet
+    at a barrier: one at a time would break it); the table equals a one-thread featurize's."""
+    from core.featurize import featurize
+
+    if app_job.FEATURIZE_THREADS < 2:
+        pytest.skip(f"the app featurizes with {app_job.FEATURIZE_THREADS} thread here (one core)")
+    meet = threading.Barrier(2, timeout=60)
+
+    def hook(call: int) -> None:
+        if call <= 2:
+            meet.wait()
+
+    potential = ConcurrentPotential(seed=404, hook=hook)
+    _use_potential(monkeypatch, potential)
+    at = _featurize(_synthetic(_new_app()))
+    assert potential.calls == -(-N_SYNTHETIC // app_job.FEATURIZE_BATCH)
+    sites = at.session_state[state.SITES]
+    serial = featurize(at.session_state[state.DATASET].structures, SyntheticPotential(seed=404),
+                       batch_size=app_job.FEATURIZE_BATCH)
+    np.testing.assert_array_equal(sites.errors, serial.errors)
+    np.testing.assert_array_equal(sites.descriptors, serial.descriptors)
+
+
 def test_cancel_stops_between_batches_and_keeps_the_previous_features(cache_dir, monkeypatch):
     at = _featurize(_synthetic(_new_app()))  # the demo's own mock potential
     before_sites, before_key = at.session_state[state.SITES], at.session_state[state.SITES_KEY]

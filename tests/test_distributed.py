@@ -90,10 +90,10 @@ def run(structures, model, out, client, **kw):
 
 
 def test_plan_chunks_cut_at_serial_batch_boundaries():
-    from core.featurize import _plan_batches
+    from core.batching import plan_batches
 
     sizes = np.array([3, 5, 2, 8, 1, 1, 7, 4, 4, 2])
-    batches = list(_plan_batches(sizes, 3, 10))
+    batches = list(plan_batches(sizes, 3, 10))
     chunks = plan_chunks(sizes, 5, 3, 10)
     starts = {lo for lo, _ in batches}
     assert chunks[0][0] == 0 and chunks[-1][1] == sizes.size

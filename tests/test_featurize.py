@@ -8,7 +8,7 @@ import pytest
 from ase import Atoms
 
 from core.data import read_dataset
-from core.featurize import _plan_batches, featurize
+from core.featurize import featurize
 from core.potentials import PotentialOutput, load_potential
 from core.sites import SiteTable
 
@@ -86,10 +86,26 @@ def test_batched_equals_unbatched(pot, tiny_structures):
     np.testing.assert_allclose(t7.structure_info["energy_pred"], t1.structure_info["energy_pred"], atol=1e-9)
 
 
-def test_plan_batches_respects_atom_budget():
-    sizes = np.array([3, 3, 3, 10, 1, 1])
-    assert list(_plan_batches(sizes, 16, 6)) == [(0, 2), (2, 3), (3, 4), (4, 6)]
-    assert list(_plan_batches(sizes, 2, 100)) == [(0, 2), (2, 4), (4, 6)]
+def test_threads_give_the_same_table_bit_for_bit(pot, tiny_mace_committee, tiny_structures, tmp_path):
+    """MACE declares concurrent compute: batches on two threads, every array equal to the serial
+    table's, progress in order; the cache key does not depend on the thread count."""
+    assert pot.concurrent_compute is True
+    calls = []
+    serial = featurize(tiny_structures, pot, batch_size=2, descriptor_dtype="float64")
+    threaded = featurize(tiny_structures, pot, batch_size=2, descriptor_dtype="float64", threads=2,
+                         progress=lambda done, total: calls.append(done))
+    assert calls == [2, 4, 6, 8, 10, 12]
+    for name in ("forces_pred", "descriptors", "errors", "species", "structure_ids"):
+        np.testing.assert_array_equal(getattr(threaded, name), getattr(serial, name), err_msg=name)
+    np.testing.assert_array_equal(threaded.structure_info["energy_pred"], serial.structure_info["energy_pred"])
+    committee = load_potential(tiny_mace_committee[0], committee=tiny_mace_committee[1:], device="cpu")
+    one = featurize(tiny_structures, committee, batch_size=3)
+    three = featurize(tiny_structures, committee, batch_size=3, threads=3)
+    np.testing.assert_array_equal(three.committee_std, one.committee_std)
+    np.testing.assert_array_equal(three.forces_pred, one.forces_pred)
+    first = featurize(tiny_structures[:4], pot, cache_dir=tmp_path, threads=2)
+    again = featurize(tiny_structures[:4], pot, cache_dir=tmp_path)
+    assert again.meta["cache_hit"] and again.meta["cache_key"] == first.meta["cache_key"]
 
 
 def test_progress_callback(pot, tiny_structures, tmp_path):
@@ -291,6 +307,10 @@ def test_argument_errors(pot, tiny_structures):
         featurize([tiny_structures[0], "x"], pot)
     with pytest.raises(ValueError, match="batch_size: expected an integer >= 1, got 0"):
         featurize(tiny_structures, pot, batch_size=0)
+    with pytest.raises(ValueError, match="threads: expected an integer >= 1, got 0"):
+        featurize(tiny_structures, pot, threads=0)
+    with pytest.raises(ValueError, match="threads: expected an integer >= 1, got True"):
+        featurize(tiny_structures, pot, threads=True)
     with pytest.raises(ValueError, match="descriptor_dtype: expected one of"):
         featurize(tiny_structures, pot, descriptor_dtype="float16")
     with pytest.raises(TypeError, match="potential: expected a Potential"):

@@ -198,7 +198,12 @@ class MACEPotential:
     predictions : {"primary", "mean"}
         Whose energies/forces ``compute`` returns: the first model's, or the committee
         mean (``from_calculator``, as MACECalculator reports them).
+    concurrent_compute : True
+        ``compute`` may run in several threads at once (``core.batching``): each call builds its
+        own batch, and the models' forward passes change no module state.
     """
+
+    concurrent_compute = True
 
     def __init__(self, model, committee: Iterable = (), *, device: str = "auto", dtype: str = "float64",
                  head: str | None = None, name: str | None = None, jit_optimize: bool = False):
