@@ -29,7 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-METHODS = ("split", "mondrian", "force", "knn", "gmm", "flexible")
+METHODS = ("split", "mondrian", "force", "knn", "gmm", "flexible", "flexible-ood")
 COLUMNS = ["split", "label", "coverage", "mean_width", "width_ratio", "spearman", "spearman_ideal",
            "auroc", "miscalibration_area", "worst_species_coverage", "structure_spearman"]
 
