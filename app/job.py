@@ -24,8 +24,8 @@ import time
 import numpy as np
 
 from app.catalog import describe_error
-from core.batching import usable_cores
 from app.run import TEST, CalibrationRun
+from core.batching import usable_cores
 
 # torch intra-op threads for the app's own work (featurize, q_θ training). 1 by default: on two
 # shared cores, 2 threads were 6x (MACE featurize) to 30x (q_θ) slower than 1 under load.

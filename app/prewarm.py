@@ -14,7 +14,7 @@ FAMILY CACHE_DIR``): it imports mace-torch, loads the demo model, records the mo
 (:mod:`core.potentials.deferred`) and writes the features to the app's on-disk feature cache
 (``app.services.CACHE_DIR``) through the same :func:`app.job.featurize_table` the Model page
 uses, and ends without the interpreter's teardown (``os._exit``: ~1.1 s of CPU the server's
-first calibration would wait for). In a process of its own it runs on the second core instead of
+first calibration would wait for). In a process of its own it runs beside the server instead of
 taking turns for the server's interpreter lock with the pages. The server then never imports
 mace-torch for the demo:
 :func:`demo_potential` waits for the recorded metadata and returns a
