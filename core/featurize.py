@@ -42,6 +42,7 @@ import numpy as np
 from core.batching import batch_outputs, plan_batches
 from core.key_lock import one_at_a_time
 from core.sites import SiteTable
+from core.validation import check_int
 
 CACHE_VERSION = 1
 _DESCRIPTOR_DTYPES = ("float32", "float64")
@@ -312,12 +313,9 @@ def _validate_args(atoms_list, potential, batch_size, descriptor_dtype, max_batc
                 f"potential: expected a Potential (core.potentials.load_potential), "
                 f"got {type(potential).__name__} without {attr!r}"
             )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
-    if isinstance(max_batch_atoms, bool) or not isinstance(max_batch_atoms, (int, np.integer)) or max_batch_atoms < 1:
-        raise ValueError(f"max_batch_atoms: expected an integer >= 1, got {max_batch_atoms!r}")
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads: expected an integer >= 1, got {threads!r}")
+    check_int("batch_size", batch_size, 1)
+    check_int("max_batch_atoms", max_batch_atoms, 1)
+    check_int("threads", threads, 1)
     if descriptor_dtype not in _DESCRIPTOR_DTYPES:
         raise ValueError(f"descriptor_dtype: expected one of {_DESCRIPTOR_DTYPES}, got {descriptor_dtype!r}")
 

@@ -32,11 +32,14 @@ class HookedPotential(SyntheticPotential):
         super().__init__(seed=seed)
         self.calls = 0
         self.hook = hook
+        self._count = threading.Lock()  # calls may come from several threads (ConcurrentPotential)
 
     def compute(self, structures):
-        self.calls += 1
+        with self._count:
+            self.calls += 1
+            call = self.calls
         if self.hook is not None:
-            self.hook(self.calls)
+            self.hook(call)
         return super().compute(structures)
 
 
@@ -99,18 +102,6 @@ class ConcurrentPotential(HookedPotential):
     """The hooked mock declaring that its compute may run in several threads at once (as MACE does)."""
 
     concurrent_compute = True
-
-    def __init__(self, seed: int, hook=None):
-        super().__init__(seed=seed, hook=hook)
-        self._count = threading.Lock()
-
-    def compute(self, structures):
-        with self._count:
-            self.calls += 1
-            call = self.calls
-        if self.hook is not None:
-            self.hook(call)
-        return SyntheticPotential.compute(self, structures)
 
 
 def test_the_app_featurizes_two_batches_at_once_with_the_serial_numbers(cache_dir, monkeypatch):
